@@ -1,0 +1,176 @@
+//! The command line, WAL-E's subcommands, flags and defaults, declared with clap.
+//! Parsing only: no environment, no I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::GlobalFlags;
+
+/// Restore PostgreSQL from WAL-E archives: a native, drop-in replacement for WAL-E's
+/// restore side (`wal-fetch`, `backup-list`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "wale",
+    version,
+    after_help = "Configuration comes from the environment as for WAL-E (WALE_S3_PREFIX or \
+WALE_FILE_PREFIX, WALE_S3_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+AWS_SESSION_TOKEN/AWS_SECURITY_TOKEN, AWS_INSTANCE_PROFILE, WALE_RETRIES), optionally read \
+from an envdir directory with --envdir.\n\nExit status: 0 success; 1 not in the archive; \
+2 usage or configuration error; 200 storage unavailable after retries; 201 storage refused \
+(credentials, bucket, region); 202 corrupt object; 203 local file error."
+)]
+pub struct Cli {
+    /// Read environment variables from DIR first, one variable per file, the way
+    /// daemontools `envdir DIR wale …` would (so restore_command needs no daemontools).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub envdir: Option<PathBuf>,
+
+    /// Only log warnings and errors.
+    #[arg(long, global = true)]
+    pub terse: bool,
+
+    /// Storage prefix on the local file system, e.g. file:///var/backups/wal-e.
+    #[arg(long, global = true, value_name = "URL")]
+    pub file_prefix: Option<String>,
+
+    /// Google Cloud Storage prefix (not supported yet).
+    #[arg(long, global = true, value_name = "URL", hide = true)]
+    pub gs_prefix: Option<String>,
+
+    /// S3 prefix, e.g. s3://bucket/path/to/archive.
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_prefix: Option<String>,
+
+    /// Azure prefix (not supported yet).
+    #[arg(long, global = true, value_name = "URL", hide = true)]
+    pub wabs_prefix: Option<String>,
+
+    /// AWS access key id (the secret always comes from AWS_SECRET_ACCESS_KEY).
+    #[arg(short = 'k', long, global = true, value_name = "ID")]
+    pub aws_access_key_id: Option<String>,
+
+    /// Use the EC2 instance profile's credentials (also AWS_INSTANCE_PROFILE=true).
+    #[arg(long, global = true, conflicts_with = "aws_access_key_id")]
+    pub aws_instance_profile: bool,
+
+    /// Accepted for compatibility with WAL-E command lines; encrypted objects are
+    /// detected by their contents and reported.
+    #[arg(long, global = true, value_name = "KEY_ID", hide = true)]
+    pub gpg_key_id: Option<String>,
+
+    /// Also decode objects that hold several concatenated lzop members (lzop itself
+    /// warns about them and WAL-E refuses them).
+    #[arg(long, global = true)]
+    pub allow_concatenated_lzop: bool,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The flags that feed [`crate::config::Config::resolve`].
+    pub fn global_flags(&self) -> GlobalFlags {
+        GlobalFlags {
+            file_prefix: self.file_prefix.clone(),
+            gs_prefix: self.gs_prefix.clone(),
+            s3_prefix: self.s3_prefix.clone(),
+            wabs_prefix: self.wabs_prefix.clone(),
+            aws_access_key_id: self.aws_access_key_id.clone(),
+            aws_instance_profile: self.aws_instance_profile,
+        }
+    }
+}
+
+/// WAL-E's restore-side subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List complete base backups (tab-separated like WAL-E, or JSON).
+    BackupList(BackupListArgs),
+    /// Fetch one WAL file from the archive: use as restore_command = 'wale wal-fetch "%f" "%p"'.
+    WalFetch(WalFetchArgs),
+    /// Print wale's version.
+    Version,
+}
+
+/// `backup-list [QUERY] [--detail] [--json]`.
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    /// LATEST, or a backup name such as base_000000010000000000000002_00000040.
+    pub query: Option<String>,
+
+    /// Also read each backup's sentinel: expanded size and stop position.
+    #[arg(long)]
+    pub detail: bool,
+
+    /// Print a JSON array instead of WAL-E's tab-separated table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wal-fetch WAL_SEGMENT WAL_DESTINATION [--prefetch N]`.
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name PostgreSQL asks for (%f): a segment, .history, .backup or .partial.
+    pub wal_segment: String,
+
+    /// Where to write it (%p); written whole and fsynced, or not at all.
+    pub wal_destination: PathBuf,
+
+    /// How many following segments to prefetch (WAL-E's flag; accepted, prefetching is
+    /// not implemented yet, every call fetches in-band).
+    #[arg(short = 'p', long, default_value_t = 8, value_name = "N")]
+    pub prefetch: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wal_e_command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "wale",
+            "--terse",
+            "--s3-prefix=s3://b/p",
+            "wal-fetch",
+            "A",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .unwrap();
+        assert!(cli.terse);
+        assert_eq!(cli.s3_prefix.as_deref(), Some("s3://b/p"));
+        let Command::WalFetch(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.prefetch, 8);
+        let cli = Cli::try_parse_from([
+            "wale",
+            "wal-fetch",
+            "--prefetch",
+            "0",
+            "A",
+            "B",
+            "--envdir",
+            "/e",
+        ])
+        .unwrap();
+        assert_eq!(cli.envdir.as_deref(), Some(std::path::Path::new("/e")));
+        let cli = Cli::try_parse_from(["wale", "backup-list", "LATEST", "--detail"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::BackupList(BackupListArgs { detail: true, .. })
+        ));
+        assert!(
+            Cli::try_parse_from(["wale", "-k", "K", "--aws-instance-profile", "version"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["wale", "wal-fetch", "A"]).is_err());
+    }
+}

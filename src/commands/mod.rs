@@ -1,0 +1,26 @@
+//! The subcommands. Each takes the validated configuration and its own arguments, and
+//! returns `Ok` or an [`Error`] for `main` to turn into an exit status.
+
+mod backup_list;
+mod wal_fetch;
+
+use crate::cli::Command;
+use crate::config::Config;
+use crate::error::Error;
+use crate::lzop;
+
+/// Settings that cut across subcommands but are not storage configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// How lzop streams are decoded.
+    pub lzop: lzop::Options,
+}
+
+/// Runs one subcommand. `version` never gets here: it needs no configuration.
+pub async fn run(command: &Command, config: &Config, options: Options) -> Result<(), Error> {
+    match command {
+        Command::WalFetch(args) => wal_fetch::run(config, options, args).await,
+        Command::BackupList(args) => backup_list::run(config, args).await,
+        Command::Version => Ok(()),
+    }
+}

@@ -1,0 +1,201 @@
+//! Crash-safe files: a file is either absent or complete at its final name.
+//!
+//! [`StagedFile`] is written where the destination will live (same directory, so the same
+//! file system) and becomes visible only in [`StagedFile::commit`], after an fsync, by an
+//! atomic link or rename, followed by an fsync of the directory. On Linux the staging file
+//! is anonymous (`O_TMPFILE`): if the process is killed, even with SIGKILL, nothing is left
+//! behind. Where that is unavailable a hidden, uniquely named file is used and removed on
+//! drop.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// A file being written for `dest`, invisible until committed.
+pub struct StagedFile {
+    file: File,
+    dest: PathBuf,
+    /// The visible temporary name, when `O_TMPFILE` could not be used.
+    named: Option<PathBuf>,
+}
+
+impl StagedFile {
+    /// Starts a file that will become `dest`. Fails if `dest`'s directory is missing.
+    pub fn create(dest: &Path) -> io::Result<StagedFile> {
+        let dir = parent_dir(dest);
+        match OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => Ok(StagedFile {
+                file,
+                dest: dest.to_path_buf(),
+                named: None,
+            }),
+            // No O_TMPFILE support in this kernel or file system: use a named file.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                let (file, path) = create_named_temp(dest)?;
+                Ok(StagedFile {
+                    file,
+                    dest: dest.to_path_buf(),
+                    named: Some(path),
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The file to write into.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Makes the file durable and visible at its destination, replacing what was there.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        match self.named.take() {
+            Some(path) => {
+                if let Err(err) = std::fs::rename(&path, &self.dest) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(err);
+                }
+            }
+            None => self.link_anonymous()?,
+        }
+        File::open(parent_dir(&self.dest))?.sync_all()
+    }
+
+    /// Gives the anonymous file its name: directly when the name is free, else through a
+    /// temporary name and a rename so that an existing file is replaced atomically.
+    fn link_anonymous(&self) -> io::Result<()> {
+        let fd_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        match link_following(Path::new(&fd_path), &self.dest) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                let temp = temp_name(&self.dest);
+                link_following(Path::new(&fd_path), &temp)?;
+                std::fs::rename(&temp, &self.dest).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&temp);
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.named {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `linkat(…, AT_SYMLINK_FOLLOW)`, which links the file behind a `/proc/self/fd` entry.
+fn link_following(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn create_named_temp(dest: &Path) -> io::Result<(File, PathBuf)> {
+    loop {
+        let path = temp_name(dest);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, path)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// `.<name>.wale-<pid>-<random>` beside `dest`.
+fn temp_name(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    parent_dir(dest).join(format!(
+        ".{name}.wale-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn nothing_is_visible_until_commit_and_commit_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        std::fs::write(&dest, "old").unwrap();
+        let mut staged = StagedFile::create(&dest).unwrap();
+        staged.file().write_all(b"new contents").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["RECOVERYXLOG"]);
+    }
+
+    #[test]
+    fn dropping_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x");
+        let mut staged = StagedFile::create(&dest).unwrap();
+        staged.file().write_all(b"partial").unwrap();
+        drop(staged);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn relative_destination_and_missing_directory() {
+        assert!(StagedFile::create(Path::new("/nonexistent-wale-dir/x")).is_err());
+        assert_eq!(parent_dir(Path::new("x")), Path::new("."));
+    }
+}

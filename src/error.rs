@@ -1,0 +1,137 @@
+//! The error every command returns, and the one place that turns it into an exit code.
+//!
+//! PostgreSQL reads `restore_command`'s status: 0 means restored; any other status below
+//! 126 means "not available", which during archive recovery *ends recovery and promotes*;
+//! a status above 125 (or a signal) aborts recovery. So wale exits 1 only when the object
+//! is truly absent, and exits above 125 whenever the object may exist but could not be
+//! delivered intact, so that a network outage or a corrupt object stops recovery loudly
+//! instead of silently promoting at the wrong point.
+
+use std::path::PathBuf;
+
+use crate::{config, storage};
+
+/// Exit statuses (documented in the README).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The WAL file or backup is not in the archive (a 404 / `ENOENT`).
+    pub const NOT_FOUND: u8 = 1;
+    /// Bad command line or configuration (clap also uses 2 for usage errors).
+    pub const USAGE: u8 = 2;
+    /// The store kept failing with transient errors until retries ran out.
+    pub const UNAVAILABLE: u8 = 200;
+    /// The store refused access, or the bucket, region or object state is wrong.
+    pub const STORE_REFUSED: u8 = 201;
+    /// The object exists but is corrupt, truncated, encrypted or not what it should be.
+    pub const CORRUPT: u8 = 202;
+    /// A local file or directory could not be read or written.
+    pub const LOCAL: u8 = 203;
+}
+
+/// Everything a command can fail with, each naming the object or path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// A bad argument that clap could not catch.
+    #[error("{0}")]
+    Usage(String),
+    /// A storage failure.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// An object whose contents are wrong.
+    #[error("{url}: {reason}")]
+    Corrupt {
+        /// The object.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Nothing in the archive matches what was asked for (e.g. a backup name).
+    #[error("{0}")]
+    NotFound(String),
+    /// A local file-system failure.
+    #[error("{}: {action}: {source}", path.display())]
+    Local {
+        /// The file or directory.
+        path: PathBuf,
+        /// What wale was doing.
+        action: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A failure inside wale itself (a worker task died).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A local failure on `path`.
+    pub fn local(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Error {
+        Error::Local {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+
+    /// The process exit status for this error (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => exit::USAGE,
+            Error::NotFound(_) | Error::Storage(storage::Error::NotFound { .. }) => exit::NOT_FOUND,
+            Error::Storage(storage::Error::Transient { .. }) => exit::UNAVAILABLE,
+            Error::Storage(
+                storage::Error::AccessDenied { .. } | storage::Error::Permanent { .. },
+            ) => exit::STORE_REFUSED,
+            Error::Corrupt { .. } => exit::CORRUPT,
+            Error::Local { .. } | Error::Internal(_) => exit::LOCAL,
+        }
+    }
+}
+
+impl crate::retry::Retryable for Error {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_retryable())
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(err: tokio::task::JoinError) -> Error {
+        Error::Internal(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absence_exits_one_and_failures_abort_recovery() {
+        let url = || "s3://b/k".to_string();
+        assert_eq!(
+            Error::Storage(storage::Error::NotFound { url: url() }).exit_code(),
+            1
+        );
+        let failures = [
+            Error::Storage(storage::Error::Transient {
+                url: url(),
+                detail: String::new(),
+            }),
+            Error::Storage(storage::Error::AccessDenied {
+                url: url(),
+                detail: String::new(),
+            }),
+            Error::Corrupt {
+                url: url(),
+                reason: String::new(),
+            },
+            Error::local("/x", "writing", std::io::Error::other("disk full")),
+        ];
+        for err in failures {
+            assert!(err.exit_code() > 125, "{err} would let PostgreSQL promote");
+        }
+    }
+}

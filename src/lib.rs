@@ -1,0 +1,33 @@
+//! wale restores PostgreSQL from WAL-E archives: a native replacement for WAL-E's restore
+//! side that PostgreSQL runs as `restore_command`.
+//!
+//! # Layout
+//!
+//! Data flows one way: command line → configuration → storage → decoding → sink.
+//!
+//! * [`cli`]: WAL-E's subcommands and flags (parsing only).
+//! * [`config`]: the only reader of the environment and envdir; prefixes, S3 settings,
+//!   retry limits, validated.
+//! * [`storage`]: the [`storage::Storage`] trait and its S3 and `file://` backends, with
+//!   errors classified once (not found / refused / transient / permanent).
+//! * [`layout`] and [`wal`]: WAL-E's key grammar and PostgreSQL's WAL file names (pure).
+//! * [`lzop`]: the streaming lzop decoder, every checksum verified.
+//! * [`durable`]: files that appear complete and fsynced, or not at all.
+//! * [`backups`]: complete backups, `LATEST`, sentinels.
+//! * [`retry`]: backoff within `WALE_RETRIES` and a deadline.
+//! * [`commands`]: one module per subcommand.
+//! * [`error`]: the error type and the exit-status policy.
+
+#![warn(missing_docs)]
+
+pub mod backups;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod layout;
+pub mod lzop;
+pub mod retry;
+pub mod storage;
+pub mod wal;

@@ -1,0 +1,87 @@
+//! The `wale` binary: parse, configure, run, and map the outcome to an exit status.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use wale::cli::{Cli, Command};
+use wale::commands::{self, Options};
+use wale::config::{Config, Env};
+use wale::error::{Error, exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.terse);
+    match run(&cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            let code = err.exit_code();
+            let line = err.to_string().replace('\n', " ");
+            if code == exit::NOT_FOUND {
+                tracing::info!("{line}");
+            } else {
+                tracing::error!("{line}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Error> {
+    if let Command::Version = cli.command {
+        println!("{}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let mut env = Env::from_process();
+    if let Some(dir) = &cli.envdir {
+        env.apply_envdir(dir)?;
+    }
+    let config = Config::resolve(&cli.global_flags(), &env)?;
+    let mut options = Options::default();
+    options.lzop.allow_concatenated = cli.allow_concatenated_lzop;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(commands::run(&cli.command, &config, options))
+}
+
+/// One line per event on stderr, `wale: LEVEL: message`, fit for the PostgreSQL log.
+/// `--terse` keeps warnings and errors; `RUST_LOG` overrides the level for debugging.
+fn init_logging(terse: bool) {
+    let default = if terse { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .event_format(OneLine)
+        .init();
+}
+
+struct OneLine;
+
+impl<S, N> FormatEvent<S, N> for OneLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "wale: {}: ", event.metadata().level())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

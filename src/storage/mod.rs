@@ -1,0 +1,264 @@
+//! Where the archive lives: one small [`Storage`] trait (stream an object, list with a
+//! prefix and delimiter, head) and its two backends, S3 ([`s3`]) and local files ([`fs`]).
+//!
+//! Keys are WAL-E's "logical keys" (`<path_prefix>wal_005/…`, never starting with `/`);
+//! each backend maps them to its own physical names. Errors are classified once, here:
+//! [`Error::NotFound`] only for a real 404 or `ENOENT` of the object asked for, and
+//! [`Error::is_retryable`] only for failures that can pass (5xx, throttling, timeouts,
+//! resets, truncated bodies).
+
+pub mod fs;
+pub mod s3;
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::config::StoreConfig;
+
+/// A storage failure, naming the object (as a URL) it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist (HTTP 404 `NoSuchKey`, or `ENOENT`).
+    #[error("{url}: not found")]
+    NotFound {
+        /// The object.
+        url: String,
+    },
+    /// The store refused: bad or expired credentials, missing permission.
+    #[error("{url}: access denied: {detail}")]
+    AccessDenied {
+        /// The object or bucket.
+        url: String,
+        /// The store's own explanation.
+        detail: String,
+    },
+    /// A failure that may pass if tried again.
+    #[error("{url}: {detail}")]
+    Transient {
+        /// The object or bucket.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+    /// A failure that will not pass by itself (missing bucket, wrong region, archived object…).
+    #[error("{url}: {detail}")]
+    Permanent {
+        /// The object or bucket.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    /// Its logical key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, for ordering.
+    pub modified: SystemTime,
+    /// Last modification time as WAL-E prints it for this backend (S3:
+    /// `2026-11-25T00:48:14.253Z`; file: Python's naive-UTC `isoformat()`).
+    pub last_modified_text: String,
+}
+
+/// The result of listing with a delimiter: objects at this level, and the "directories".
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Objects whose key has no delimiter after the prefix, sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// Distinct `prefix + … + delimiter` groups below the prefix, sorted.
+    pub common_prefixes: Vec<String>,
+}
+
+/// An object being read.
+pub struct ObjectReader {
+    /// The object, as a URL for messages.
+    pub url: String,
+    /// Its size, when the store said.
+    pub size: Option<u64>,
+    body: Body,
+}
+
+enum Body {
+    /// A network body, read on the async runtime.
+    Async(Pin<Box<dyn AsyncRead + Send>>),
+    /// A local file, read directly.
+    File(std::fs::File),
+}
+
+impl ObjectReader {
+    /// Turns the body into a blocking reader for the decoders, to be used on a blocking
+    /// thread of the runtime (`spawn_blocking`). Network bodies are bridged and checked
+    /// against the announced size, so a connection that closes early is an error.
+    pub fn into_blocking_read(self) -> Box<dyn Read + Send> {
+        match self.body {
+            Body::File(file) => Box::new(file),
+            Body::Async(body) => {
+                let checked = LengthChecked {
+                    inner: body,
+                    expected: self.size,
+                    seen: 0,
+                };
+                Box::new(tokio_util::io::SyncIoBridge::new(checked))
+            }
+        }
+    }
+}
+
+/// Fails with `UnexpectedEof` when a body ends before its announced length.
+struct LengthChecked {
+    inner: Pin<Box<dyn AsyncRead + Send>>,
+    expected: Option<u64>,
+    seen: u64,
+}
+
+impl AsyncRead for LengthChecked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = self.inner.as_mut().poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let got = (buf.filled().len() - before) as u64;
+            self.seen += got;
+            if got == 0
+                && buf.remaining() > 0
+                && let Some(expected) = self.expected.filter(|&e| self.seen < e)
+            {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {} of {expected} bytes", self.seen),
+                )));
+            }
+        }
+        res
+    }
+}
+
+/// The three operations wale needs from a store.
+pub trait Storage {
+    /// Opens an object for streaming.
+    fn get(&self, key: &str) -> impl Future<Output = Result<ObjectReader, Error>> + Send;
+    /// Lists keys under `prefix`, grouping at `delimiter` when given.
+    fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> impl Future<Output = Result<Listing, Error>> + Send;
+    /// Size and modification time of one object.
+    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, Error>> + Send;
+    /// A URL naming `key`, for messages.
+    fn url(&self, key: &str) -> String;
+}
+
+/// The configured store: S3 or local files.
+pub enum Store {
+    /// Amazon S3 or a compatible server.
+    S3(s3::S3Store),
+    /// Local files (`file://`).
+    File(fs::FileStore),
+}
+
+impl Store {
+    /// Connects to the configured store. For S3 this builds the client from explicit
+    /// settings (no instance-metadata probing unless an instance profile was asked for)
+    /// and, only when neither `AWS_REGION` nor an endpoint is set, asks S3 for the
+    /// bucket's region.
+    pub async fn open(config: &StoreConfig) -> Result<Store, Error> {
+        match config {
+            StoreConfig::S3(s3) => Ok(Store::S3(s3::S3Store::connect(s3).await?)),
+            StoreConfig::File(_) => Ok(Store::File(fs::FileStore)),
+        }
+    }
+}
+
+impl Storage for Store {
+    async fn get(&self, key: &str) -> Result<ObjectReader, Error> {
+        match self {
+            Store::S3(s) => s.get(key).await,
+            Store::File(s) => s.get(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, Error> {
+        match self {
+            Store::S3(s) => s.list(prefix, delimiter).await,
+            Store::File(s) => s.list(prefix, delimiter).await,
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, Error> {
+        match self {
+            Store::S3(s) => s.head(key).await,
+            Store::File(s) => s.head(key).await,
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        match self {
+            Store::S3(s) => s.url(key),
+            Store::File(s) => s.url(key),
+        }
+    }
+}
+
+/// Civil date and time (UTC) of a Unix timestamp: (year, month, day, hour, minute, second).
+pub(crate) fn civil_utc(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = unix_secs.div_euclid(86_400);
+    let secs_of_day = unix_secs.rem_euclid(86_400) as u32;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60,
+        secs_of_day % 60,
+    )
+}
+
+/// Seconds and nanoseconds since the epoch (negative times clamp to the epoch).
+pub(crate) fn unix_parts(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_utc(1_795_561_130), (2026, 11, 24, 22, 58, 50));
+        assert_eq!(civil_utc(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil_utc(-1), (1969, 12, 31, 23, 59, 59));
+    }
+}
