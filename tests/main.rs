@@ -1,1 +1,14 @@
+//! The one integration-test binary. Every test drives the real `wale` binary or the
+//! library against real parts: the real `lzop`, a real S3 server on 127.0.0.1 (s3s-fs,
+//! signatures checked), and a real WAL-E 1.1.1 archive of a PostgreSQL 15 cluster.
 
+mod common;
+
+/// `backup-list` against WAL-E's recorded output, on both backends.
+mod backup_list;
+/// The lzop decoder against the real `lzop` and real WAL-E objects.
+mod lzop_compat;
+/// S3 specifics: signatures, faults, retries, envdir, request shapes.
+mod s3;
+/// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.
+mod wal_fetch;

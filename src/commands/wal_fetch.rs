@@ -35,17 +35,23 @@ pub async fn run(config: &Config, options: Options, args: &WalFetchArgs) -> Resu
         fetch_once(&store, &key, &args.wal_destination, kind, options.lzop)
     })
     .await
-    .inspect_err(|err| {
-        if matches!(err, Error::Storage(storage::Error::NotFound { .. })) {
-            tracing::info!("{name} is not in the archive ({})", store.url(&key));
-        }
-    })?;
+    .inspect_err(|_| remove_stale(&args.wal_destination))?;
     tracing::info!(
         "restored {name} from {} ({bytes} bytes in {} ms)",
         store.url(&key),
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// After a failure nothing may stay at the destination, not even an older file (WAL-E
+/// deletes it too); PostgreSQL would otherwise replay whatever is there.
+fn remove_stale(destination: &Path) {
+    match std::fs::remove_file(destination) {
+        Ok(()) => tracing::warn!("removed {} after the failed fetch", destination.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!("cannot remove {}: {err}", destination.display()),
+    }
 }
 
 /// One attempt: download, decode and publish. Returns the decompressed size.

@@ -1,0 +1,406 @@
+//! Test harness: the real `wale` binary in a scrubbed environment, a real S3 server
+//! (s3s-fs, checking SigV4 signatures) on 127.0.0.1 with an optional fault injector in
+//! front of it, the real `lzop`, and the real WAL-E fixture archive.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+pub const ACCESS_KEY: &str = "wale-test-key";
+pub const SECRET_KEY: &str = "wale-test-secret";
+pub const BUCKET: &str = "wale-test";
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real WAL-E fixture: its `archive/` directory is a `file://` prefix.
+pub fn fixture() -> PathBuf {
+    repo().join("fixtures/wale-small")
+}
+
+/// `KEY=value` lines of the fixture's `meta.env`.
+pub fn fixture_meta(key: &str) -> String {
+    let text = std::fs::read_to_string(fixture().join("meta.env")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing from meta.env"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Names of the fixture's WAL objects (without `.lzo`), sorted.
+pub fn fixture_wal_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixture().join("archive/wal_005"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter_map(|n| n.strip_suffix(".lzo").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The `wale` binary with an empty environment but PATH (as under a minimal
+/// `restore_command`), so nothing from the developer's shell leaks in.
+pub fn wale() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wale"));
+    cmd.env_clear();
+    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// What a finished command did, with helpers for assertions.
+pub struct Run {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(mut cmd: Command) -> Run {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("run wale");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics with the full output unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code,
+            code,
+            "exit code {} (wanted {code})\nstderr:\n{}\nstdout:\n{}",
+            self.code,
+            self.stderr,
+            self.stdout_text()
+        );
+        self
+    }
+
+    /// The error lines (ERROR level) on stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.contains(": ERROR: "))
+            .collect()
+    }
+}
+
+/// `lzop -d -c` of a file, the reference decoder.
+pub fn lzop_decompress(path: &Path) -> Vec<u8> {
+    let out = Command::new("lzop")
+        .args(["-d", "-c"])
+        .arg(path)
+        .output()
+        .expect("lzop must be installed (apt-get install lzop)");
+    assert!(out.status.success(), "lzop -d {} failed", path.display());
+    out.stdout
+}
+
+/// `lzop -c` of bytes fed through a pipe, with extra flags (e.g. `-9`).
+pub fn lzop_compress(data: &[u8], flags: &[&str]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("lzop")
+        .arg("-c")
+        .args(flags)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lzop must be installed (apt-get install lzop)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Copies a directory tree, keeping file modification times (they are what `backup-list`
+/// prints and what `LATEST` orders by).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let mtime = entry.metadata().unwrap().modified().unwrap();
+            set_mtime(&target, mtime);
+        }
+    }
+}
+
+pub fn set_mtime(path: &Path, mtime: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+/// A scratch directory holding an archive served both as `file://` and over S3.
+pub struct Archive {
+    pub dir: tempfile::TempDir,
+    /// The prefix inside the bucket, e.g. `db1/`.
+    pub prefix: &'static str,
+}
+
+impl Archive {
+    /// A copy of the real WAL-E fixture at `s3://wale-test/db1` and the matching file path.
+    pub fn fixture_copy() -> Archive {
+        let archive = Archive::empty();
+        copy_tree(&fixture().join("archive"), &archive.root());
+        archive
+    }
+
+    pub fn empty() -> Archive {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive { dir, prefix: "db1" };
+        std::fs::create_dir_all(archive.root()).unwrap();
+        archive
+    }
+
+    /// The s3s-fs root (one directory per bucket).
+    pub fn s3_root(&self) -> PathBuf {
+        self.dir.path().join("s3")
+    }
+
+    /// The directory that holds `basebackups_005/` and `wal_005/`.
+    pub fn root(&self) -> PathBuf {
+        self.s3_root().join(BUCKET).join(self.prefix)
+    }
+
+    pub fn file_prefix(&self) -> String {
+        format!("file://{}", self.root().display())
+    }
+
+    pub fn s3_prefix(&self) -> String {
+        format!("s3://{BUCKET}/{}", self.prefix)
+    }
+
+    pub fn wal_object(&self, name: &str) -> PathBuf {
+        self.root().join("wal_005").join(format!("{name}.lzo"))
+    }
+}
+
+/// Which backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    File,
+    S3,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::File, Backend::S3];
+
+/// A wale command configured for an archive on a backend (S3 needs a running server).
+pub fn wale_for(archive: &Archive, backend: Backend, server: Option<&S3Server>) -> Command {
+    let mut cmd = wale();
+    match backend {
+        Backend::File => {
+            cmd.env("WALE_FILE_PREFIX", archive.file_prefix());
+        }
+        Backend::S3 => {
+            let server = server.expect("S3 backend needs a server");
+            for (k, v) in server.env(archive) {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd
+}
+
+/// A fault the injector applies to the next matching request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this HTTP status and an S3 error body.
+    Status(u16, &'static str),
+    /// Send the real response's headers but only this many body bytes, then drop the
+    /// connection.
+    Truncate(usize),
+}
+
+#[derive(Default)]
+struct Faults {
+    queue: Mutex<VecDeque<(String, Fault)>>,
+    requests: Mutex<Vec<String>>,
+}
+
+/// s3s-fs serving a directory on 127.0.0.1, requiring SigV4 signatures with the test
+/// keys, with a fault injector in front. Stops when dropped.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    faults: Arc<Faults>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> S3Server {
+        std::fs::create_dir_all(root).unwrap();
+        let fs = s3s_fs::FileSystem::new(root).unwrap();
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let s3 = builder.build();
+        let faults = Arc::new(Faults::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread_faults = faults.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                loop {
+                    let (socket, _) = tokio::select! {
+                        accepted = listener.accept() => accepted.unwrap(),
+                        _ = &mut shutdown_rx => break,
+                    };
+                    let (s3, faults) = (s3.clone(), thread_faults.clone());
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (s3, faults) = (s3.clone(), faults.clone());
+                        async move { serve(s3, faults, req).await }
+                    });
+                    tokio::spawn(async move {
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(socket), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        S3Server {
+            addr,
+            faults,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `WALE_S3_ENDPOINT=http+path://127.0.0.1:PORT` and the keys.
+    pub fn env(&self, archive: &Archive) -> Vec<(String, String)> {
+        vec![
+            ("WALE_S3_PREFIX".into(), archive.s3_prefix()),
+            (
+                "WALE_S3_ENDPOINT".into(),
+                format!("http+path://127.0.0.1:{}", self.addr.port()),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ]
+    }
+
+    /// Applies `fault` to the next request whose path contains `path_part`.
+    pub fn inject(&self, path_part: &str, fault: Fault) {
+        self.faults
+            .queue
+            .lock()
+            .unwrap()
+            .push_back((path_part.to_string(), fault));
+    }
+
+    /// `METHOD path?query` of every request seen so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.faults.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    s3: s3s::service::S3Service,
+    faults: Arc<Faults>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<s3s::HttpResponse, s3s::HttpError> {
+    let target = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+    );
+    faults.requests.lock().unwrap().push(target.clone());
+    let fault = {
+        let mut queue = faults.queue.lock().unwrap();
+        let pos = queue
+            .iter()
+            .position(|(part, _)| target.contains(part.as_str()));
+        pos.and_then(|i| queue.remove(i)).map(|(_, f)| f)
+    };
+    match fault {
+        None => s3.call(req.map(s3s::Body::from)).await,
+        Some(Fault::Status(status, code)) => {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+            );
+            Ok(hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/xml")
+                .body(s3s::Body::from(body))
+                .unwrap())
+        }
+        Some(Fault::Truncate(keep)) => {
+            let resp = s3.call(req.map(s3s::Body::from)).await?;
+            let (parts, body) = resp.into_parts();
+            let full = body.collect().await.unwrap().to_bytes();
+            let head = Bytes::copy_from_slice(&full[..keep.min(full.len())]);
+            let stream = truncated_body(head);
+            Ok(hyper::Response::from_parts(
+                parts,
+                s3s::Body::http_body(stream),
+            ))
+        }
+    }
+}
+
+/// A body that yields `head` and then fails, so hyper drops the connection mid-body.
+fn truncated_body(
+    head: Bytes,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let items: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(head)),
+        Err(std::io::Error::other("injected truncation")),
+    ];
+    StreamBody::new(futures_util::stream::iter(items))
+}
