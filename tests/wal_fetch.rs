@@ -71,10 +71,13 @@ fn plant(archive: &Archive, name: &str, damage: impl Fn(&mut Vec<u8>)) {
     std::fs::write(archive.wal_object(name), bytes).unwrap();
 }
 
+/// A way of spoiling an object's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn corrupt_truncated_and_foreign_objects_fail_with_one_clear_line_and_leave_nothing() {
     let archive = Archive::fixture_copy();
-    let cases: [(&str, &str, Box<dyn Fn(&mut Vec<u8>)>); 5] = [
+    let cases: [(&str, &str, Damage); 5] = [
         (
             "0000000100000000000000A1",
             "checksum mismatch|does not decompress",
