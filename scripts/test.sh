@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine: installs what the tests need (the real
-# lzop, used as the reference decoder and to make test inputs), then runs every test.
+# The whole test suite, on a fresh Debian machine: installs what the tests need, then
+# compiles the benchmarks and runs every test (unit and integration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v lzop >/dev/null; then
-  echo "installing lzop (tests compare wale against the real lzop)" >&2
+# The real lzop is the reference decoder and makes test inputs; PostgreSQL 15 (the
+# fixture's major version) replays the archive through wale in the end-to-end test.
+missing=()
+command -v lzop >/dev/null || missing+=(lzop)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
   sudo_if_needed=""
   [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
   $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq lzop
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}"
 fi
 
-cargo test --release --locked
 # The benchmarks must keep compiling even when nobody runs them.
 cargo bench --locked --no-run
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$log")
+echo "$totals"
+exit "$status"

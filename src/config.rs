@@ -209,14 +209,6 @@ impl StoreConfig {
             StoreConfig::File(file) => &file.path_prefix,
         }
     }
-
-    /// A URL naming `key` for messages, e.g. `s3://bucket/prefix/wal_005/…`.
-    pub fn url_of(&self, key: &str) -> String {
-        match self {
-            StoreConfig::S3(s3) => format!("s3://{}/{key}", s3.bucket),
-            StoreConfig::File(_) => format!("file:///{key}"),
-        }
-    }
 }
 
 /// The local-file backend: keys are paths under `/`.
@@ -226,8 +218,8 @@ pub struct FileConfig {
     pub path_prefix: String,
 }
 
-/// S3 settings, resolved from WAL-E's variables.
-#[derive(Clone)]
+/// S3 settings, resolved from WAL-E's variables (Debug never shows secrets).
+#[derive(Debug, Clone)]
 pub struct S3Config {
     /// The bucket (the prefix URL's host part).
     pub bucket: String,
@@ -239,18 +231,6 @@ pub struct S3Config {
     pub endpoint: Option<Endpoint>,
     /// Where credentials come from.
     pub credentials: Credentials,
-}
-
-impl fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Config")
-            .field("bucket", &self.bucket)
-            .field("path_prefix", &self.path_prefix)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("credentials", &self.credentials)
-            .finish()
-    }
 }
 
 /// The source of S3 credentials.

@@ -8,6 +8,8 @@ mod common;
 mod backup_list;
 /// The lzop decoder against the real `lzop` and real WAL-E objects.
 mod lzop_compat;
+/// Real PostgreSQL recovering through `wale wal-fetch`.
+mod postgres;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.

@@ -119,3 +119,98 @@ fn envdir_configures_s3_like_daemontools_envdir() {
     let run = Run::of(cmd).expect_code(2);
     assert!(run.stderr.contains("missing"), "{}", run.stderr);
 }
+
+/// A stand-in for the EC2 instance-metadata service (IMDSv2) on 127.0.0.1, handing out the
+/// test server's keys as instance-profile credentials and counting requests.
+struct FakeImds {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeImds {
+    fn start() -> FakeImds {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
+                    line.clear();
+                }
+                let target = request_line
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                seen.lock().unwrap().push(target.clone());
+                let body = match target.as_str() {
+                    "PUT /latest/api/token" => "fake-imds-token".to_string(),
+                    "GET /latest/meta-data/iam/security-credentials/" => "wale-role".to_string(),
+                    "GET /latest/meta-data/iam/security-credentials/wale-role" => format!(
+                        "{{\"Code\": \"Success\", \"Type\": \"AWS-HMAC\", \"AccessKeyId\": \"{ACCESS_KEY}\", \"SecretAccessKey\": \"{SECRET_KEY}\", \"Token\": \"session-token\", \"Expiration\": \"2099-01-01T00:00:00Z\"}}"
+                    ),
+                    _ => String::new(),
+                };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeImds { addr, requests }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn instance_metadata_is_used_only_when_an_instance_profile_is_asked_for() {
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let imds = FakeImds::start();
+    let out = tempfile::tempdir().unwrap();
+    let name = fixture_meta("END_WAL_SEGMENT");
+    // Static keys: the metadata service is never contacted.
+    let mut cmd = fetch_cmd(&archive, &server, &name, &out.path().join("a"));
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint());
+    Run::of(cmd).expect_code(0);
+    assert!(imds.requests().is_empty(), "{:?}", imds.requests());
+    // Instance profile, no keys at all: credentials come from the metadata service.
+    let mut cmd = fetch_cmd(&archive, &server, &name, &out.path().join("b"));
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint());
+    cmd.env("AWS_INSTANCE_PROFILE", "true");
+    Run::of(cmd).expect_code(0);
+    let requests = imds.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.ends_with("security-credentials/wale-role")),
+        "{requests:?}"
+    );
+    assert!(
+        std::fs::read(out.path().join("b")).unwrap() == lzop_decompress(&archive.wal_object(&name))
+    );
+}

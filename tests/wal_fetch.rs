@@ -252,3 +252,26 @@ fn terse_hides_info_and_version_prints_the_version() {
         format!("{}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn history_and_partial_files_are_fetched_like_segments() {
+    let archive = Archive::fixture_copy();
+    let history = b"1\t0/9000000\tno recovery target specified\n";
+    std::fs::write(
+        archive.wal_object("00000002.history"),
+        lzop_compress(history, &[]),
+    )
+    .unwrap();
+    let segment = fixture_meta("END_WAL_SEGMENT");
+    let partial = format!("{segment}.partial");
+    std::fs::copy(archive.wal_object(&segment), archive.wal_object(&partial)).unwrap();
+    let server = S3Server::start(&archive.s3_root());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("RECOVERYHISTORY");
+    for backend in BACKENDS {
+        fetch(&archive, backend, Some(&server), "00000002.history", &dest).expect_code(0);
+        assert_eq!(std::fs::read(&dest).unwrap(), history);
+        fetch(&archive, backend, Some(&server), &partial, &dest).expect_code(0);
+        assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(&segment)));
+    }
+}

@@ -159,11 +159,6 @@ impl<R: Read> Decoder<R> {
         self.header.as_ref()
     }
 
-    /// Total decompressed bytes produced so far.
-    pub fn produced(&self) -> u64 {
-        self.produced
-    }
-
     /// Decodes the whole stream into `out`, one verified block at a time, and returns the
     /// number of bytes written. Faster than [`io::copy`] because blocks are written whole.
     pub fn decode_to<W: Write>(&mut self, out: &mut W) -> Result<u64, DecodeToError> {

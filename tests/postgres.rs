@@ -1,0 +1,205 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// The PostgreSQL server binaries of the fixture's major version.
+fn pg_bin() -> PathBuf {
+    let major = fixture_meta("PG_VERSION")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let bin = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    assert!(
+        bin.join("postgres").exists(),
+        "PostgreSQL {major} is needed (apt-get install postgresql-{major}); scripts/test.sh installs it"
+    );
+    bin
+}
+
+/// Runs a command as the `postgres` user when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Gives a tree to the `postgres` user when running as root.
+fn give_to_postgres(path: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut chown = Command::new("chown");
+        chown.arg("-R").arg("postgres:postgres").arg(path);
+        run_ok(chown, "chown");
+    }
+}
+
+/// A PostgreSQL data directory being recovered; stopped on drop.
+struct Recovery {
+    bin: PathBuf,
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Recovery {
+    fn psql(&self, args: &[&str]) -> String {
+        let mut cmd = as_postgres(&self.bin.join("psql"));
+        cmd.args(["-X", "-q", "-h"]).arg(&self.socket_dir);
+        cmd.args(["-p", &self.port.to_string(), "-d", "postgres"])
+            .args(args);
+        run_ok(cmd, "psql")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_until_promoted(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut cmd = as_postgres(&self.bin.join("psql"));
+            cmd.args(["-X", "-q", "-A", "-t", "-h"])
+                .arg(&self.socket_dir);
+            cmd.args([
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                "postgres",
+                "-c",
+                "select pg_is_in_recovery()",
+            ]);
+            if let Ok(out) = cmd.output()
+                && String::from_utf8_lossy(&out.stdout).trim() == "f"
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "recovery did not finish; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Recovery {
+    fn drop(&mut self) {
+        let mut cmd = as_postgres(&self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = cmd.output();
+    }
+}
+
+#[test]
+fn postgres_replays_the_real_archive_from_s3_through_wale_wal_fetch() {
+    let bin = pg_bin();
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pgdata = work.path().join("pgdata");
+    let socket_dir = work.path().join("sock");
+    let envdir = work.path().join("wale.env");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    std::fs::create_dir_all(&envdir).unwrap();
+
+    // The base backup, unpacked with the real lzop and tar (backup-fetch is not wale's yet).
+    std::fs::create_dir(&pgdata).unwrap();
+    let backup = fixture_meta("BACKUP_NAME");
+    let partition = archive.root().join(format!(
+        "basebackups_005/{backup}/tar_partitions/part_00000000.tar.lzo"
+    ));
+    let mut untar = Command::new("sh");
+    untar.arg("-c").arg(format!(
+        "lzop -d -c {} | tar -x -C {} 2>/dev/null",
+        partition.display(),
+        pgdata.display()
+    ));
+    run_ok(untar, "lzop -d | tar -x");
+
+    // restore_command as an operator writes it: wale with --envdir holding S3 settings.
+    for (key, value) in server.env(&archive) {
+        std::fs::write(envdir.join(key), format!("{value}\n")).unwrap();
+    }
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let conf = format!(
+        "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\narchive_mode = off\n\
+         restore_command = '{} --envdir {} wal-fetch \"%f\" \"%p\"'\nlog_line_prefix = '%m [%p] '\n",
+        socket_dir.display(),
+        env!("CARGO_BIN_EXE_wale"),
+        envdir.display()
+    );
+    std::fs::write(pgdata.join("postgresql.conf"), conf).unwrap();
+    std::fs::write(pgdata.join("pg_hba.conf"), "local all all trust\n").unwrap();
+    std::fs::write(pgdata.join("pg_ident.conf"), "").unwrap();
+    std::fs::write(pgdata.join("recovery.signal"), "").unwrap();
+    std::fs::create_dir_all(pgdata.join("pg_wal/archive_status")).unwrap();
+    std::fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    give_to_postgres(work.path());
+
+    let recovery = Recovery {
+        bin: bin.clone(),
+        pgdata: pgdata.clone(),
+        socket_dir,
+        port,
+        log: work.path().join("postgres.log"),
+    };
+    let mut start = as_postgres(&bin.join("pg_ctl"));
+    start
+        .arg("-D")
+        .arg(&pgdata)
+        .arg("-l")
+        .arg(&recovery.log)
+        .args(["-w", "-t", "120", "start"]);
+    let started = start.output().unwrap();
+    assert!(
+        started.status.success(),
+        "pg_ctl start failed; log:\n{}",
+        recovery.log_text()
+    );
+    recovery.wait_until_promoted(Duration::from_secs(180));
+
+    let actual = recovery.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);
+    let expected = std::fs::read_to_string(fixture().join("expected.txt")).unwrap();
+    assert_eq!(
+        actual,
+        expected,
+        "recovered data differs; log:\n{}",
+        recovery.log_text()
+    );
+    // Every archived segment from the backup's start to the end came through wale.
+    let log = recovery.log_text();
+    let end = fixture_meta("END_WAL_SEGMENT");
+    assert!(
+        log.contains(&format!("restored log file \"{end}\" from archive")),
+        "{log}"
+    );
+    assert!(!log.contains(": ERROR: "), "wale reported errors:\n{log}");
+}
