@@ -214,3 +214,27 @@ fn instance_metadata_is_used_only_when_an_instance_profile_is_asked_for() {
         std::fs::read(out.path().join("b")).unwrap() == lzop_decompress(&archive.wal_object(&name))
     );
 }
+
+#[test]
+fn virtualhost_convention_uses_the_bucket_as_the_host_name() {
+    // Bucket "localhost" resolves to this machine, so WAL-E's CNAME-style convention can
+    // be exercised: the endpoint's host is not used, its scheme and port are.
+    let archive = Archive::fixture_copy_in("localhost");
+    let server = S3Server::start(&archive.s3_root());
+    let out = tempfile::tempdir().unwrap();
+    let name = fixture_meta("END_WAL_SEGMENT");
+    let mut cmd = fetch_cmd(&archive, &server, &name, &out.path().join("x"));
+    cmd.env(
+        "WALE_S3_ENDPOINT",
+        format!("http+virtualhost://127.0.0.1:{}", server.addr.port()),
+    );
+    Run::of(cmd).expect_code(0);
+    assert!(
+        std::fs::read(out.path().join("x")).unwrap() == lzop_decompress(&archive.wal_object(&name))
+    );
+    let requests = server.requests();
+    assert!(
+        requests[0].starts_with(&format!("GET /db1/wal_005/{name}.lzo")),
+        "{requests:?}"
+    );
+}

@@ -169,6 +169,8 @@ pub fn set_mtime(path: &Path, mtime: SystemTime) {
 /// A scratch directory holding an archive served both as `file://` and over S3.
 pub struct Archive {
     pub dir: tempfile::TempDir,
+    /// The bucket the archive is served from over S3.
+    pub bucket: &'static str,
     /// The prefix inside the bucket, e.g. `db1/`.
     pub prefix: &'static str,
 }
@@ -176,14 +178,27 @@ pub struct Archive {
 impl Archive {
     /// A copy of the real WAL-E fixture at `s3://wale-test/db1` and the matching file path.
     pub fn fixture_copy() -> Archive {
-        let archive = Archive::empty();
+        Archive::fixture_copy_in(BUCKET)
+    }
+
+    /// The fixture in another bucket.
+    pub fn fixture_copy_in(bucket: &'static str) -> Archive {
+        let archive = Archive::empty_in(bucket);
         copy_tree(&fixture().join("archive"), &archive.root());
         archive
     }
 
     pub fn empty() -> Archive {
+        Archive::empty_in(BUCKET)
+    }
+
+    fn empty_in(bucket: &'static str) -> Archive {
         let dir = tempfile::tempdir().unwrap();
-        let archive = Archive { dir, prefix: "db1" };
+        let archive = Archive {
+            dir,
+            bucket,
+            prefix: "db1",
+        };
         std::fs::create_dir_all(archive.root()).unwrap();
         archive
     }
@@ -195,7 +210,7 @@ impl Archive {
 
     /// The directory that holds `basebackups_005/` and `wal_005/`.
     pub fn root(&self) -> PathBuf {
-        self.s3_root().join(BUCKET).join(self.prefix)
+        self.s3_root().join(self.bucket).join(self.prefix)
     }
 
     pub fn file_prefix(&self) -> String {
@@ -203,7 +218,7 @@ impl Archive {
     }
 
     pub fn s3_prefix(&self) -> String {
-        format!("s3://{BUCKET}/{}", self.prefix)
+        format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
     pub fn wal_object(&self, name: &str) -> PathBuf {
@@ -237,6 +252,22 @@ pub fn wale_for(archive: &Archive, backend: Backend, server: Option<&S3Server>) 
     cmd
 }
 
+/// Requests to an IP address are path style; a request to a host name addresses the
+/// bucket of that name (WAL-E's `virtualhost` convention: the bucket is the host).
+struct BucketNamedHosts;
+
+impl s3s::host::S3Host for BucketNamedHosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        let vhost = s3s::host::VirtualHost::new(host);
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            Ok(vhost)
+        } else {
+            Ok(vhost.with_bucket(name))
+        }
+    }
+}
+
 /// A fault the injector applies to the next matching request.
 #[derive(Debug, Clone)]
 pub enum Fault {
@@ -268,6 +299,7 @@ impl S3Server {
         let fs = s3s_fs::FileSystem::new(root).unwrap();
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        builder.set_host(BucketNamedHosts);
         let s3 = builder.build();
         let faults = Arc::new(Faults::default());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
