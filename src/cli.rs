@@ -86,12 +86,55 @@ impl Cli {
 /// WAL-E's restore-side subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Restore a base backup into a data directory: backup-fetch DIR NAME|LATEST.
+    BackupFetch(BackupFetchArgs),
     /// List complete base backups (tab-separated like WAL-E, or JSON).
     BackupList(BackupListArgs),
     /// Fetch one WAL file from the archive: use as restore_command = 'wale wal-fetch "%f" "%p"'.
     WalFetch(WalFetchArgs),
     /// Print wale's version.
     Version,
+}
+
+/// `backup-fetch PG_CLUSTER_DIRECTORY BACKUP_NAME|LATEST [options]`.
+#[derive(Debug, Args)]
+pub struct BackupFetchArgs {
+    /// The data directory to restore into (created if missing; must be empty unless
+    /// --overwrite).
+    pub pg_cluster_directory: PathBuf,
+
+    /// A backup name such as base_000000010000000000000002_00000040, or LATEST.
+    pub backup_name: String,
+
+    /// How many partitions to download and extract at once [default: 4, or the number of
+    /// CPUs if larger].
+    #[arg(short = 'p', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pool_size: Option<u16>,
+
+    /// Restore tablespaces into real directories under pg_tblspc/ instead of requiring
+    /// pg_tblspc/OID symlinks.
+    #[arg(long)]
+    pub blind_restore: bool,
+
+    /// Create the tablespace links from a JSON spec FILE, or from the backup's own spec
+    /// (SOURCE); always restores into PG_CLUSTER_DIRECTORY.
+    #[arg(long, value_name = "FILE|SOURCE")]
+    pub restore_spec: Option<String>,
+
+    /// Restore tablespace OID into PATH (created if needed) and link pg_tblspc/OID to it;
+    /// repeat for several.
+    #[arg(long = "tablespace", value_name = "OID=PATH")]
+    pub tablespaces: Vec<String>,
+
+    /// Keep a pg_wal (pg_xlog) symlink from the source machine instead of restoring an
+    /// empty directory in its place.
+    #[arg(long)]
+    pub keep_wal_link: bool,
+
+    /// Restore into a non-empty directory, replacing the files the backup holds (other
+    /// files are kept).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// `backup-list [QUERY] [--detail] [--json]`.

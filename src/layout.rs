@@ -28,6 +28,11 @@ impl Layout {
         format!("{}wal_{VERSION}/{name}.lzo", self.path_prefix)
     }
 
+    /// `<prefix>basebackups_005/<backup>/tar_partitions/`.
+    pub fn tar_partitions(&self, backup: &BackupName) -> String {
+        format!("{}{}/tar_partitions/", self.basebackups(), backup.as_str())
+    }
+
     /// The sentinel object whose existence marks `backup` complete.
     pub fn sentinel_key(&self, backup: &BackupName) -> String {
         format!("{}{}{SENTINEL_SUFFIX}", self.basebackups(), backup.as_str())
@@ -35,6 +40,16 @@ impl Layout {
 }
 
 const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
+
+/// The number of a partition object, `part_<digits>.tar.lzo` (padded since WAL-E 0.7,
+/// unpadded before).
+pub fn partition_number(file_name: &str) -> Option<u64> {
+    let digits = file_name.strip_prefix("part_")?.strip_suffix(".tar.lzo")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// A base backup name, `base_<24 hex>_<8 chars>`. The segment is the WAL file holding the
 /// backup's start; the offset is a zero-padded *decimal* byte offset that WAL-E's regex
@@ -101,6 +116,20 @@ mod tests {
             "small/basebackups_005/base_000000010000000000000003_00000040_backup_stop_sentinel.json"
         );
         assert_eq!(Layout::new("").wal_key("x"), "wal_005/x.lzo");
+    }
+
+    #[test]
+    fn partitions() {
+        assert_eq!(partition_number("part_00000000.tar.lzo"), Some(0));
+        assert_eq!(partition_number("part_10.tar.lzo"), Some(10));
+        for bad in ["part_.tar.lzo", "part_1.tar", "part_x.tar.lzo", "other"] {
+            assert_eq!(partition_number(bad), None, "{bad}");
+        }
+        let b = BackupName::parse("base_000000010000000000000003_00000040").unwrap();
+        assert_eq!(
+            Layout::new("p/").tar_partitions(&b),
+            "p/basebackups_005/base_000000010000000000000003_00000040/tar_partitions/"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   errors classified once (not found / refused / transient / permanent).
 //! * [`layout`] and [`wal`]: WAL-E's key grammar and PostgreSQL's WAL file names (pure).
 //! * [`lzop`]: the streaming lzop decoder, every checksum verified.
+//! * [`tar`] and [`extract`]: the streaming tar reader and safe extraction.
+//! * [`tablespaces`]: where tablespaces go on restore.
 //! * [`durable`]: files that appear complete and fsynced, or not at all.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`retry`]: backoff within `WALE_RETRIES` and a deadline.
@@ -26,8 +28,11 @@ pub mod commands;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod extract;
 pub mod layout;
 pub mod lzop;
 pub mod retry;
 pub mod storage;
+pub mod tablespaces;
+pub mod tar;
 pub mod wal;

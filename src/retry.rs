@@ -50,7 +50,7 @@ where
 
 /// The pause after the `failures`-th failure: uniformly random in [d/2, d], with
 /// d = base × 2^(failures-1) capped at the policy's maximum.
-fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+pub(crate) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
     let exp = policy
         .base_delay
         .saturating_mul(1u32 << (failures - 1).min(20))

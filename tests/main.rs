@@ -4,6 +4,8 @@
 
 mod common;
 
+/// `backup-fetch`: WAL-E's tree, tablespaces, safety, failures and resumption.
+mod backup_fetch;
 /// `backup-list` against WAL-E's recorded output, on both backends.
 mod backup_list;
 /// The lzop decoder against the real `lzop` and real WAL-E objects.

@@ -114,7 +114,7 @@ impl Drop for Recovery {
 }
 
 #[test]
-fn postgres_replays_the_real_archive_from_s3_through_wale_wal_fetch() {
+fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     let bin = pg_bin();
     let archive = Archive::fixture_copy();
     let server = S3Server::start(&archive.s3_root());
@@ -130,19 +130,20 @@ fn postgres_replays_the_real_archive_from_s3_through_wale_wal_fetch() {
     std::fs::create_dir_all(&socket_dir).unwrap();
     std::fs::create_dir_all(&envdir).unwrap();
 
-    // The base backup, unpacked with the real lzop and tar (backup-fetch is not wale's yet).
-    std::fs::create_dir(&pgdata).unwrap();
-    let backup = fixture_meta("BACKUP_NAME");
-    let partition = archive.root().join(format!(
-        "basebackups_005/{backup}/tar_partitions/part_00000000.tar.lzo"
-    ));
-    let mut untar = Command::new("sh");
-    untar.arg("-c").arg(format!(
-        "lzop -d -c {} | tar -x -C {} 2>/dev/null",
-        partition.display(),
-        pgdata.display()
-    ));
-    run_ok(untar, "lzop -d | tar -x");
+    // The base backup, restored by wale from S3, its tablespace mapped to a new place.
+    let oid = fixture_meta("TABLESPACE_OID");
+    let tablespace = work.path().join("ts1");
+    let mut fetch = wale_for(&archive, Backend::S3, Some(&server));
+    fetch.arg("backup-fetch").arg(&pgdata).arg("LATEST");
+    fetch
+        .arg("--tablespace")
+        .arg(format!("{oid}={}", tablespace.display()));
+    let restore = Run::of(fetch).expect_code(0);
+    assert!(
+        restore.stderr.contains("restored base_"),
+        "{}",
+        restore.stderr
+    );
 
     // restore_command as an operator writes it: wale with --envdir holding S3 settings.
     for (key, value) in server.env(&archive) {
@@ -160,7 +161,6 @@ fn postgres_replays_the_real_archive_from_s3_through_wale_wal_fetch() {
     std::fs::write(pgdata.join("pg_hba.conf"), "local all all trust\n").unwrap();
     std::fs::write(pgdata.join("pg_ident.conf"), "").unwrap();
     std::fs::write(pgdata.join("recovery.signal"), "").unwrap();
-    std::fs::create_dir_all(pgdata.join("pg_wal/archive_status")).unwrap();
     std::fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     give_to_postgres(work.path());
 
@@ -193,6 +193,11 @@ fn postgres_replays_the_real_archive_from_s3_through_wale_wal_fetch() {
         expected,
         "recovered data differs; log:\n{}",
         recovery.log_text()
+    );
+    // PostgreSQL kept wale's tablespace link (tablespace_map agreed with it).
+    assert_eq!(
+        std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap(),
+        tablespace
     );
     // Every archived segment from the backup's start to the end came through wale.
     let log = recovery.log_text();

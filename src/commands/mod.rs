@@ -1,6 +1,7 @@
 //! The subcommands. Each takes the validated configuration and its own arguments, and
 //! returns `Ok` or an [`Error`] for `main` to turn into an exit status.
 
+mod backup_fetch;
 mod backup_list;
 mod wal_fetch;
 
@@ -21,6 +22,7 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
     match command {
         Command::WalFetch(args) => wal_fetch::run(config, options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
+        Command::BackupFetch(args) => backup_fetch::run(config, options, args).await,
         Command::Version => Ok(()),
     }
 }

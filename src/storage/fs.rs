@@ -178,6 +178,17 @@ impl Storage for FileStore {
         self.open_blocking(key)
     }
 
+    async fn get_range(&self, key: &str, offset: u64) -> Result<ObjectReader, Error> {
+        use std::io::{Seek, SeekFrom};
+        let mut object = self.open_blocking(key)?;
+        if let super::Body::File(file) = &mut object.body {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| self.io_error(key, e))?;
+        }
+        object.size = object.size.map(|s| s.saturating_sub(offset));
+        Ok(object)
+    }
+
     async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, Error> {
         let (prefix, delimiter) = (prefix.to_string(), delimiter.map(str::to_string));
         tokio::task::spawn_blocking(move || FileStore.list_blocking(&prefix, delimiter.as_deref()))

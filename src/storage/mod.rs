@@ -12,12 +12,13 @@ pub mod s3;
 
 use std::io::{self, Read};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::config::StoreConfig;
+use crate::config::{RetryPolicy, StoreConfig};
 
 /// A storage failure, naming the object (as a URL) it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,12 @@ impl Error {
     /// Whether trying again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Transient { .. })
+    }
+}
+
+impl crate::retry::Retryable for Error {
+    fn is_retryable(&self) -> bool {
+        Error::is_retryable(self)
     }
 }
 
@@ -155,6 +162,12 @@ impl AsyncRead for LengthChecked {
 pub trait Storage {
     /// Opens an object for streaming.
     fn get(&self, key: &str) -> impl Future<Output = Result<ObjectReader, Error>> + Send;
+    /// Opens an object for streaming from byte `offset` on (to resume a broken read).
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<ObjectReader, Error>> + Send;
     /// Lists keys under `prefix`, grouping at `delimiter` when given.
     fn list(
         &self,
@@ -196,6 +209,13 @@ impl Storage for Store {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64) -> Result<ObjectReader, Error> {
+        match self {
+            Store::S3(s) => s.get_range(key, offset).await,
+            Store::File(s) => s.get_range(key, offset).await,
+        }
+    }
+
     async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, Error> {
         match self {
             Store::S3(s) => s.list(prefix, delimiter).await,
@@ -214,6 +234,87 @@ impl Storage for Store {
         match self {
             Store::S3(s) => s.url(key),
             Store::File(s) => s.url(key),
+        }
+    }
+}
+
+/// A blocking reader over a whole object that survives broken connections: when a read
+/// fails part-way, it asks the store for the rest (an HTTP range from the current offset)
+/// and carries on, within the retry policy. The consumer (lzop, tar) never notices, so a
+/// retried partition neither restarts nor writes anything twice.
+pub struct ResumingReader {
+    store: Arc<Store>,
+    key: String,
+    url: String,
+    inner: Box<dyn Read + Send>,
+    offset: u64,
+    retry: RetryPolicy,
+    failures: u32,
+    started: Instant,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ResumingReader {
+    /// Wraps an object opened with [`Storage::get`]; must be read on a blocking thread.
+    pub fn new(store: Arc<Store>, key: &str, first: ObjectReader, retry: RetryPolicy) -> Self {
+        ResumingReader {
+            store,
+            key: key.to_string(),
+            url: first.url.clone(),
+            inner: first.into_blocking_read(),
+            offset: 0,
+            retry,
+            failures: 0,
+            started: Instant::now(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Reopens the object at the current offset after `err`, or gives up with it.
+    fn resume(&mut self, mut err: io::Error) -> io::Result<()> {
+        loop {
+            self.failures += 1;
+            let delay = crate::retry::backoff(&self.retry, self.failures);
+            if self.failures >= self.retry.max_attempts
+                || self.started.elapsed() + delay > self.retry.deadline
+            {
+                return Err(err);
+            }
+            tracing::warn!(
+                "{}: read failed at byte {} ({err}); resuming from there in {:.1}s",
+                self.url,
+                self.offset,
+                delay.as_secs_f64()
+            );
+            std::thread::sleep(delay);
+            match self
+                .runtime
+                .block_on(self.store.get_range(&self.key, self.offset))
+            {
+                Ok(reader) => {
+                    self.inner = reader.into_blocking_read();
+                    return Ok(());
+                }
+                Err(storage_err) if storage_err.is_retryable() => {
+                    err = io::Error::other(storage_err);
+                }
+                Err(storage_err) => return Err(io::Error::other(storage_err)),
+            }
+        }
+    }
+}
+
+impl Read for ResumingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => self.resume(err)?,
+            }
         }
     }
 }

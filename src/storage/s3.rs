@@ -106,13 +106,14 @@ impl S3Store {
     }
 }
 
-impl Storage for S3Store {
-    async fn get(&self, key: &str) -> Result<ObjectReader, Error> {
+impl S3Store {
+    async fn get_object(&self, key: &str, offset: Option<u64>) -> Result<ObjectReader, Error> {
         let output = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_range(offset.map(|o| format!("bytes={o}-")))
             .send()
             .await
             .map_err(|e| self.classify(key, e))?;
@@ -122,6 +123,16 @@ impl Storage for S3Store {
             size,
             body: Body::Async(Box::pin(output.body.into_async_read())),
         })
+    }
+}
+
+impl Storage for S3Store {
+    async fn get(&self, key: &str) -> Result<ObjectReader, Error> {
+        self.get_object(key, None).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64) -> Result<ObjectReader, Error> {
+        self.get_object(key, Some(offset)).await
     }
 
     async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, Error> {

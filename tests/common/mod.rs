@@ -436,3 +436,67 @@ fn truncated_body(
     ];
     StreamBody::new(futures_util::stream::iter(items))
 }
+
+/// One line per path under `root` (not following symlinks), sorted, in the format of
+/// `fixtures/wale-small/wal-e-restore-manifest.txt`: path, type (d/f/l, or h for a second
+/// name of a file already listed), permission bits, size, and the SHA-256 of a file, the
+/// target of a link, or the first name of a hard-linked file.
+pub fn manifest(root: &Path) -> Vec<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.clone());
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut paths = vec![root.to_path_buf()];
+    walk(root, &mut paths);
+    let name = |p: &Path| match p.strip_prefix(root).unwrap().display().to_string() {
+        s if s.is_empty() => ".".to_string(),
+        s => s,
+    };
+    paths.sort_by_key(|p| name(p));
+    let mut first_names = std::collections::HashMap::new();
+    paths
+        .iter()
+        .map(|path| {
+            let relative = name(path);
+            let meta = std::fs::symlink_metadata(path).unwrap();
+            let mode = format!("{:04o}", meta.permissions().mode() & 0o7777);
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(path).unwrap();
+                format!("{relative}\tl\t{mode}\t-\t{}", target.display())
+            } else if meta.is_dir() {
+                format!("{relative}\td\t{mode}\t-\t-")
+            } else if let Some(first) = first_names.get(&(meta.dev(), meta.ino())) {
+                format!("{relative}\th\t{mode}\t{}\t{first}", meta.len())
+            } else {
+                first_names.insert((meta.dev(), meta.ino()), relative.clone());
+                let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{relative}\tf\t{mode}\t{}\t{hex}", meta.len())
+            }
+        })
+        .collect()
+}
+
+/// Panics with the first differences when two manifests differ.
+pub fn assert_same_tree(got: &[String], expected: &[String], what: &str) {
+    if got != expected {
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|l| !got.contains(l))
+            .take(10)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|l| !expected.contains(l))
+            .take(10)
+            .collect();
+        panic!("{what}: the restored tree differs\nmissing: {missing:#?}\nunexpected: {extra:#?}");
+    }
+}

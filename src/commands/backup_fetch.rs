@@ -1,0 +1,553 @@
+//! `backup-fetch PG_CLUSTER_DIRECTORY BACKUP_NAME|LATEST`: restore a base backup.
+//!
+//! Each tar partition streams GET → lzop decode → tar extraction straight into the target,
+//! `--pool-size` partitions at once; a broken connection resumes by range from the byte it
+//! stopped at. Memory is bounded per stream (an lzop block, a read buffer, a copy buffer:
+//! about 1 MiB), whatever the backup's size. Until the restore is complete the target
+//! holds a marker file and no `global/pg_control`, so PostgreSQL cannot start on a partial
+//! restore, and a rerun after a failure picks up where the failed one left the directory.
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::backups::{self, Query};
+use crate::cli::BackupFetchArgs;
+use crate::commands::Options;
+use crate::config::{Config, RetryPolicy};
+use crate::error::Error;
+use crate::extract::{self, Extractor};
+use crate::layout::{BackupName, Layout, partition_number};
+use crate::lzop;
+use crate::storage::{self, ResumingReader, Storage, Store};
+use crate::tablespaces::{self, Choices};
+use crate::tar;
+
+/// Present in the target while a restore is under way or after one failed.
+const MARKER: &str = ".wale-backup-fetch-incomplete";
+/// Read-ahead for each partition's body.
+const BODY_BUFFER: usize = 256 * 1024;
+
+/// One partition object to restore.
+#[derive(Debug, Clone)]
+struct Partition {
+    number: u64,
+    key: String,
+    size: u64,
+}
+
+impl Partition {
+    fn file_name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or(&self.key)
+    }
+}
+
+pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> Result<(), Error> {
+    let started = Instant::now();
+    let target = args.pg_cluster_directory.clone();
+    let choices = tablespace_choices(args)?;
+    prepare_target(&target, args.overwrite)?;
+
+    let store = Arc::new(Store::open(&config.store).await?);
+    let layout = Layout::new(config.store.path_prefix());
+    let backup = choose_backup(&store, &layout, config, &args.backup_name).await?;
+    let detail = crate::retry::with_retries(&config.retry, "read the sentinel", || {
+        backups::read_detail(&store, &layout, &backup)
+    })
+    .await?;
+    let partitions = list_partitions(&store, &layout, &backup, &config.retry).await?;
+
+    let backup_tablespaces =
+        tablespaces::from_spec(detail.spec.as_ref()).map_err(|reason| Error::Corrupt {
+            url: store.url(&layout.sentinel_key(&backup)),
+            reason,
+        })?;
+    let choices = Choices {
+        restore_spec: match &args.restore_spec {
+            Some(arg) => Some(tablespaces::load_restore_spec(arg, detail.spec.as_ref())?),
+            None => None,
+        },
+        ..choices
+    };
+    let trusted_links = tablespaces::prepare(&target, &backup_tablespaces, &choices)?;
+
+    std::fs::write(target.join(MARKER), format!("{backup}\n"))
+        .map_err(|e| Error::local(target.join(MARKER), "cannot write", e))?;
+    let extractor = Arc::new(
+        Extractor::new(
+            &target,
+            extract::Options {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                set_owner: unsafe { libc::geteuid() } == 0,
+                keep_wal_link: args.keep_wal_link,
+                trusted_links,
+            },
+        )
+        .map_err(|e| extract_error(&target, e))?,
+    );
+    tracing::info!(
+        "restoring {backup} into {}: {} partitions, {} expanded",
+        target.display(),
+        partitions.len(),
+        detail
+            .expanded_size_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "size unknown".into())
+    );
+    let pool = pool_size(args.pool_size, partitions.len());
+    let progress = Progress::start(
+        extractor.clone(),
+        partitions.len(),
+        detail.expanded_size_bytes,
+    );
+    let result = restore_partitions(
+        &store,
+        &extractor,
+        &partitions,
+        pool,
+        options,
+        config.retry,
+        &progress,
+    )
+    .await;
+    progress.stop();
+    result?;
+
+    let summary = {
+        let extractor = extractor.clone();
+        tokio::task::spawn_blocking(move || extractor.finish()).await?
+    }
+    .map_err(|e| extract_error(&target, e))?;
+    finish_layout(&target, &summary)?;
+    std::fs::remove_file(target.join(MARKER))
+        .map_err(|e| Error::local(target.join(MARKER), "cannot remove", e))?;
+    sync_dir(&target)?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "restored {backup} into {}: {} files, {} directories, {} symlinks, {} hard links, {} in {seconds:.1} s ({:.0} MB/s)",
+        target.display(),
+        summary.files,
+        summary.directories,
+        summary.symlinks,
+        summary.hard_links,
+        human_bytes(summary.bytes),
+        summary.bytes as f64 / 1e6 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn tablespace_choices(args: &BackupFetchArgs) -> Result<Choices, Error> {
+    Ok(Choices {
+        blind: args.blind_restore,
+        restore_spec: None,
+        mappings: args
+            .tablespaces
+            .iter()
+            .map(|m| tablespaces::parse_mapping(m))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Creates the target if needed (0700) and refuses a live or non-empty one.
+fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
+    if target.join("postmaster.pid").exists() {
+        return Err(Error::Usage(format!(
+            "{} holds postmaster.pid: attempting to overwrite a live data directory",
+            target.display()
+        )));
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(target)
+        .map_err(|e| Error::local(target, "cannot create the data directory", e))?;
+    let mut entries =
+        std::fs::read_dir(target).map_err(|e| Error::local(target, "cannot read", e))?;
+    let resuming = target.join(MARKER).exists();
+    if !overwrite && !resuming && entries.next().is_some() {
+        return Err(Error::Usage(format!(
+            "{} is not empty: restore into an empty directory, or pass --overwrite to replace the files the backup holds",
+            target.display()
+        )));
+    }
+    if resuming {
+        tracing::warn!(
+            "{} holds an earlier, unfinished restore; restoring over it",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+async fn choose_backup(
+    store: &Store,
+    layout: &Layout,
+    config: &Config,
+    query: &str,
+) -> Result<BackupName, Error> {
+    let query = Query::parse(Some(query))?;
+    let all = crate::retry::with_retries(&config.retry, "list backups", || {
+        backups::list(store, layout)
+    })
+    .await?;
+    let none_at_all = all.is_empty();
+    match backups::select(all, &query).into_iter().next() {
+        Some(backup) => Ok(backup.name),
+        None if none_at_all => Err(Error::NotFound(format!(
+            "no complete backups found in {}",
+            store.url(&layout.basebackups())
+        ))),
+        None => Err(Error::NotFound(format!(
+            "no complete backup named {} in {} (a backup without its sentinel is incomplete)",
+            match &query {
+                Query::Named(name) => name.to_string(),
+                _ => "LATEST".into(),
+            },
+            store.url(&layout.basebackups())
+        ))),
+    }
+}
+
+/// Lists the partitions in numeric order and checks none is missing (WAL-E numbers them
+/// from 0 without gaps but records no count).
+async fn list_partitions(
+    store: &Store,
+    layout: &Layout,
+    backup: &BackupName,
+    retry: &RetryPolicy,
+) -> Result<Vec<Partition>, Error> {
+    let prefix = layout.tar_partitions(backup);
+    let listing =
+        crate::retry::with_retries(retry, "list partitions", || store.list(&prefix, Some("/")))
+            .await?;
+    let mut partitions = Vec::new();
+    for object in listing.objects {
+        let file_name = object.key.rsplit('/').next().unwrap_or_default();
+        match partition_number(file_name) {
+            Some(number) => partitions.push(Partition {
+                number,
+                key: object.key,
+                size: object.size,
+            }),
+            None => tracing::warn!(
+                "unexpected key in the partition directory: {}",
+                store.url(&object.key)
+            ),
+        }
+    }
+    partitions.sort_by_key(|p| p.number);
+    if partitions.is_empty() {
+        return Err(Error::Corrupt {
+            url: store.url(&prefix),
+            reason: "the backup has no tar partitions".into(),
+        });
+    }
+    for (expected, partition) in partitions.iter().enumerate() {
+        if partition.number != expected as u64 {
+            return Err(Error::Corrupt {
+                url: store.url(&prefix),
+                reason: format!(
+                    "partition {expected} is missing (found {} after {})",
+                    partition.file_name(),
+                    expected.saturating_sub(1)
+                ),
+            });
+        }
+    }
+    Ok(partitions)
+}
+
+fn pool_size(requested: Option<u16>, partitions: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let wanted = requested.map_or(cpus.clamp(4, 16), usize::from);
+    wanted.min(partitions).max(1)
+}
+
+async fn restore_partitions(
+    store: &Arc<Store>,
+    extractor: &Arc<Extractor>,
+    partitions: &[Partition],
+    pool: usize,
+    options: Options,
+    retry: RetryPolicy,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let mut tasks = JoinSet::new();
+    let mut pending = partitions.iter().cloned();
+    loop {
+        while tasks.len() < pool {
+            let Some(partition) = pending.next() else {
+                break;
+            };
+            let (store, extractor, done) = (
+                store.clone(),
+                extractor.clone(),
+                progress.partitions_done.clone(),
+            );
+            tasks.spawn(async move {
+                let result =
+                    restore_partition(&store, &extractor, &partition, options, retry).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                result
+            });
+        }
+        let Some(finished) = tasks.join_next().await else {
+            break;
+        };
+        if let Err(err) = finished? {
+            // Stop the others: the restore as a whole has failed.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+async fn restore_partition(
+    store: &Arc<Store>,
+    extractor: &Arc<Extractor>,
+    partition: &Partition,
+    options: Options,
+    retry: RetryPolicy,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let what = format!("fetch {}", partition.file_name());
+    let first = crate::retry::with_retries(&retry, &what, || store.get(&partition.key)).await?;
+    let url = first.url.clone();
+    let body = ResumingReader::new(store.clone(), &partition.key, first, retry);
+    let extractor = extractor.clone();
+    let members = tokio::task::spawn_blocking(move || {
+        let decoder =
+            lzop::Decoder::with_options(BufReader::with_capacity(BODY_BUFFER, body), options.lzop);
+        extractor.extract(&mut tar::Archive::new(decoder))
+    })
+    .await?
+    .map_err(|err| partition_error(&url, err))?;
+    tracing::info!(
+        "{}: {members} members, {} compressed, in {:.1} s",
+        partition.file_name(),
+        human_bytes(partition.size),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Names the layer that failed: the store (after resuming gave up), the lzop stream, the
+/// tar stream, or the local file system.
+fn partition_error(url: &str, err: extract::Error) -> Error {
+    match err {
+        extract::Error::Tar(tar::Error::Read(io)) => read_failure(url, io),
+        extract::Error::Tar(other) => Error::Corrupt {
+            url: url.to_string(),
+            reason: other.to_string(),
+        },
+        extract::Error::Unsafe { member, reason } => Error::Corrupt {
+            url: url.to_string(),
+            reason: format!("unsafe member {member:?} refused: {reason}"),
+        },
+        extract::Error::Io {
+            path,
+            action,
+            source,
+        } => Error::Local {
+            path,
+            action,
+            source,
+        },
+    }
+}
+
+/// A read error under the tar reader: bad lzop data, or the store failing for good.
+fn read_failure(url: &str, io: std::io::Error) -> Error {
+    if io.get_ref().is_some_and(|inner| inner.is::<lzop::Error>()) {
+        return Error::Corrupt {
+            url: url.to_string(),
+            reason: io.to_string(),
+        };
+    }
+    let text = io.to_string();
+    match io
+        .into_inner()
+        .map(|inner| inner.downcast::<storage::Error>())
+    {
+        Some(Ok(storage_error)) => Error::Storage(*storage_error),
+        _ => Error::Storage(storage::Error::Transient {
+            url: url.to_string(),
+            detail: format!("reading the partition failed: {text}"),
+        }),
+    }
+}
+
+fn extract_error(target: &Path, err: extract::Error) -> Error {
+    match err {
+        extract::Error::Io {
+            path,
+            action,
+            source,
+        } => Error::Local {
+            path,
+            action,
+            source,
+        },
+        other => Error::Corrupt {
+            url: target.display().to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// After extraction: a WAL directory where there is none, `tablespace_map` agreeing with
+/// the restored links, and a note of what was changed.
+fn finish_layout(target: &Path, summary: &extract::Summary) -> Result<(), Error> {
+    if let Some((name, old)) = &summary.replaced_wal_link {
+        tracing::warn!(
+            "{name} was a symlink to {old} on the source machine; restored an empty directory instead (--keep-wal-link keeps the link)"
+        );
+    }
+    if !target.join("pg_wal").exists() && !target.join("pg_xlog").exists() {
+        let name = match read_major_version(target) {
+            Some(major) if major < 10 => "pg_xlog",
+            _ => "pg_wal",
+        };
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(target.join(name))
+            .map_err(|e| Error::local(target.join(name), "cannot create", e))?;
+        tracing::info!("the backup has no {name}; created an empty one");
+    }
+    if let Some(change) = tablespaces::fix_tablespace_map(target)? {
+        tracing::info!("tablespace_map adjusted to this restore: {change}");
+    }
+    Ok(())
+}
+
+fn read_major_version(target: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(target.join("PG_VERSION")).ok()?;
+    text.trim().split('.').next()?.parse().ok()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::local(dir, "cannot sync", e))
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A progress line on a terminal: partitions, bytes, rate and ETA, five times a second.
+struct Progress {
+    partitions_done: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(extractor: Arc<Extractor>, partitions: usize, expected: Option<u64>) -> Progress {
+        let partitions_done = Arc::new(AtomicU64::new(0));
+        if !std::io::stderr().is_terminal() {
+            return Progress {
+                partitions_done,
+                task: None,
+            };
+        }
+        let done = partitions_done.clone();
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let bytes = extractor.bytes_written.load(Ordering::Relaxed);
+                let seconds = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = bytes as f64 / seconds;
+                let eta = expected
+                    .filter(|&e| e > bytes && rate > 0.0)
+                    .map(|e| format!(", ETA {:.0} s", (e - bytes) as f64 / rate))
+                    .unwrap_or_default();
+                let total = expected
+                    .map(|e| format!(" of {}", human_bytes(e)))
+                    .unwrap_or_default();
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "\r\x1b[Kwale: {}/{partitions} partitions, {}{total}, {:.0} MB/s{eta}",
+                    done.load(Ordering::Relaxed),
+                    human_bytes(bytes),
+                    rate / 1e6
+                );
+                let _ = err.flush();
+            }
+        });
+        Progress {
+            partitions_done,
+            task: Some(task),
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_must_be_empty_unless_resuming_or_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("pgdata");
+        prepare_target(&target, false).unwrap();
+        std::fs::write(target.join("x"), "").unwrap();
+        assert!(
+            prepare_target(&target, false)
+                .unwrap_err()
+                .to_string()
+                .contains("not empty")
+        );
+        prepare_target(&target, true).unwrap();
+        std::fs::write(target.join(MARKER), "").unwrap();
+        prepare_target(&target, false).unwrap();
+        std::fs::write(target.join("postmaster.pid"), "").unwrap();
+        assert!(
+            prepare_target(&target, true)
+                .unwrap_err()
+                .to_string()
+                .contains("live data directory")
+        );
+    }
+
+    #[test]
+    fn pool_sizes() {
+        assert_eq!(pool_size(Some(8), 3), 3);
+        assert_eq!(pool_size(Some(1), 3), 1);
+        assert!(pool_size(None, 100) >= 4);
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+    }
+}
