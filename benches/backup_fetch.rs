@@ -148,6 +148,8 @@ fn measure(mut cmd: Command) -> Sample {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let start = Instant::now();
+    // Reaped by wait4 below, which also reports the child's own resource usage.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
