@@ -248,14 +248,22 @@ impl Extractor {
     /// Creates `path` anew: whatever was there (file or link) is removed first, and the
     /// open refuses to follow a link planted in between.
     fn create_file(&self, path: &Path) -> Result<File, Error> {
-        remove_non_dir(path)?;
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io_err(path, "cannot create"))
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                remove_non_dir(path)?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(io_err(path, "cannot create"))
     }
 
     fn finish_file(&self, file: &File, path: &Path, header: &Header) -> Result<(), Error> {

@@ -87,7 +87,7 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
                 trusted_links,
             },
         )
-        .map_err(|e| extract_error(&target, e))?,
+        .map_err(|e| extract_error(&target.display().to_string(), e))?,
     );
     tracing::info!(
         "restoring {backup} into {}: {} partitions, {} expanded",
@@ -121,7 +121,7 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
         let extractor = extractor.clone();
         tokio::task::spawn_blocking(move || extractor.finish()).await?
     }
-    .map_err(|e| extract_error(&target, e))?;
+    .map_err(|e| extract_error(&target.display().to_string(), e))?;
     finish_layout(&target, &summary)?;
     check_size(summary.bytes, detail.expanded_size_bytes);
     std::fs::remove_file(target.join(MARKER))
@@ -345,23 +345,7 @@ async fn restore_partition(
 fn partition_error(url: &str, err: extract::Error) -> Error {
     match err {
         extract::Error::Tar(tar::Error::Read(io)) => read_failure(url, io),
-        extract::Error::Tar(other) => Error::Corrupt {
-            url: url.to_string(),
-            reason: other.to_string(),
-        },
-        extract::Error::Unsafe { member, reason } => Error::Corrupt {
-            url: url.to_string(),
-            reason: format!("unsafe member {member:?} refused: {reason}"),
-        },
-        extract::Error::Io {
-            path,
-            action,
-            source,
-        } => Error::Local {
-            path,
-            action,
-            source,
-        },
+        other => extract_error(url, other),
     }
 }
 
@@ -386,7 +370,9 @@ fn read_failure(url: &str, io: std::io::Error) -> Error {
     }
 }
 
-fn extract_error(target: &Path, err: extract::Error) -> Error {
+/// Extraction failures: local I/O keeps its path; bad or unsafe archive contents are
+/// reported against `place` (the partition, or the target when finishing).
+fn extract_error(place: &str, err: extract::Error) -> Error {
     match err {
         extract::Error::Io {
             path,
@@ -397,8 +383,12 @@ fn extract_error(target: &Path, err: extract::Error) -> Error {
             action,
             source,
         },
-        other => Error::Corrupt {
-            url: target.display().to_string(),
+        extract::Error::Unsafe { member, reason } => Error::Corrupt {
+            url: place.to_string(),
+            reason: format!("unsafe member {member:?} refused: {reason}"),
+        },
+        extract::Error::Tar(other) => Error::Corrupt {
+            url: place.to_string(),
             reason: other.to_string(),
         },
     }
