@@ -42,6 +42,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another partition failed and this one stopped.
+    #[error("stopped because another partition failed")]
+    Cancelled,
     /// A local file-system operation failed.
     #[error("{}: {action}: {source}", path.display())]
     Io {
@@ -71,6 +74,8 @@ pub struct Options {
     pub keep_wal_link: bool,
     /// Relative paths of symlinks members may be written through (tablespace links).
     pub trusted_links: HashSet<PathBuf>,
+    /// Relative paths no member may use (the caller's own files in the target).
+    pub reserved: Vec<PathBuf>,
 }
 
 /// Counts of what was restored.
@@ -121,6 +126,8 @@ pub struct Extractor {
     state: Mutex<State>,
     /// File bytes written so far, for progress reports.
     pub bytes_written: AtomicU64,
+    /// Set when the restore has failed elsewhere: every stream stops at its next member.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 /// Members are copied through a buffer of this size.
@@ -139,6 +146,7 @@ impl Extractor {
             options,
             state: Mutex::new(state),
             bytes_written: AtomicU64::new(0),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -147,10 +155,18 @@ impl Extractor {
         let mut buffer = vec![0u8; COPY_BUFFER];
         let mut members = 0;
         while let Some(header) = archive.next_header()? {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             self.extract_member(&header, archive, &mut buffer)?;
             members += 1;
         }
         Ok(members)
+    }
+
+    /// Makes every running [`Extractor::extract`] stop at its next member.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
     }
 
     fn extract_member<R: Read>(
@@ -171,6 +187,7 @@ impl Extractor {
             }
             return Ok(());
         };
+        self.check_allowed(&relative, header.kind, &member)?;
         match header.kind {
             Kind::Directory => self.make_dir(&relative, header, &member),
             Kind::File => self.write_file(&relative, header, &member, archive, buffer),
@@ -184,6 +201,34 @@ impl Extractor {
                 ),
             }),
         }
+    }
+
+    /// Paths the archive may not touch: trusted links themselves (replacing one would
+    /// redirect everything below it), links inside `pg_tblspc/` (WAL-E never archives
+    /// them; a later run would trust them), and wale's own marker.
+    fn check_allowed(&self, relative: &Path, kind: Kind, member: &str) -> Result<(), Error> {
+        let refuse = |reason: &str| {
+            Err(Error::Unsafe {
+                member: member.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.options.reserved.iter().any(|r| r == relative) {
+            return refuse("the name is reserved for wale's own bookkeeping");
+        }
+        if self.options.trusted_links.contains(relative) {
+            return match kind {
+                // Metadata for a tablespace directory: the link's target is the operator's.
+                Kind::Directory => Ok(()),
+                _ => refuse("it would replace a tablespace link"),
+            };
+        }
+        if kind == Kind::Symlink && relative.starts_with("pg_tblspc") {
+            return refuse(
+                "symlinks inside pg_tblspc/ are made by wale or the operator, not by archives",
+            );
+        }
+        Ok(())
     }
 
     fn defer_dir(&self, relative: PathBuf, header: &Header) {
@@ -200,7 +245,9 @@ impl Extractor {
 
     fn make_dir(&self, relative: &Path, header: &Header, member: &str) -> Result<(), Error> {
         self.ensure_dir(relative, member)?;
-        self.defer_dir(relative.to_path_buf(), header);
+        if !self.options.trusted_links.contains(relative) {
+            self.defer_dir(relative.to_path_buf(), header);
+        }
         Ok(())
     }
 
@@ -271,7 +318,8 @@ impl Extractor {
             std::os::unix::fs::fchown(file, Some(uid), Some(gid))
                 .map_err(io_err(path, "cannot change owner"))?;
         }
-        file.set_permissions(fs::Permissions::from_mode(header.mode))
+        // Never restore set-user-ID or set-group-ID files (PostgreSQL has none).
+        file.set_permissions(fs::Permissions::from_mode(header.mode & 0o1777))
             .map_err(io_err(path, "cannot set mode"))?;
         set_times_fd(file, header.mtime).map_err(io_err(path, "cannot set mtime"))
     }
@@ -310,6 +358,8 @@ impl Extractor {
         Ok(())
     }
 
+    /// Hard links are made at the end, once every partition is in place: the target may
+    /// come in a later partition, or replace a stale file of an earlier run.
     fn make_hard_link(&self, relative: &Path, header: &Header, member: &str) -> Result<(), Error> {
         let unsafe_err = |reason: String| Error::Unsafe {
             member: member.to_string(),
@@ -320,22 +370,12 @@ impl Extractor {
             .map_err(|r| unsafe_err(format!("hard-link target: {r}")))?
             .ok_or_else(|| unsafe_err("hard link to the archive root".into()))?;
         self.ensure_parent(relative, member)?;
-        self.check_parents(&target, member)?;
-        let link = DeferredLink {
+        self.state.lock().unwrap().hard_links.push(DeferredLink {
             relative: relative.to_path_buf(),
             target,
             member: member.to_string(),
-        };
-        match fs::symlink_metadata(self.root.join(&link.target)) {
-            Ok(meta) if meta.is_file() => self.link_now(&link),
-            Ok(_) => Err(unsafe_err("hard-link target is not a regular file".into())),
-            // Its target may come in another partition: link once all are done.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.state.lock().unwrap().hard_links.push(link);
-                Ok(())
-            }
-            Err(e) => Err(io_err(&self.root.join(&link.target), "cannot inspect")(e)),
-        }
+        });
+        Ok(())
     }
 
     fn link_now(&self, link: &DeferredLink) -> Result<(), Error> {
@@ -347,52 +387,61 @@ impl Extractor {
         Ok(())
     }
 
-    /// Completes the restore once every partition is extracted: pending hard links,
-    /// `global/pg_control`, directory modes and times, then a flush of everything.
+    /// Completes the extraction once every partition is in: pending hard links,
+    /// directory modes, owners and times, then a flush of everything written. Call
+    /// [`Extractor::write_pg_control`] after any further fix-ups, as the very last step.
     pub fn finish(&self) -> Result<Summary, Error> {
-        let (links, pg_control, mut dirs) = {
+        let (links, mut dirs) = {
             let mut state = self.state.lock().unwrap();
             (
                 std::mem::take(&mut state.hard_links),
-                state.pg_control.take(),
                 std::mem::take(&mut state.dirs),
             )
         };
         for link in &links {
+            self.check_parents(&link.target, &link.member)?;
             match fs::symlink_metadata(self.root.join(&link.target)) {
                 Ok(meta) if meta.is_file() => self.link_now(link)?,
                 _ => {
                     return Err(Error::Unsafe {
                         member: link.member.clone(),
-                        reason: format!("hard-link target {:?} is not in the backup", link.target),
+                        reason: format!(
+                            "hard-link target {:?} is not a regular file of the backup",
+                            link.target
+                        ),
                     });
                 }
             }
-        }
-        if let Some((header, data)) = pg_control {
-            let path = self.root.join(PG_CONTROL);
-            let mut file = self.create_file(&path)?;
-            file.write_all(&data)
-                .map_err(io_err(&path, "cannot write"))?;
-            self.finish_file(&file, &path, &header)?;
-            let mut state = self.state.lock().unwrap();
-            state.summary.files += 1;
-            state.summary.bytes += data.len() as u64;
         }
         // Deepest first, so setting a parent's mtime is the last change inside it.
         dirs.sort_by_key(|d| std::cmp::Reverse(d.relative.components().count()));
         for dir in &dirs {
             let path = self.root.join(&dir.relative);
-            if let Some((uid, gid)) = dir.owner {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                    .map_err(io_err(&path, "cannot change owner"))?;
-            }
-            fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode))
-                .map_err(io_err(&path, "cannot set mode"))?;
-            set_times_path(&path, dir.mtime).map_err(io_err(&path, "cannot set mtime"))?;
+            apply_dir_metadata(&path, dir)
+                .map_err(io_err(&path, "cannot set mode, owner or mtime"))?;
         }
         self.sync_all()?;
         Ok(self.state.lock().unwrap().summary.clone())
+    }
+
+    /// Writes `global/pg_control` (held back until now) and makes it durable; returns its
+    /// size, or `None` if the backup had none. Until this runs, PostgreSQL refuses to start
+    /// on the target.
+    pub fn write_pg_control(&self) -> Result<Option<u64>, Error> {
+        let Some((header, data)) = self.state.lock().unwrap().pg_control.take() else {
+            return Ok(None);
+        };
+        let path = self.root.join(PG_CONTROL);
+        let mut file = self.create_file(&path)?;
+        file.write_all(&data)
+            .map_err(io_err(&path, "cannot write"))?;
+        self.finish_file(&file, &path, &header)?;
+        file.sync_all().map_err(io_err(&path, "cannot fsync"))?;
+        let dir = self.root.join("global");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir, "cannot fsync"))?;
+        Ok(Some(data.len() as u64))
     }
 
     /// Flushes the file systems holding the target and every trusted link's target.
@@ -549,6 +598,20 @@ pub fn member_path(name: &[u8]) -> Result<Option<PathBuf>, String> {
     Ok(Some(clean))
 }
 
+/// Sets a directory's owner, mode and times through a descriptor opened without following
+/// a symlink, so a link swapped in for a directory is never followed.
+fn apply_dir_metadata(path: &Path, dir: &DeferredDir) -> io::Result<()> {
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    if let Some((uid, gid)) = dir.owner {
+        std::os::unix::fs::fchown(&handle, Some(uid), Some(gid))?;
+    }
+    handle.set_permissions(fs::Permissions::from_mode(dir.mode))?;
+    set_times_fd(&handle, dir.mtime)
+}
+
 /// Removes a file or symlink at `path` (never a directory); missing is fine.
 fn remove_non_dir(path: &Path) -> Result<(), Error> {
     match fs::symlink_metadata(path) {
@@ -575,25 +638,6 @@ fn set_times_fd(file: &File, mtime: (i64, u32)) -> io::Result<()> {
     let times = timespecs(mtime);
     // SAFETY: valid descriptor and a pointer to two timespecs.
     if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn set_times_path(path: &Path, mtime: (i64, u32)) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let times = timespecs(mtime);
-    // SAFETY: valid NUL-terminated path and a pointer to two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

@@ -120,11 +120,14 @@ pub fn prepare(
 ) -> Result<HashSet<PathBuf>, Error> {
     let mut trusted = HashSet::new();
     let mut missing = Vec::new();
-    let spec_tablespaces = match &choices.restore_spec {
-        Some(spec) => {
-            from_spec(Some(spec)).map_err(|e| Error::Usage(format!("--restore-spec: {e}")))?
-        }
-        None => Vec::new(),
+    let spec_locations = |oid: &str| -> Option<PathBuf> {
+        let loc = choices
+            .restore_spec
+            .as_ref()?
+            .get(oid)?
+            .get("loc")?
+            .as_str()?;
+        Some(PathBuf::from(loc))
     };
     for (oid, _) in &choices.mappings {
         if !tablespaces.iter().any(|t| &t.oid == oid) {
@@ -140,12 +143,11 @@ pub fn prepare(
             .iter()
             .find(|(oid, _)| oid == &tablespace.oid)
             .map(|(_, p)| p.clone());
-        let from_spec = spec_tablespaces
-            .iter()
-            .find(|t| t.oid == tablespace.oid)
-            .map(|t| PathBuf::from(&t.location));
-        if let Some(location) = mapped.or(from_spec) {
-            make_link(target, &link, &location)?;
+        if let Some(location) = mapped.clone() {
+            make_link(target, &link, &location, true)?;
+            trusted.insert(link);
+        } else if let Some(location) = spec_locations(&tablespace.oid) {
+            make_link(target, &link, &location, false)?;
             trusted.insert(link);
         } else if choices.blind {
             continue;
@@ -171,20 +173,35 @@ pub fn prepare(
     Ok(trusted)
 }
 
-/// Creates `location` (mode 0700) if needed and links `target/link` to it.
-fn make_link(target: &Path, link: &Path, location: &Path) -> Result<(), Error> {
-    if !location.is_absolute() {
+/// Creates `location` (mode 0700) if needed and links `target/link` to it. Locations from
+/// a spec are created without their parents, as WAL-E does; `--tablespace` paths with them.
+fn make_link(target: &Path, link: &Path, location: &Path, with_parents: bool) -> Result<(), Error> {
+    let sane = location.is_absolute()
+        && location.parent().is_some()
+        && !location
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+    if !sane {
         return Err(Error::Usage(format!(
-            "tablespace location {} must be an absolute path",
-            location.display()
+            "tablespace location {:?} must be an absolute path below / without `..`",
+            location.display().to_string()
         )));
     }
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
+    match std::fs::DirBuilder::new()
+        .recursive(with_parents)
         .mode(0o700)
         .create(location)
-        .map_err(|e| Error::local(location, "cannot create the tablespace directory", e))?;
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::local(
+                location,
+                "cannot create the tablespace directory",
+                e,
+            ));
+        }
+        _ => {}
+    }
     let link_path = target.join(link);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -226,23 +243,26 @@ fn make_link(target: &Path, link: &Path, location: &Path) -> Result<(), Error> {
 /// with links to the source machine's paths and fail). Returns what was changed.
 pub fn fix_tablespace_map(target: &Path) -> Result<Option<String>, Error> {
     let path = target.join("tablespace_map");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::local(&path, "cannot read", e)),
+    let Some(text) = read_small_file(&path).map_err(|e| Error::local(&path, "cannot read", e))?
+    else {
+        return Ok(None);
     };
     let mut kept = String::new();
     let mut changes = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let Some((oid, old)) = line.split_once(' ') else {
-            kept.push_str(line);
-            kept.push('\n');
+        let (oid, old) = line.split_once(' ').unwrap_or((line, ""));
+        if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+            changes.push(format!("{line:?}: dropped (not a tablespace entry)"));
             continue;
-        };
-        let link = target.join("pg_tblspc").join(oid);
-        match std::fs::read_link(&link) {
+        }
+        match std::fs::read_link(target.join("pg_tblspc").join(oid)) {
             Ok(now) => {
                 let now = now.to_string_lossy();
+                if now.contains('\n') {
+                    return Err(Error::Usage(format!(
+                        "pg_tblspc/{oid} links to a path with a line break"
+                    )));
+                }
                 if now != old {
                     changes.push(format!("{oid}: {old} -> {now}"));
                 }
@@ -257,10 +277,38 @@ pub fn fix_tablespace_map(target: &Path) -> Result<Option<String>, Error> {
     let result = if kept.is_empty() {
         std::fs::remove_file(&path)
     } else {
-        std::fs::write(&path, kept)
+        let temp = target.join(".tablespace_map.wale");
+        let _ = std::fs::remove_file(&temp);
+        std::fs::write(&temp, kept).and_then(|()| std::fs::rename(&temp, &path))
     };
     result.map_err(|e| Error::local(&path, "cannot rewrite", e))?;
     Ok(Some(changes.join("; ")))
+}
+
+/// Reads a small regular file from a restored directory without following a symlink the
+/// archive may have put there; `None` when absent. At most 64 KiB.
+pub fn read_small_file(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const LIMIT: u64 = 64 * 1024;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(LIMIT + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(std::io::Error::other("larger than 64 KiB"));
+    }
+    Ok(Some(text))
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use std::io::{self, Read};
 const BLOCK: usize = 512;
 /// Longest GNU long name or pax header data accepted, to bound memory.
 const MAX_META_BYTES: u64 = 1 << 20;
+/// Largest member accepted (4 EiB): keeps every size computation far from overflow.
+const MAX_MEMBER_BYTES: u64 = 1 << 62;
+/// Owner and group names are 32 bytes in ustar; longer pax values are cut to that.
+const MAX_NAME_BYTES: usize = 32;
 
 /// What is wrong with a tar stream.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +218,13 @@ impl<R: Read> Archive<R> {
                         }
                         header.size = 0;
                     }
+                    if header.size > MAX_MEMBER_BYTES {
+                        return Err(self.corrupt(format!(
+                            "{:?} claims {} bytes",
+                            header.display_path(),
+                            header.size
+                        )));
+                    }
                     self.remaining = header.size;
                     self.padding = padding_of(header.size);
                     self.last_member = Some(header.display_path());
@@ -221,6 +232,11 @@ impl<R: Read> Archive<R> {
                 }
             }
         }
+    }
+
+    /// Gives back the underlying reader (positioned after the end-of-archive block).
+    pub fn into_inner(self) -> R {
+        self.src
     }
 
     /// Reads the current member's data (at most what its header announced).
@@ -448,14 +464,19 @@ fn parse_pax(mut data: &[u8], out: &mut Overrides) -> Result<(), String> {
             b"size" => out.size = Some(number("size")?),
             b"uid" => out.uid = Some(number("uid")?),
             b"gid" => out.gid = Some(number("gid")?),
-            b"uname" => out.uname = Some(text()),
-            b"gname" => out.gname = Some(text()),
+            b"uname" => out.uname = Some(short_name(value)),
+            b"gname" => out.gname = Some(short_name(value)),
             b"mtime" => out.mtime = Some(parse_pax_time(&text())?),
             _ => {}
         }
         data = &data[len..];
     }
     Ok(())
+}
+
+/// An owner or group name, cut to the ustar field's length.
+fn short_name(value: &[u8]) -> String {
+    String::from_utf8_lossy(&value[..value.len().min(MAX_NAME_BYTES)]).into_owned()
 }
 
 /// `1795561130.5374777` → (seconds, nanoseconds); negative times are refused.

@@ -303,12 +303,20 @@ fn a_connection_broken_mid_partition_resumes_by_range() {
 /// Writes a one-partition backup whose tar is made by Python's tarfile from `script`
 /// (which adds members to `tar`), compressed by the real lzop.
 fn hostile_backup(archive: &Archive, script: &str) {
+    hostile_backup_with_spec(
+        archive,
+        script,
+        r#"{"base_prefix": "/x/", "tablespaces": []}"#,
+    );
+}
+
+fn hostile_backup_with_spec(archive: &Archive, script: &str, spec: &str) {
     let name = "base_000000010000000000000002_00000040";
     let dir = archive.root().join("basebackups_005");
     std::fs::create_dir_all(dir.join(name).join("tar_partitions")).unwrap();
     std::fs::write(
         dir.join(format!("{name}_backup_stop_sentinel.json")),
-        r#"{"wal_segment_backup_stop": "000000010000000000000002", "wal_segment_offset_backup_stop": "00000256", "expanded_size_bytes": 10, "spec": {"base_prefix": "/x/", "tablespaces": []}}"#,
+        format!(r#"{{"wal_segment_backup_stop": "000000010000000000000002", "wal_segment_offset_backup_stop": "00000256", "expanded_size_bytes": 10, "spec": {spec}}}"#),
     )
     .unwrap();
     let program = format!(
@@ -359,6 +367,14 @@ fn hostile_archives_are_refused_and_nothing_appears_outside_the_target() {
             "add('link', tarfile.SYMTYPE, link='../outside')\nadd('link/sub', tarfile.DIRTYPE)",
         ),
         ("device", "add('dev', tarfile.CHRTYPE)"),
+        (
+            "link into pg_tblspc",
+            "add('pg_tblspc/99', tarfile.SYMTYPE, link='../../outside')",
+        ),
+        (
+            "wale's marker",
+            "add('.wale-backup-fetch-incomplete', tarfile.SYMTYPE, link='../outside/secret')",
+        ),
     ];
     for (what, script) in cases {
         let archive = Archive::empty();
@@ -417,4 +433,72 @@ fn a_symlink_archived_as_a_file_member_is_replaced_not_followed() {
         std::fs::read_to_string(outside.join("secret")).unwrap(),
         "do not touch"
     );
+}
+
+#[test]
+fn an_archive_cannot_replace_a_tablespace_link_or_redirect_tablespace_map() {
+    let spec = r#"{"base_prefix": "/x/", "tablespaces": ["16386"], "16386": {"loc": "/srv/ts/", "link": "pg_tblspc/16386"}}"#;
+    let cases = [
+        (
+            "replace the link",
+            "add('pg_tblspc/16386', tarfile.SYMTYPE, link='../../outside')\nadd('pg_tblspc/16386/x', data=b'x')",
+        ),
+        ("file over the link", "add('pg_tblspc/16386', data=b'x')"),
+        (
+            "tablespace_map through a link",
+            "add('tablespace_map', tarfile.SYMTYPE, link='../outside/secret')",
+        ),
+    ];
+    for (what, script) in cases {
+        let archive = Archive::empty();
+        hostile_backup_with_spec(&archive, script, spec);
+        let work = tempfile::tempdir().unwrap();
+        let outside = work.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "do not touch").unwrap();
+        let mapping = format!("16386={}", work.path().join("ts").display());
+        let target = work.path().join("pgdata");
+        let run = backup_fetch(
+            &archive,
+            Backend::File,
+            None,
+            &target,
+            &["LATEST", "--tablespace", &mapping],
+        );
+        assert!(
+            run.code != 0 && run.code != 1,
+            "{what}: exit {}\n{}",
+            run.code,
+            run.stderr
+        );
+        let names: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["secret"], "{what}: something was written outside");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "do not touch",
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn set_user_id_bits_are_not_restored() {
+    let archive = Archive::empty();
+    hostile_backup(
+        &archive,
+        "t = tarfile.TarInfo('suid')\nt.mode = 0o4755\ntar.addfile(t, io.BytesIO(b''))",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("pgdata");
+    backup_fetch(&archive, Backend::File, None, &target, &["LATEST"]).expect_code(0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(target.join("suid"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
 }

@@ -8,7 +8,7 @@
 //! restore, and a rerun after a failure picks up where the failed one left the directory.
 
 use std::io::{BufReader, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -75,8 +75,7 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
     };
     let trusted_links = tablespaces::prepare(&target, &backup_tablespaces, &choices)?;
 
-    std::fs::write(target.join(MARKER), format!("{backup}\n"))
-        .map_err(|e| Error::local(target.join(MARKER), "cannot write", e))?;
+    write_marker(&target, &backup)?;
     let extractor = Arc::new(
         Extractor::new(
             &target,
@@ -85,6 +84,7 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
                 set_owner: unsafe { libc::geteuid() } == 0,
                 keep_wal_link: args.keep_wal_link,
                 trusted_links,
+                reserved: vec![PathBuf::from(MARKER)],
             },
         )
         .map_err(|e| extract_error(&target.display().to_string(), e))?,
@@ -117,12 +117,20 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
     progress.stop();
     result?;
 
-    let summary = {
-        let extractor = extractor.clone();
-        tokio::task::spawn_blocking(move || extractor.finish()).await?
-    }
-    .map_err(|e| extract_error(&target.display().to_string(), e))?;
+    let place = target.display().to_string();
+    let finisher = extractor.clone();
+    let mut summary = tokio::task::spawn_blocking(move || finisher.finish())
+        .await?
+        .map_err(|e| extract_error(&place, e))?;
     finish_layout(&target, &summary)?;
+    // Last: pg_control makes the directory startable, then the marker goes.
+    if let Some(bytes) = extractor
+        .write_pg_control()
+        .map_err(|e| extract_error(&place, e))?
+    {
+        summary.files += 1;
+        summary.bytes += bytes;
+    }
     check_size(summary.bytes, detail.expanded_size_bytes);
     std::fs::remove_file(target.join(MARKER))
         .map_err(|e| Error::local(target.join(MARKER), "cannot remove", e))?;
@@ -170,7 +178,7 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
         .map_err(|e| Error::local(target, "cannot create the data directory", e))?;
     let mut entries =
         std::fs::read_dir(target).map_err(|e| Error::local(target, "cannot read", e))?;
-    let resuming = target.join(MARKER).exists();
+    let resuming = std::fs::symlink_metadata(target.join(MARKER)).is_ok_and(|m| m.is_file());
     if !overwrite && !resuming && entries.next().is_some() {
         return Err(Error::Usage(format!(
             "{} is not empty: restore into an empty directory, or pass --overwrite to replace the files the backup holds",
@@ -184,6 +192,30 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// Marks the target as holding an unfinished restore, never writing through a link.
+fn write_marker(target: &Path, backup: &BackupName) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = target.join(MARKER);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::Usage(format!("{} is a directory", path.display())));
+        }
+        Ok(_) => {
+            std::fs::remove_file(&path).map_err(|e| Error::local(&path, "cannot remove", e))?
+        }
+        Err(_) => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::local(&path, "cannot create", e))?;
+    file.write_all(format!("{backup}\n").as_bytes())
+        .map_err(|e| Error::local(&path, "cannot write", e))
 }
 
 async fn choose_backup(
@@ -391,6 +423,9 @@ fn extract_error(place: &str, err: extract::Error) -> Error {
             url: place.to_string(),
             reason: other.to_string(),
         },
+        extract::Error::Cancelled => {
+            Error::Internal(format!("{place}: {}", extract::Error::Cancelled))
+        }
     }
 }
 
@@ -402,7 +437,8 @@ fn finish_layout(target: &Path, summary: &extract::Summary) -> Result<(), Error>
             "{name} was a symlink to {old} on the source machine; restored an empty directory instead (--keep-wal-link keeps the link)"
         );
     }
-    if !target.join("pg_wal").exists() && !target.join("pg_xlog").exists() {
+    let present = |name: &str| std::fs::symlink_metadata(target.join(name)).is_ok();
+    if !present("pg_wal") && !present("pg_xlog") {
         let name = match read_major_version(target) {
             Some(major) if major < 10 => "pg_xlog",
             _ => "pg_wal",
@@ -436,7 +472,7 @@ fn check_size(restored: u64, planned: Option<u64>) {
 }
 
 fn read_major_version(target: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(target.join("PG_VERSION")).ok()?;
+    let text = crate::tablespaces::read_small_file(&target.join("PG_VERSION")).ok()??;
     text.trim().split('.').next()?.parse().ok()
 }
 

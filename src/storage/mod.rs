@@ -310,6 +310,11 @@ impl Read for ResumingReader {
             match self.inner.read(buf) {
                 Ok(n) => {
                     self.offset += n as u64;
+                    if n > 0 && self.failures > 0 {
+                        // Progress since the last failure: the budget starts afresh.
+                        self.failures = 0;
+                        self.started = Instant::now();
+                    }
                     return Ok(n);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
