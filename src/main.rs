@@ -59,12 +59,35 @@ fn init_logging(terse: bool) {
     let default = if terse { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let terminal = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(move || LogLine {
+            clear_first: terminal,
+        })
+        .with_ansi(terminal)
         .with_env_filter(filter)
         .event_format(OneLine)
         .init();
+}
+
+/// Stderr for one log event; on a terminal it first clears the line, where a progress
+/// report may be standing.
+struct LogLine {
+    clear_first: bool,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if std::mem::take(&mut self.clear_first) {
+            err.write_all(b"\r\x1b[K")?;
+        }
+        err.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 struct OneLine;
