@@ -137,8 +137,18 @@ fn row(label: &str, mb: f64, sample: Sample, baseline: Option<Sample>) {
     println!("{label:<42} {secs:>8.2} s {:>7.0} MB/s{ratio}", mb / secs);
 }
 
+/// Runs `f` `runs` times and keeps the median. Between runs (untimed) the previous
+/// restore is removed and everything is flushed, so no run pays for another's writeback.
 fn median(runs: usize, mut f: impl FnMut() -> Sample) -> Sample {
-    let mut samples: Vec<Sample> = (0..runs).map(|_| f()).collect();
+    let flush = || assert!(Command::new("sync").status().expect("sync").success());
+    flush();
+    let mut samples: Vec<Sample> = (0..runs)
+        .map(|_| {
+            let sample = f();
+            flush();
+            sample
+        })
+        .collect();
     samples.sort_by_key(|s| s.elapsed);
     samples[runs / 2]
 }
