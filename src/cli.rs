@@ -70,6 +70,38 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The global options, as arguments for a child `wale` (the prefetcher), so it reads
+    /// the same configuration.
+    pub fn relaunch_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(dir) = &self.envdir {
+            args.push("--envdir".into());
+            args.push(dir.into());
+        }
+        let valued = [
+            ("--file-prefix", &self.file_prefix),
+            ("--gs-prefix", &self.gs_prefix),
+            ("--s3-prefix", &self.s3_prefix),
+            ("--wabs-prefix", &self.wabs_prefix),
+            ("--aws-access-key-id", &self.aws_access_key_id),
+        ];
+        for (flag, value) in valued {
+            if let Some(value) = value {
+                args.push(format!("{flag}={value}").into());
+            }
+        }
+        for (flag, on) in [
+            ("--terse", self.terse),
+            ("--aws-instance-profile", self.aws_instance_profile),
+            ("--allow-concatenated-lzop", self.allow_concatenated_lzop),
+        ] {
+            if on {
+                args.push(flag.into());
+            }
+        }
+        args
+    }
+
     /// The flags that feed [`crate::config::Config::resolve`].
     pub fn global_flags(&self) -> GlobalFlags {
         GlobalFlags {
@@ -92,6 +124,8 @@ pub enum Command {
     BackupList(BackupListArgs),
     /// Fetch one WAL file from the archive: use as restore_command = 'wale wal-fetch "%f" "%p"'.
     WalFetch(WalFetchArgs),
+    /// Run the background prefetcher for a WAL directory (wal-fetch starts it itself).
+    WalPrefetch(WalPrefetchArgs),
     /// Print wale's version.
     Version,
 }
@@ -161,10 +195,23 @@ pub struct WalFetchArgs {
     /// Where to write it (%p); written whole and fsynced, or not at all.
     pub wal_destination: PathBuf,
 
-    /// How many following segments to prefetch (WAL-E's flag; accepted, prefetching is
-    /// not implemented yet, every call fetches in-band).
+    /// How many following segments to keep prefetched in the background (0: none).
     #[arg(short = 'p', long, default_value_t = 8, value_name = "N")]
     pub prefetch: u32,
+}
+
+/// `wal-prefetch BASE_DIRECTORY SEGMENT [--prefetch N]`.
+#[derive(Debug, Args)]
+pub struct WalPrefetchArgs {
+    /// The WAL directory whose .wal-e/prefetch area to fill (PostgreSQL's pg_wal).
+    pub base_directory: PathBuf,
+
+    /// The first segment to prefetch.
+    pub segment: String,
+
+    /// How many segments to keep prefetched ahead of recovery.
+    #[arg(short = 'p', long = "prefetch", default_value_t = 8, value_name = "N")]
+    pub window: u32,
 }
 
 #[cfg(test)]

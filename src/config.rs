@@ -190,6 +190,19 @@ pub struct Config {
     pub store: StoreConfig,
     /// How hard to retry transient storage failures.
     pub retry: RetryPolicy,
+    /// Where and how long the prefetcher works.
+    pub prefetch: PrefetchSettings,
+}
+
+/// Prefetch settings from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchSettings {
+    /// `WALE_PREFETCH_DIR`: the prefetch area, instead of `<pg_wal>/.wal-e/prefetch`
+    /// (outside `pg_wal` is better for `pg_rewind`; same file system as `pg_wal`).
+    pub dir: Option<String>,
+    /// `WALE_PREFETCH_IDLE_SECONDS`: the prefetcher exits after this long without a
+    /// request (default 60).
+    pub idle: Duration,
 }
 
 /// The backend selected by the prefix's URL scheme, with its settings.
@@ -420,7 +433,12 @@ impl Config {
         let (source_name, prefix) = choose_prefix(flags, env)?;
         let store = parse_prefix(source_name, prefix, flags, env)?;
         let retry = retry_policy(env)?;
-        Ok(Config { store, retry })
+        let prefetch = prefetch_settings(env)?;
+        Ok(Config {
+            store,
+            retry,
+            prefetch,
+        })
     }
 }
 
@@ -572,6 +590,27 @@ fn retry_policy(env: &Env) -> Result<RetryPolicy, Error> {
         policy.deadline = Duration::from_secs_f64(seconds);
     }
     Ok(policy)
+}
+
+fn prefetch_settings(env: &Env) -> Result<PrefetchSettings, Error> {
+    let idle = match env.non_empty("WALE_PREFETCH_IDLE_SECONDS") {
+        None => Duration::from_secs(60),
+        Some(value) => value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| Error::BadValue {
+                name: "WALE_PREFETCH_IDLE_SECONDS",
+                value: value.to_string(),
+                reason: "expected a number of seconds",
+            })?,
+    };
+    Ok(PrefetchSettings {
+        dir: env.non_empty("WALE_PREFETCH_DIR").map(str::to_string),
+        idle,
+    })
 }
 
 /// Whether boto would address this bucket as a subdomain: WAL-E's "mostly subdomain

@@ -15,6 +15,7 @@
 //! * [`tar`] and [`extract`]: the streaming tar reader and safe extraction.
 //! * [`tablespaces`]: where tablespaces go on restore.
 //! * [`durable`]: files that appear complete and fsynced, or not at all.
+//! * [`prefetch`]: the prefetch area shared by `wal-fetch` and the background prefetcher.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`retry`]: backoff within `WALE_RETRIES` and a deadline.
 //! * [`commands`]: one module per subcommand.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod layout;
 pub mod lzop;
+pub mod prefetch;
 pub mod retry;
 pub mod storage;
 pub mod tablespaces;

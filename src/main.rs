@@ -43,7 +43,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
         env.apply_envdir(dir)?;
     }
     let config = Config::resolve(&cli.global_flags(), &env)?;
-    let mut options = Options::default();
+    let mut options = Options {
+        relaunch: cli.relaunch_args(),
+        ..Options::default()
+    };
     options.lzop.allow_concatenated = cli.allow_concatenated_lzop;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

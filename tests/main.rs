@@ -12,6 +12,8 @@ mod backup_list;
 mod lzop_compat;
 /// Real PostgreSQL recovering through `wale wal-fetch`.
 mod postgres;
+/// The background prefetcher: hits, clean-up, kill -9.
+mod prefetch;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.

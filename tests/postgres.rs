@@ -149,6 +149,7 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     for (key, value) in server.env(&archive) {
         std::fs::write(envdir.join(key), format!("{value}\n")).unwrap();
     }
+    std::fs::write(envdir.join("WALE_PREFETCH_IDLE_SECONDS"), "1\n").unwrap();
     let port = 20000 + (std::process::id() % 20000) as u16;
     let conf = format!(
         "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\narchive_mode = off\n\
@@ -207,4 +208,23 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         "{log}"
     );
     assert!(!log.contains(": ERROR: "), "wale reported errors:\n{log}");
+    // restore_command's default --prefetch 8: later segments came from the prefetcher.
+    assert!(
+        log.contains("from the prefetch area"),
+        "no prefetch hit:\n{log}"
+    );
+    drop(recovery);
+    // The prefetcher leaves when idle, taking its files and lock with it.
+    let area = pgdata.join("pg_wal/.wal-e");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (area.exists() || !prefetchers_for(pgdata.to_str().unwrap()).is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!area.exists(), "the prefetch area outlived the prefetcher");
+    assert!(
+        prefetchers_for(pgdata.to_str().unwrap()).is_empty(),
+        "a prefetcher is still running"
+    );
 }

@@ -7,7 +7,9 @@ fn fetch_cmd(
     dest: &std::path::Path,
 ) -> std::process::Command {
     let mut cmd = wale_for(archive, Backend::S3, Some(server));
-    cmd.arg("wal-fetch").arg(name).arg(dest);
+    cmd.args(["wal-fetch", "--prefetch", "0"])
+        .arg(name)
+        .arg(dest);
     cmd
 }
 

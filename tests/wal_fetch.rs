@@ -10,7 +10,9 @@ fn fetch(
     dest: &Path,
 ) -> Run {
     let mut cmd = wale_for(archive, backend, server);
-    cmd.arg("wal-fetch").arg(name).arg(dest);
+    cmd.args(["wal-fetch", "--prefetch", "0"])
+        .arg(name)
+        .arg(dest);
     Run::of(cmd)
 }
 

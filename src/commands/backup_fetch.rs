@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 
 use crate::backups::{self, Query};
 use crate::cli::BackupFetchArgs;
-use crate::commands::Options;
 use crate::config::{Config, RetryPolicy};
 use crate::error::Error;
 use crate::extract::{self, Extractor};
@@ -46,7 +45,11 @@ impl Partition {
     }
 }
 
-pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> Result<(), Error> {
+pub async fn run(
+    config: &Config,
+    lzop_options: lzop::Options,
+    args: &BackupFetchArgs,
+) -> Result<(), Error> {
     let started = Instant::now();
     let target = args.pg_cluster_directory.clone();
     let choices = tablespace_choices(args)?;
@@ -109,7 +112,7 @@ pub async fn run(config: &Config, options: Options, args: &BackupFetchArgs) -> R
         &extractor,
         &partitions,
         pool,
-        options,
+        lzop_options,
         config.retry,
         &progress,
     )
@@ -307,7 +310,7 @@ async fn restore_partitions(
     extractor: &Arc<Extractor>,
     partitions: &[Partition],
     pool: usize,
-    options: Options,
+    lzop_options: lzop::Options,
     retry: RetryPolicy,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -325,7 +328,7 @@ async fn restore_partitions(
             );
             tasks.spawn(async move {
                 let result =
-                    restore_partition(&store, &extractor, &partition, options, retry).await;
+                    restore_partition(&store, &extractor, &partition, lzop_options, retry).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 result
             });
@@ -347,7 +350,7 @@ async fn restore_partition(
     store: &Arc<Store>,
     extractor: &Arc<Extractor>,
     partition: &Partition,
-    options: Options,
+    lzop_options: lzop::Options,
     retry: RetryPolicy,
 ) -> Result<(), Error> {
     let started = Instant::now();
@@ -358,7 +361,7 @@ async fn restore_partition(
     let extractor = extractor.clone();
     let members = tokio::task::spawn_blocking(move || {
         let decoder =
-            lzop::Decoder::with_options(BufReader::with_capacity(BODY_BUFFER, body), options.lzop);
+            lzop::Decoder::with_options(BufReader::with_capacity(BODY_BUFFER, body), lzop_options);
         extractor.extract(&mut tar::Archive::new(decoder))
     })
     .await?

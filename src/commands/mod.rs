@@ -4,6 +4,7 @@
 mod backup_fetch;
 mod backup_list;
 mod wal_fetch;
+mod wal_prefetch;
 
 use crate::cli::Command;
 use crate::config::Config;
@@ -11,18 +12,21 @@ use crate::error::Error;
 use crate::lzop;
 
 /// Settings that cut across subcommands but are not storage configuration.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// How lzop streams are decoded.
     pub lzop: lzop::Options,
+    /// Global arguments for a child `wale` (the prefetcher).
+    pub relaunch: Vec<std::ffi::OsString>,
 }
 
 /// Runs one subcommand. `version` never gets here: it needs no configuration.
 pub async fn run(command: &Command, config: &Config, options: Options) -> Result<(), Error> {
     match command {
-        Command::WalFetch(args) => wal_fetch::run(config, options, args).await,
+        Command::WalFetch(args) => wal_fetch::run(config, &options, args).await,
+        Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
-        Command::BackupFetch(args) => backup_fetch::run(config, options, args).await,
+        Command::BackupFetch(args) => backup_fetch::run(config, options.lzop, args).await,
         Command::Version => Ok(()),
     }
 }

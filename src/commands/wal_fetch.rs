@@ -16,18 +16,38 @@ use crate::durable::StagedFile;
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::lzop::{self, DecodeToError};
+use crate::prefetch::{self, PrefetchDir};
 use crate::storage::{self, ObjectReader, Storage, Store};
-use crate::wal::{self, WalFileKind};
+use crate::wal::{self, SegmentName, WalFileKind};
+
+use super::wal_prefetch;
 
 /// Read-ahead for the network body: one lzop block, so the decoder's small header reads
 /// do not each cross from the blocking thread to the runtime.
 const BODY_BUFFER: usize = 256 * 1024;
 
-pub async fn run(config: &Config, options: Options, args: &WalFetchArgs) -> Result<(), Error> {
+pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<(), Error> {
     let name = &args.wal_segment;
     wal::check_archive_name(name).map_err(|why| Error::Usage(format!("{name:?}: {why}")))?;
     let kind = WalFileKind::of(name);
     let started = Instant::now();
+    let prefetching = match kind {
+        WalFileKind::Segment(segment) if args.prefetch > 0 => {
+            Prefetching::new(config, args, segment)
+        }
+        _ => None,
+    };
+    if let Some(prefetching) = &prefetching
+        && let Some(size) = prefetching
+            .take(&args.wal_destination, options, args.prefetch)
+            .await
+    {
+        tracing::info!(
+            "restored {name} from the prefetch area ({size} bytes in {} ms)",
+            started.elapsed().as_millis()
+        );
+        return Ok(());
+    }
     let store = Store::open(&config.store).await?;
     let key = Layout::new(config.store.path_prefix()).wal_key(name);
     let what = format!("wal-fetch {name}");
@@ -36,12 +56,112 @@ pub async fn run(config: &Config, options: Options, args: &WalFetchArgs) -> Resu
     })
     .await
     .inspect_err(|_| remove_stale(&args.wal_destination))?;
+    if let Some(prefetching) = &prefetching {
+        prefetching.learned_size(bytes);
+    }
     tracing::info!(
         "restored {name} from {} ({bytes} bytes in {} ms)",
         store.url(&key),
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The prefetch side of one `wal-fetch` of a segment.
+struct Prefetching {
+    area: PrefetchDir,
+    segment: SegmentName,
+}
+
+impl Prefetching {
+    /// The prefetch area for this destination; any problem with it only disables
+    /// prefetching for this call.
+    fn new(config: &Config, args: &WalFetchArgs, segment: SegmentName) -> Option<Prefetching> {
+        let area =
+            PrefetchDir::for_destination(&args.wal_destination, config.prefetch.dir.as_deref())
+                .ok()?;
+        if let Err(err) = area.create() {
+            tracing::warn!(
+                "prefetching off: cannot create {}: {err}",
+                area.root().display()
+            );
+            return None;
+        }
+        Some(Prefetching { area, segment })
+    }
+
+    /// Hands over the prefetched segment (waiting for its download if one is under way,
+    /// rather than starting a second) and tells the prefetcher, starting it if none runs,
+    /// what comes next. Returns the size when the segment came from the area.
+    async fn take(&self, destination: &Path, options: &Options, window: u32) -> Option<u64> {
+        let take = || self.area.take(&self.segment, destination).ok().flatten();
+        let mut taken = take();
+        if taken.is_none() && self.area.partial_size(&self.segment).is_some() {
+            let size = self
+                .area
+                .next()
+                .map_or(prefetch::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
+            self.announce(self.segment, size, options, window, destination);
+            if wal_prefetch::wait_for(&self.area, &self.segment).await {
+                taken = take();
+            }
+        }
+        let size = taken.unwrap_or_else(|| {
+            self.area
+                .next()
+                .map_or(prefetch::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
+        });
+        self.announce(
+            prefetch::next_segment(&self.segment, size),
+            size,
+            options,
+            window,
+            destination,
+        );
+        taken
+    }
+
+    fn announce(
+        &self,
+        next: SegmentName,
+        size: u64,
+        options: &Options,
+        window: u32,
+        destination: &Path,
+    ) {
+        if let Err(err) = self.area.set_next(&next, size) {
+            tracing::warn!(
+                "prefetching off: cannot write to {}: {err}",
+                self.area.root().display()
+            );
+            return;
+        }
+        wal_prefetch::ensure_running(
+            &self.area,
+            &base_directory(destination),
+            &next,
+            window,
+            &options.relaunch,
+        );
+    }
+
+    /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
+    fn learned_size(&self, size: u64) {
+        if wal::is_valid_segment_size(size) && self.area.next().map(|(_, s)| s) != Some(size) {
+            let _ = self
+                .area
+                .set_next(&prefetch::next_segment(&self.segment, size), size);
+        }
+    }
+}
+
+/// The directory holding the destination, resolved (what `wal-prefetch` is given).
+fn base_directory(destination: &Path) -> PathBuf {
+    let parent = match destination.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
 }
 
 /// After a failure nothing may stay at the destination, not even an older file (WAL-E

@@ -59,8 +59,28 @@ pub fn wale() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wale"));
     cmd.env_clear();
     cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    // Prefetchers started by tests must not outlive them by long.
+    cmd.env("WALE_PREFETCH_IDLE_SECONDS", "1");
     cmd.stdin(std::process::Stdio::null());
     cmd
+}
+
+/// Pids of running `wal-prefetch` processes whose command line mentions `needle`.
+pub fn prefetchers_for(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains("wal-prefetch") && text.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// What a finished command did, with helpers for assertions.

@@ -1,0 +1,354 @@
+//! The prefetch area shared by `wal-fetch` and the background prefetcher.
+//!
+//! Layout (WAL-E's, beside the WAL directory, or `WALE_PREFETCH_DIR`):
+//!
+//! ```text
+//! <pg_wal>/.wal-e/prefetch/<SEGMENT>             complete, verified, fsynced segments
+//! <pg_wal>/.wal-e/prefetch/running/<SEGMENT>.part   downloads in progress
+//! <pg_wal>/.wal-e/prefetch/.lock                 flock'ed by the one running prefetcher
+//! <pg_wal>/.wal-e/prefetch/.next                 "<first segment wanted> <segment size>"
+//! ```
+//!
+//! A segment appears under its own name only by `rename` after it was decoded with every
+//! checksum verified, its size and first page header checked, and fsynced; so `wal-fetch`
+//! can hand it to PostgreSQL with one more rename and no storage client at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::wal::{self, SegmentName};
+
+/// The prefetch area of one WAL directory.
+#[derive(Debug, Clone)]
+pub struct PrefetchDir {
+    root: PathBuf,
+}
+
+/// PostgreSQL's default WAL segment size, assumed until a fetched segment says otherwise.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+impl PrefetchDir {
+    /// The area for a `restore_command` destination (`%p`): beside the real directory
+    /// that holds it, or `override_dir` (`WALE_PREFETCH_DIR`, e.g. outside `pg_wal`,
+    /// which `pg_rewind` prefers; it must be on the same file system).
+    pub fn for_destination(
+        destination: &Path,
+        override_dir: Option<&str>,
+    ) -> io::Result<PrefetchDir> {
+        if let Some(dir) = override_dir.filter(|d| !d.is_empty()) {
+            return Ok(PrefetchDir {
+                root: PathBuf::from(dir),
+            });
+        }
+        let parent = match destination.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = fs::canonicalize(parent)?;
+        Ok(PrefetchDir {
+            root: base.join(".wal-e").join("prefetch"),
+        })
+    }
+
+    /// The area rooted at `base/.wal-e/prefetch` (`wal-prefetch BASE_DIRECTORY`).
+    pub fn for_base(base: &Path, override_dir: Option<&str>) -> PrefetchDir {
+        match override_dir.filter(|d| !d.is_empty()) {
+            Some(dir) => PrefetchDir {
+                root: PathBuf::from(dir),
+            },
+            None => PrefetchDir {
+                root: base.join(".wal-e").join("prefetch"),
+            },
+        }
+    }
+
+    /// Where the area is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directories (mode 0700).
+    pub fn create(&self) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.running())
+    }
+
+    /// A complete segment's path.
+    pub fn ready(&self, segment: &SegmentName) -> PathBuf {
+        self.root.join(segment.to_string())
+    }
+
+    /// The in-progress download directory.
+    pub fn running(&self) -> PathBuf {
+        self.root.join("running")
+    }
+
+    /// A segment's in-progress file.
+    pub fn partial(&self, segment: &SegmentName) -> PathBuf {
+        self.running().join(format!("{segment}.part"))
+    }
+
+    fn next_path(&self) -> PathBuf {
+        self.root.join(".next")
+    }
+
+    /// Moves a prefetched segment onto `destination` if it is there and sound; returns its
+    /// size. An unsound file is removed and `None` returned (the caller fetches in-band).
+    pub fn take(&self, segment: &SegmentName, destination: &Path) -> io::Result<Option<u64>> {
+        let ready = self.ready(segment);
+        let size = match check_segment_file(&ready, segment) {
+            Ok(size) => size,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                tracing::warn!("discarding prefetched {}: {err}", ready.display());
+                let _ = fs::remove_file(&ready);
+                return Ok(None);
+            }
+        };
+        // Its contents were fsynced when it was published; PostgreSQL reads it at once
+        // and fetches again after a crash, so the rename needs no directory fsync.
+        fs::rename(&ready, destination)?;
+        Ok(Some(size))
+    }
+
+    /// Tells the prefetcher which segment comes next and how big segments are.
+    pub fn set_next(&self, next: &SegmentName, segment_size: u64) -> io::Result<()> {
+        let temp = self.root.join(format!(".next.{}", std::process::id()));
+        fs::write(&temp, format!("{next} {segment_size}\n"))?;
+        fs::rename(&temp, self.next_path())
+    }
+
+    /// What the last `set_next` said, if anything readable.
+    pub fn next(&self) -> Option<(SegmentName, u64)> {
+        let text = fs::read_to_string(self.next_path()).ok()?;
+        let (name, size) = text.trim().split_once(' ')?;
+        let size = size.parse().ok().filter(|&s| wal::is_valid_segment_size(s));
+        Some((
+            SegmentName::parse(name)?,
+            size.unwrap_or(DEFAULT_SEGMENT_SIZE),
+        ))
+    }
+
+    /// Whether a prefetcher holds the lock.
+    pub fn prefetcher_running(&self) -> bool {
+        match self.try_lock() {
+            Ok(Some(_lock)) => false,
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Takes the prefetcher lock if nobody holds it; the lock lasts as long as the file.
+    pub fn try_lock(&self) -> io::Result<Option<File>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.root.join(".lock"))?;
+        // SAFETY: a valid descriptor; flock has no memory effects.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(Some(file))
+        } else {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+
+    /// Size of the in-progress download of `segment`, if one is under way.
+    pub fn partial_size(&self, segment: &SegmentName) -> Option<u64> {
+        fs::metadata(self.partial(segment)).ok().map(|m| m.len())
+    }
+
+    /// Removes everything the prefetcher made, lock included (call while holding it).
+    pub fn remove_all(&self) {
+        self.clean();
+        let _ = fs::remove_dir(self.running());
+        let _ = fs::remove_file(self.root.join(".lock"));
+        let _ = fs::remove_dir(&self.root);
+        if let Some(parent) = self.root.parent().filter(|p| p.ends_with(".wal-e")) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+
+    /// Removes segments, partial downloads and the hint.
+    fn clean(&self) {
+        for dir in [self.running(), self.root.clone()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let ours = name.ends_with(".part")
+                    || SegmentName::parse(&name).is_some()
+                    || name == ".next";
+                if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// Checks that a file is a whole WAL segment that belongs where its name says: a valid
+/// segment size, and a first page header with WAL's magic, the long-header flag, the
+/// name's timeline and the segment's own start address. Returns the size.
+pub fn check_segment_file(path: &Path, segment: &SegmentName) -> io::Result<u64> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    if !wal::is_valid_segment_size(size) {
+        return Err(io::Error::other(format!(
+            "{size} bytes is not a WAL segment size"
+        )));
+    }
+    let mut header = [0u8; 16];
+    file.read_exact(&mut header)?;
+    check_page_header(&header, segment, size).map_err(io::Error::other)?;
+    Ok(size)
+}
+
+/// The long page header at the start of a segment (`XLogLongPageHeaderData`):
+/// `xlp_magic` u16, `xlp_info` u16, `xlp_tli` u32, `xlp_pageaddr` u64, little-endian.
+pub fn check_page_header(
+    header: &[u8; 16],
+    segment: &SegmentName,
+    size: u64,
+) -> Result<(), String> {
+    let magic = u16::from_le_bytes([header[0], header[1]]);
+    let info = u16::from_le_bytes([header[2], header[3]]);
+    let tli = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let pageaddr = u64::from_le_bytes(header[8..16].try_into().unwrap());
+    if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
+        return Err(format!("no WAL page magic (found {magic:#06x})"));
+    }
+    if info & 0x0002 == 0 {
+        return Err("the first page has no long header".into());
+    }
+    if tli != segment.timeline {
+        return Err(format!(
+            "page header says timeline {tli}, the name {}",
+            segment.timeline
+        ));
+    }
+    let expected = segment_start(segment, size);
+    if pageaddr != expected {
+        return Err(format!(
+            "page header address {pageaddr:#x} is not the segment's start {expected:#x}"
+        ));
+    }
+    Ok(())
+}
+
+/// The LSN where a segment starts.
+pub fn segment_start(segment: &SegmentName, size: u64) -> u64 {
+    let per_log = 0x1_0000_0000 / size;
+    (u64::from(segment.log) * per_log + u64::from(segment.seg)) * size
+}
+
+/// The segment after `segment`, for segments of `size` bytes.
+pub fn next_segment(segment: &SegmentName, size: u64) -> SegmentName {
+    let per_log = (0x1_0000_0000 / size) as u32;
+    if segment.seg + 1 >= per_log {
+        SegmentName {
+            timeline: segment.timeline,
+            log: segment.log + 1,
+            seg: 0,
+        }
+    } else {
+        SegmentName {
+            seg: segment.seg + 1,
+            ..*segment
+        }
+    }
+}
+
+/// Creates a new file exclusively, not following links.
+pub fn create_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Makes a finished download visible under its name.
+pub fn publish(partial: &Path, mut file: File, ready: &Path) -> io::Result<()> {
+    file.flush()?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(partial, ready)?;
+    if let Some(dir) = ready.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(tli: u32, log: u32, seg: u32) -> SegmentName {
+        SegmentName {
+            timeline: tli,
+            log,
+            seg,
+        }
+    }
+
+    #[test]
+    fn next_names_follow_the_segment_size() {
+        assert_eq!(next_segment(&seg(1, 0, 0xFE), 16 << 20), seg(1, 0, 0xFF));
+        assert_eq!(next_segment(&seg(1, 0, 0xFF), 16 << 20), seg(1, 1, 0));
+        assert_eq!(next_segment(&seg(2, 3, 0x3F), 64 << 20), seg(2, 4, 0));
+        // 1 MiB segments go past 0xFF, which WAL-E asserted against.
+        assert_eq!(next_segment(&seg(1, 0, 0xFF), 1 << 20), seg(1, 0, 0x100));
+        assert_eq!(
+            segment_start(&seg(1, 1, 2), 16 << 20),
+            (0x100 + 2) * (16 << 20)
+        );
+    }
+
+    #[test]
+    fn page_headers_are_checked() {
+        let s = seg(1, 0, 3);
+        let mut h = [0u8; 16];
+        h[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        h[2..4].copy_from_slice(&2u16.to_le_bytes());
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..16].copy_from_slice(&(3u64 * (16 << 20)).to_le_bytes());
+        assert!(check_page_header(&h, &s, 16 << 20).is_ok());
+        assert!(check_page_header(&h, &seg(2, 0, 3), 16 << 20).is_err());
+        assert!(check_page_header(&h, &seg(1, 0, 4), 16 << 20).is_err());
+        assert!(check_page_header(&[0u8; 16], &s, 16 << 20).is_err());
+    }
+
+    #[test]
+    fn the_next_hint_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = PrefetchDir::for_base(dir.path(), None);
+        area.create().unwrap();
+        assert_eq!(area.next(), None);
+        area.set_next(&seg(1, 0, 9), 16 << 20).unwrap();
+        assert_eq!(area.next(), Some((seg(1, 0, 9), 16 << 20)));
+        let lock = area.try_lock().unwrap();
+        assert!(lock.is_some());
+        assert!(area.prefetcher_running());
+        drop(lock);
+        assert!(!area.prefetcher_running());
+    }
+}
