@@ -56,12 +56,50 @@ fn main() {
             }
         }
     }
+    for (backend, label) in [(Backend::S3, "S3 loopback"), (Backend::File, "file://")] {
+        let hits = prefetch_hits(&archive, backend, &server);
+        row(&format!("wale, {label}, prefetch hit"), hits, None);
+    }
     if wal_e.is_none() {
         println!(
             "\nWAL-E not found (set WALE_E_BIN, or run fixtures/make-wale-fixture.sh once): no WAL-E rows."
         );
     }
     println!("\n(x = WAL-E's median / wale's median in the same run; higher is better)");
+}
+
+/// Replays the fixture's segments in order, as recovery asks for them, with the
+/// prefetcher on; times every call after the first (which starts the prefetcher).
+fn prefetch_hits(archive: &Archive, backend: Backend, server: &S3Server) -> (Duration, Duration) {
+    let names: Vec<String> = fixture_wal_names()
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let work = tempfile::tempdir().unwrap();
+        let dest = work.path().join("RECOVERYXLOG");
+        for (i, name) in names.iter().enumerate() {
+            // PostgreSQL removes RECOVERYXLOG before each restore_command.
+            let _ = std::fs::remove_file(&dest);
+            let mut cmd = wale_for(archive, backend, Some(server));
+            cmd.args(["--terse", "wal-fetch", "--prefetch", "8", name])
+                .arg(&dest);
+            let elapsed = time(cmd);
+            if i > 0 {
+                times.push(elapsed);
+            }
+            // PostgreSQL replays a segment between calls; give the prefetcher that time.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut cmd = wale_for(archive, backend, Some(server));
+        cmd.args(["--terse", "wal-fetch", "0000000100000000000000FF"])
+            .arg(&dest);
+        time(cmd);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 9 / 10])
 }
 
 fn row(label: &str, (median, p90): (Duration, Duration), versus: Option<(Duration, Duration)>) {
@@ -113,7 +151,8 @@ fn wale_cmd(
     dest: &Path,
 ) -> Command {
     let mut cmd = wale_for(archive, backend, Some(server));
-    cmd.args(["--terse", "wal-fetch", name]).arg(dest);
+    cmd.args(["--terse", "wal-fetch", "--prefetch", "0", name])
+        .arg(dest);
     cmd
 }
 

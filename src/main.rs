@@ -48,11 +48,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
         ..Options::default()
     };
     options.lzop.allow_concatenated = cli.allow_concatenated_lzop;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
+    // starts faster (decoding still runs on a blocking thread). The others work in
+    // parallel.
+    let runtime = match cli.command {
+        Command::WalFetch(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(commands::run(&cli.command, &config, options))
 }
 

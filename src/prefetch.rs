@@ -31,29 +31,9 @@ pub struct PrefetchDir {
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 
 impl PrefetchDir {
-    /// The area for a `restore_command` destination (`%p`): beside the real directory
-    /// that holds it, or `override_dir` (`WALE_PREFETCH_DIR`, e.g. outside `pg_wal`,
-    /// which `pg_rewind` prefers; it must be on the same file system).
-    pub fn for_destination(
-        destination: &Path,
-        override_dir: Option<&str>,
-    ) -> io::Result<PrefetchDir> {
-        if let Some(dir) = override_dir.filter(|d| !d.is_empty()) {
-            return Ok(PrefetchDir {
-                root: PathBuf::from(dir),
-            });
-        }
-        let parent = match destination.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let base = fs::canonicalize(parent)?;
-        Ok(PrefetchDir {
-            root: base.join(".wal-e").join("prefetch"),
-        })
-    }
-
-    /// The area rooted at `base/.wal-e/prefetch` (`wal-prefetch BASE_DIRECTORY`).
+    /// The area of the WAL directory `base` (PostgreSQL's `pg_wal`, resolved):
+    /// `base/.wal-e/prefetch` as WAL-E had it, or `override_dir` (`WALE_PREFETCH_DIR`,
+    /// e.g. outside `pg_wal`, which `pg_rewind` prefers; on the same file system).
     pub fn for_base(base: &Path, override_dir: Option<&str>) -> PrefetchDir {
         match override_dir.filter(|d| !d.is_empty()) {
             Some(dir) => PrefetchDir {

@@ -70,6 +70,8 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
 /// The prefetch side of one `wal-fetch` of a segment.
 struct Prefetching {
     area: PrefetchDir,
+    /// The resolved directory of the destination (what `wal-prefetch` is given).
+    base: PathBuf,
     segment: SegmentName,
 }
 
@@ -77,17 +79,13 @@ impl Prefetching {
     /// The prefetch area for this destination; any problem with it only disables
     /// prefetching for this call.
     fn new(config: &Config, args: &WalFetchArgs, segment: SegmentName) -> Option<Prefetching> {
-        let area =
-            PrefetchDir::for_destination(&args.wal_destination, config.prefetch.dir.as_deref())
-                .ok()?;
-        if let Err(err) = area.create() {
-            tracing::warn!(
-                "prefetching off: cannot create {}: {err}",
-                area.root().display()
-            );
-            return None;
-        }
-        Some(Prefetching { area, segment })
+        let base = base_directory(&args.wal_destination);
+        let area = PrefetchDir::for_base(&base, config.prefetch.dir.as_deref());
+        Some(Prefetching {
+            area,
+            base,
+            segment,
+        })
     }
 
     /// Hands over the prefetched segment (waiting for its download if one is under way,
@@ -101,7 +99,7 @@ impl Prefetching {
                 .area
                 .next()
                 .map_or(prefetch::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
-            self.announce(self.segment, size, options, window, destination);
+            self.announce(self.segment, size, options, window);
             if wal_prefetch::wait_for(&self.area, &self.segment).await {
                 taken = take();
             }
@@ -116,33 +114,24 @@ impl Prefetching {
             size,
             options,
             window,
-            destination,
         );
         taken
     }
 
-    fn announce(
-        &self,
-        next: SegmentName,
-        size: u64,
-        options: &Options,
-        window: u32,
-        destination: &Path,
-    ) {
-        if let Err(err) = self.area.set_next(&next, size) {
+    fn announce(&self, next: SegmentName, size: u64, options: &Options, window: u32) {
+        // On the hit path the area exists; it is created only when writing fails.
+        let written = self.area.set_next(&next, size).or_else(|_| {
+            self.area.create()?;
+            self.area.set_next(&next, size)
+        });
+        if let Err(err) = written {
             tracing::warn!(
                 "prefetching off: cannot write to {}: {err}",
                 self.area.root().display()
             );
             return;
         }
-        wal_prefetch::ensure_running(
-            &self.area,
-            &base_directory(destination),
-            &next,
-            window,
-            &options.relaunch,
-        );
+        wal_prefetch::ensure_running(&self.area, &self.base, &next, window, &options.relaunch);
     }
 
     /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
