@@ -113,27 +113,28 @@ impl Drop for Recovery {
     }
 }
 
-#[test]
-fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
+/// Restores the archive's latest backup into `work/<name>` with `wale backup-fetch` from
+/// S3 and starts PostgreSQL on it with `restore_command = 'wale --envdir … wal-fetch'`
+/// (default prefetch), plus `extra_conf`.
+fn restore_and_start(
+    work: &Path,
+    name: &str,
+    archive: &Archive,
+    server: &S3Server,
+    port: u16,
+    extra_conf: &str,
+) -> Recovery {
     let bin = pg_bin();
-    let archive = Archive::fixture_copy();
-    let server = S3Server::start(&archive.s3_root());
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let pgdata = work.path().join("pgdata");
-    let socket_dir = work.path().join("sock");
-    let envdir = work.path().join("wale.env");
+    let pgdata = work.join(name);
+    let socket_dir = work.join(format!("{name}-sock"));
+    let envdir = work.join(format!("{name}-wale.env"));
     std::fs::create_dir_all(&socket_dir).unwrap();
     std::fs::create_dir_all(&envdir).unwrap();
 
     // The base backup, restored by wale from S3, its tablespace mapped to a new place.
     let oid = fixture_meta("TABLESPACE_OID");
-    let tablespace = work.path().join("ts1");
-    let mut fetch = wale_for(&archive, Backend::S3, Some(&server));
+    let tablespace = work.join(format!("{name}-ts1"));
+    let mut fetch = wale_for(archive, Backend::S3, Some(server));
     fetch.arg("backup-fetch").arg(&pgdata).arg("LATEST");
     fetch
         .arg("--tablespace")
@@ -146,14 +147,13 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     );
 
     // restore_command as an operator writes it: wale with --envdir holding S3 settings.
-    for (key, value) in server.env(&archive) {
+    for (key, value) in server.env(archive) {
         std::fs::write(envdir.join(key), format!("{value}\n")).unwrap();
     }
     std::fs::write(envdir.join("WALE_PREFETCH_IDLE_SECONDS"), "1\n").unwrap();
-    let port = 20000 + (std::process::id() % 20000) as u16;
     let conf = format!(
-        "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\narchive_mode = off\n\
-         restore_command = '{} --envdir {} wal-fetch \"%f\" \"%p\"'\nlog_line_prefix = '%m [%p] '\n",
+        "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
+         restore_command = '{} --envdir {} wal-fetch \"%f\" \"%p\"'\nlog_line_prefix = '%m [%p] '\n{extra_conf}",
         socket_dir.display(),
         env!("CARGO_BIN_EXE_wale"),
         envdir.display()
@@ -163,14 +163,14 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     std::fs::write(pgdata.join("pg_ident.conf"), "").unwrap();
     std::fs::write(pgdata.join("recovery.signal"), "").unwrap();
     std::fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    give_to_postgres(work.path());
+    give_to_postgres(work);
 
     let recovery = Recovery {
         bin: bin.clone(),
         pgdata: pgdata.clone(),
         socket_dir,
         port,
-        log: work.path().join("postgres.log"),
+        log: work.join(format!("{name}.log")),
     };
     let mut start = as_postgres(&bin.join("pg_ctl"));
     start
@@ -186,7 +186,52 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         recovery.log_text()
     );
     recovery.wait_until_promoted(Duration::from_secs(180));
+    recovery
+}
 
+fn work_dir() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    work
+}
+
+/// Waits until the prefetcher of `pgdata` has left, taking its files and lock with it.
+fn assert_prefetcher_gone(pgdata: &Path) {
+    let area = pgdata.join("pg_wal/.wal-e");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (area.exists() || !prefetchers_for(pgdata.to_str().unwrap()).is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!area.exists(), "the prefetch area outlived the prefetcher");
+    assert!(
+        prefetchers_for(pgdata.to_str().unwrap()).is_empty(),
+        "a prefetcher is still running"
+    );
+}
+
+fn port_for(slot: u16) -> u16 {
+    20000 + (std::process::id() % 10000) as u16 * 2 + slot
+}
+
+#[test]
+fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let work = work_dir();
+    let recovery = restore_and_start(
+        work.path(),
+        "pgdata",
+        &archive,
+        &server,
+        port_for(0),
+        "archive_mode = off\n",
+    );
     let actual = recovery.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);
     let expected = std::fs::read_to_string(fixture().join("expected.txt")).unwrap();
     assert_eq!(
@@ -196,9 +241,11 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         recovery.log_text()
     );
     // PostgreSQL kept wale's tablespace link (tablespace_map agreed with it).
+    let oid = fixture_meta("TABLESPACE_OID");
+    let pgdata = work.path().join("pgdata");
     assert_eq!(
         std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap(),
-        tablespace
+        work.path().join("pgdata-ts1")
     );
     // Every archived segment from the backup's start to the end came through wale.
     let log = recovery.log_text();
@@ -214,17 +261,81 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         "no prefetch hit:\n{log}"
     );
     drop(recovery);
-    // The prefetcher leaves when idle, taking its files and lock with it.
-    let area = pgdata.join("pg_wal/.wal-e");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (area.exists() || !prefetchers_for(pgdata.to_str().unwrap()).is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!area.exists(), "the prefetch area outlived the prefetcher");
-    assert!(
-        prefetchers_for(pgdata.to_str().unwrap()).is_empty(),
-        "a prefetcher is still running"
+    assert_prefetcher_gone(&pgdata);
+}
+
+#[test]
+fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
+    // First life: recover, promote to timeline 2, write, and archive timeline 2 into the
+    // same archive the way WAL-E's wal-push lays it out (lzop -c of the file on stdin).
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let work = work_dir();
+    give_to_postgres(&archive.root());
+    let wal_dir = archive.root().join("wal_005");
+    let push = format!(
+        "archive_mode = on\narchive_command = 'lzop -c < %p > {}/%f.lzo.tmp && mv {}/%f.lzo.tmp {}/%f.lzo'\n",
+        wal_dir.display(),
+        wal_dir.display(),
+        wal_dir.display()
     );
+    let first = restore_and_start(work.path(), "first", &archive, &server, port_for(0), &push);
+    first.psql(&["-c", "create schema tl2; create table tl2.after_promotion as select generate_series(1, 1000) as i"]);
+    first.psql(&["-c", "select pg_switch_wal()"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let archived = loop {
+        let out = first.psql(&[
+            "-A",
+            "-t",
+            "-c",
+            "select last_archived_wal from pg_stat_archiver",
+        ]);
+        let wal = out.trim().to_string();
+        // A timeline-2 segment (the history file is archived first).
+        if (wal.len() == 24 && wal.starts_with("00000002")) || Instant::now() > deadline {
+            break wal;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        archived.len() == 24 && archived.starts_with("00000002"),
+        "timeline 2 was not archived: {archived:?}\n{}",
+        first.log_text()
+    );
+    assert!(wal_dir.join("00000002.history.lzo").exists());
+    drop(first);
+
+    // Second life: the same backup, recovery_target_timeline = latest: wale serves the
+    // history file and both timelines' segments, with the prefetcher following along.
+    let second = restore_and_start(
+        work.path(),
+        "second",
+        &archive,
+        &server,
+        port_for(1),
+        "archive_mode = off\nrecovery_target_timeline = 'latest'\n",
+    );
+    let count = second.psql(&["-A", "-t", "-c", "select count(*) from tl2.after_promotion"]);
+    assert_eq!(count.trim(), "1000", "{}", second.log_text());
+    let actual = second.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);
+    assert_eq!(
+        actual,
+        std::fs::read_to_string(fixture().join("expected.txt")).unwrap()
+    );
+    let log = second.log_text();
+    assert!(
+        log.contains("restored log file \"00000002.history\" from archive"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("restored log file \"{archived}\" from archive")),
+        "{log}"
+    );
+    assert!(
+        log.contains("from the prefetch area"),
+        "no prefetch hit:\n{log}"
+    );
+    let pgdata = work.path().join("second");
+    drop(second);
+    assert_prefetcher_gone(&pgdata);
 }
