@@ -1,117 +1,8 @@
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::pg::*;
 use crate::common::*;
-
-/// The PostgreSQL server binaries of the fixture's major version.
-fn pg_bin() -> PathBuf {
-    let major = fixture_meta("PG_VERSION")
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
-    let bin = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    assert!(
-        bin.join("postgres").exists(),
-        "PostgreSQL {major} is needed (apt-get install postgresql-{major}); scripts/test.sh installs it"
-    );
-    bin
-}
-
-/// Runs a command as the `postgres` user when we are root (PostgreSQL refuses root).
-fn as_postgres(program: &Path) -> Command {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run_ok(mut cmd: Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Gives a tree to the `postgres` user when running as root.
-fn give_to_postgres(path: &Path) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let mut chown = Command::new("chown");
-        chown.arg("-R").arg("postgres:postgres").arg(path);
-        run_ok(chown, "chown");
-    }
-}
-
-/// A PostgreSQL data directory being recovered; stopped on drop.
-struct Recovery {
-    bin: PathBuf,
-    pgdata: PathBuf,
-    socket_dir: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Recovery {
-    fn psql(&self, args: &[&str]) -> String {
-        let mut cmd = as_postgres(&self.bin.join("psql"));
-        cmd.args(["-X", "-q", "-h"]).arg(&self.socket_dir);
-        cmd.args(["-p", &self.port.to_string(), "-d", "postgres"])
-            .args(args);
-        run_ok(cmd, "psql")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_until_promoted(&self, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            let mut cmd = as_postgres(&self.bin.join("psql"));
-            cmd.args(["-X", "-q", "-A", "-t", "-h"])
-                .arg(&self.socket_dir);
-            cmd.args([
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                "postgres",
-                "-c",
-                "select pg_is_in_recovery()",
-            ]);
-            if let Ok(out) = cmd.output()
-                && String::from_utf8_lossy(&out.stdout).trim() == "f"
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "recovery did not finish; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Recovery {
-    fn drop(&mut self) {
-        let mut cmd = as_postgres(&self.bin.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(&self.pgdata)
-            .args(["-m", "immediate", "-w", "stop"]);
-        let _ = cmd.output();
-    }
-}
 
 /// Restores the archive's latest backup into `work/<name>` with `wale backup-fetch` from
 /// S3 and starts PostgreSQL on it with `restore_command = 'wale --envdir … wal-fetch'`
@@ -124,7 +15,6 @@ fn restore_and_start(
     port: u16,
     extra_conf: &str,
 ) -> Recovery {
-    let bin = pg_bin();
     let pgdata = work.join(name);
     let socket_dir = work.join(format!("{name}-sock"));
     let envdir = work.join(format!("{name}-wale.env"));
@@ -151,40 +41,14 @@ fn restore_and_start(
         std::fs::write(envdir.join(key), format!("{value}\n")).unwrap();
     }
     std::fs::write(envdir.join("WALE_PREFETCH_IDLE_SECONDS"), "1\n").unwrap();
-    let conf = format!(
-        "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
-         restore_command = '{} --envdir {} wal-fetch \"%f\" \"%p\"'\nlog_line_prefix = '%m [%p] '\n{extra_conf}",
-        socket_dir.display(),
+    let restore_command = format!(
+        "{} --envdir {} wal-fetch \"%f\" \"%p\"",
         env!("CARGO_BIN_EXE_wale"),
         envdir.display()
     );
-    std::fs::write(pgdata.join("postgresql.conf"), conf).unwrap();
-    std::fs::write(pgdata.join("pg_hba.conf"), "local all all trust\n").unwrap();
-    std::fs::write(pgdata.join("pg_ident.conf"), "").unwrap();
-    std::fs::write(pgdata.join("recovery.signal"), "").unwrap();
-    std::fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    write_recovery_conf(&pgdata, port, &socket_dir, &restore_command, extra_conf);
     give_to_postgres(work);
-
-    let recovery = Recovery {
-        bin: bin.clone(),
-        pgdata: pgdata.clone(),
-        socket_dir,
-        port,
-        log: work.join(format!("{name}.log")),
-    };
-    let mut start = as_postgres(&bin.join("pg_ctl"));
-    start
-        .arg("-D")
-        .arg(&pgdata)
-        .arg("-l")
-        .arg(&recovery.log)
-        .args(["-w", "-t", "120", "start"]);
-    let started = start.output().unwrap();
-    assert!(
-        started.status.success(),
-        "pg_ctl start failed; log:\n{}",
-        recovery.log_text()
-    );
+    let recovery = Recovery::start(&pgdata, &socket_dir, port, work.join(format!("{name}.log")));
     recovery.wait_until_promoted(Duration::from_secs(180));
     recovery
 }
