@@ -203,6 +203,9 @@ pub struct PrefetchSettings {
     /// `WALE_PREFETCH_IDLE_SECONDS`: the prefetcher exits after this long without a
     /// request (default 60).
     pub idle: Duration,
+    /// `WALE_PREFETCH_MAX_BYTES`: the most decompressed bytes the prefetch area may hold
+    /// (default 1 GiB); caps `--prefetch` for large segments.
+    pub max_bytes: u64,
 }
 
 /// The backend selected by the prefix's URL scheme, with its settings.
@@ -607,9 +610,18 @@ fn prefetch_settings(env: &Env) -> Result<PrefetchSettings, Error> {
                 reason: "expected a number of seconds",
             })?,
     };
+    let max_bytes = match env.non_empty("WALE_PREFETCH_MAX_BYTES") {
+        None => 1 << 30,
+        Some(value) => value.trim().parse::<u64>().map_err(|_| Error::BadValue {
+            name: "WALE_PREFETCH_MAX_BYTES",
+            value: value.to_string(),
+            reason: "expected a number of bytes",
+        })?,
+    };
     Ok(PrefetchSettings {
         dir: env.non_empty("WALE_PREFETCH_DIR").map(str::to_string),
         idle,
+        max_bytes,
     })
 }
 
@@ -831,6 +843,25 @@ mod tests {
         let mut bad = s3_env();
         bad.push(("WALE_RETRIES", "0"));
         assert!(Config::resolve(&GlobalFlags::default(), &env(&bad)).is_err());
+    }
+
+    #[test]
+    fn prefetch_settings_come_from_the_environment() {
+        let c = Config::resolve(&GlobalFlags::default(), &env(&s3_env())).unwrap();
+        assert_eq!(c.prefetch.idle, Duration::from_secs(60));
+        assert_eq!(c.prefetch.max_bytes, 1 << 30);
+        let mut pairs = s3_env();
+        pairs.extend([
+            ("WALE_PREFETCH_DIR", "/srv/prefetch"),
+            ("WALE_PREFETCH_IDLE_SECONDS", "2.5"),
+            ("WALE_PREFETCH_MAX_BYTES", "67108864"),
+        ]);
+        let c = Config::resolve(&GlobalFlags::default(), &env(&pairs)).unwrap();
+        assert_eq!(c.prefetch.dir.as_deref(), Some("/srv/prefetch"));
+        assert_eq!(c.prefetch.idle, Duration::from_millis(2500));
+        assert_eq!(c.prefetch.max_bytes, 64 << 20);
+        pairs.push(("WALE_PREFETCH_MAX_BYTES", "lots"));
+        assert!(Config::resolve(&GlobalFlags::default(), &env(&pairs)).is_err());
     }
 
     #[test]

@@ -99,7 +99,13 @@ async fn serve(
             return Ok(());
         }
         if let Some((next, size)) = hint {
-            let wanted = window_from(&next, size, window);
+            // Bounded by count and by bytes: at least one segment, whatever its size.
+            let by_bytes = (config.prefetch.max_bytes / size).max(1);
+            let wanted = window_from(
+                &next,
+                size,
+                window.min(by_bytes.min(u32::MAX as u64) as u32),
+            );
             drop_unwanted(area, &wanted);
             missing.retain(|_, when| when.elapsed() < MISSING_BACKOFF);
             for segment in wanted {
