@@ -161,6 +161,18 @@ impl PrefetchDir {
         }
     }
 
+    /// Removes partial downloads (call while holding the lock).
+    pub fn clear_running(&self) {
+        let Ok(entries) = fs::read_dir(self.running()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".part") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Removes segments, partial downloads and the hint.
     fn clean(&self) {
         for dir in [self.running(), self.root.clone()] {

@@ -94,7 +94,12 @@ impl Prefetching {
     async fn take(&self, destination: &Path, options: &Options, window: u32) -> Option<u64> {
         let take = || self.area.take(&self.segment, destination).ok().flatten();
         let mut taken = take();
-        if taken.is_none() && self.area.partial_size(&self.segment).is_some() {
+        // Wait only for a download a live prefetcher has under way (one killed mid-way
+        // leaves a partial file that will never grow).
+        if taken.is_none()
+            && self.area.partial_size(&self.segment).is_some()
+            && self.area.prefetcher_running()
+        {
             let size = self
                 .area
                 .next()

@@ -51,6 +51,9 @@ pub async fn run(config: &Config, options: &Options, args: &WalPrefetchArgs) -> 
         tracing::debug!("a prefetcher already serves {}", area.root().display());
         return Ok(());
     };
+    // Holding the lock, nobody else writes in running/: whatever is there was left by a
+    // prefetcher that died (kill -9) and would block those segments.
+    area.clear_running();
     let result = serve(
         config,
         options.lzop,
