@@ -68,8 +68,26 @@ fn run(cli: &Cli) -> Result<(), Error> {
 /// `--terse` keeps warnings and errors; `RUST_LOG` overrides the level for debugging.
 fn init_logging(terse: bool) {
     let default = if terse { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The SDK and HTTP stack dump requests, signed headers included, at debug and trace:
+    // never let a credential reach a log, whatever RUST_LOG asks for.
+    for quiet in [
+        "aws_config",
+        "aws_runtime",
+        "aws_sdk_s3",
+        "aws_sigv4",
+        "aws_smithy_http_client",
+        "aws_smithy_runtime",
+        "aws_smithy_runtime_api",
+        "aws_smithy_types",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "rustls",
+    ] {
+        filter = filter.add_directive(format!("{quiet}=info").parse().expect("a valid directive"));
+    }
     let terminal = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_writer(move || LogLine {

@@ -240,3 +240,32 @@ fn virtualhost_convention_uses_the_bucket_as_the_host_name() {
         "{requests:?}"
     );
 }
+
+#[test]
+fn secrets_never_reach_the_logs_at_any_verbosity() {
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let out = tempfile::tempdir().unwrap();
+    let name = fixture_meta("END_WAL_SEGMENT");
+    let token = "SeSsIoNtOkEnVaLuE";
+    for (level, secret) in [
+        ("info", SECRET_KEY),
+        ("debug", SECRET_KEY),
+        ("trace", SECRET_KEY),
+        ("trace", "wrong-sEcReT"),
+    ] {
+        let mut cmd = fetch_cmd(&archive, &server, &name, &out.path().join("x"));
+        cmd.env("RUST_LOG", level)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_SESSION_TOKEN", token);
+        let run = Run::of(cmd);
+        for text in [&run.stderr, &run.stdout_text()] {
+            for value in [secret, token, ACCESS_KEY] {
+                assert!(
+                    !text.contains(value),
+                    "{value} appeared at {level} level:\n{text}"
+                );
+            }
+        }
+    }
+}
