@@ -17,7 +17,8 @@ pub struct SegmentName {
 impl SegmentName {
     /// Parses exactly 24 uppercase hex digits, as PostgreSQL writes them.
     pub fn parse(name: &str) -> Option<SegmentName> {
-        if name.len() != 24 {
+        // ASCII first: slicing a multi-byte character would panic (found by fuzzing).
+        if name.len() != 24 || !name.is_ascii() {
             return None;
         }
         Some(SegmentName {
@@ -141,6 +142,19 @@ mod tests {
             assert_eq!(WalFileKind::of(other), WalFileKind::Other, "{other}");
         }
         assert_eq!(seg.to_string(), "000000010000000000000003");
+    }
+
+    #[test]
+    fn non_ascii_names_are_refused_not_panicked_on() {
+        // Regression: the fuzzer's input, a 24-byte name with multi-byte characters.
+        let fuzzed = "0 00000\u{fffd}\u{fffd}.hist\u{fffd}ory";
+        assert_eq!(fuzzed.len(), 24);
+        assert_eq!(SegmentName::parse(fuzzed), None);
+        assert_eq!(WalFileKind::of(fuzzed), WalFileKind::Other);
+        assert_eq!(
+            WalFileKind::of("ééééééééééééééééééééééé.backup"),
+            WalFileKind::Other
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ mod lzop_compat;
 mod postgres;
 /// The background prefetcher: hits, clean-up, kill -9.
 mod prefetch;
+/// Seeded campaigns: injected faults, kill -9, fuzzing.
+mod reliability;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.

@@ -298,6 +298,10 @@ pub enum Fault {
     /// Send the real response's headers but only this many body bytes, then drop the
     /// connection.
     Truncate(usize),
+    /// Drop the connection without answering.
+    Reset,
+    /// Answer normally after this many milliseconds.
+    Stall(u64),
 }
 
 #[derive(Default)]
@@ -385,6 +389,11 @@ impl S3Server {
             .push_back((path_part.to_string(), fault));
     }
 
+    /// Drops faults that no request has met yet.
+    pub fn clear_faults(&self) {
+        self.faults.queue.lock().unwrap().clear();
+    }
+
     /// `METHOD path?query` of every request seen so far.
     pub fn requests(&self) -> Vec<String> {
         self.faults.requests.lock().unwrap().clone()
@@ -431,6 +440,13 @@ async fn serve(
                 .header("content-type", "application/xml")
                 .body(s3s::Body::from(body))
                 .unwrap())
+        }
+        Some(Fault::Reset) => Err(s3s::HttpError::new(Box::new(std::io::Error::other(
+            "injected connection reset",
+        )))),
+        Some(Fault::Stall(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            s3.call(req.map(s3s::Body::from)).await
         }
         Some(Fault::Truncate(keep)) => {
             let resp = s3.call(req.map(s3s::Body::from)).await?;
