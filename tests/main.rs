@@ -16,6 +16,8 @@ mod postgres;
 mod prefetch;
 /// Seeded campaigns: injected faults, kill -9, fuzzing.
 mod reliability;
+/// Full, read-only and cross-device destinations.
+mod resources;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.

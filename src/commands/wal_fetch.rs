@@ -92,7 +92,18 @@ impl Prefetching {
     /// rather than starting a second) and tells the prefetcher, starting it if none runs,
     /// what comes next. Returns the size when the segment came from the area.
     async fn take(&self, destination: &Path, options: &Options, window: u32) -> Option<u64> {
-        let take = || self.area.take(&self.segment, destination).ok().flatten();
+        let take = || match self.area.take(&self.segment, destination) {
+            Ok(taken) => taken,
+            Err(err) => {
+                // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
+                tracing::warn!(
+                    "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",
+                    self.area.root().display(),
+                    destination.display()
+                );
+                None
+            }
+        };
         let mut taken = take();
         // Wait only for a download a live prefetcher has under way (one killed mid-way
         // leaves a partial file that will never grow).
