@@ -502,3 +502,46 @@ fn set_user_id_bits_are_not_restored() {
         & 0o7777;
     assert_eq!(mode, 0o755);
 }
+
+#[test]
+fn deep_nesting_is_restored_or_refused_cleanly() {
+    // 300 levels: a path far past PATH_MAX (4096) for the deepest file.
+    let archive = Archive::empty();
+    hostile_backup(
+        &archive,
+        "p = ''\nfor i in range(300):\n    p += 'd%03d/' % i\n    add(p, tarfile.DIRTYPE)\nadd(p + 'deep-file', data=b'deep')",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("pgdata");
+    let run = backup_fetch(&archive, Backend::File, None, &target, &["LATEST"]);
+    match run.code {
+        0 => {
+            let mut path = target.clone();
+            for i in 0..300 {
+                path.push(format!("d{i:03}"));
+            }
+            assert_eq!(std::fs::read(path.join("deep-file")).unwrap(), b"deep");
+        }
+        203 => assert_eq!(run.error_lines().len(), 1, "{}", run.stderr),
+        other => panic!("exit {other}: {}", run.stderr),
+    }
+    assert!(!target.join("global/pg_control").exists());
+}
+
+#[test]
+fn a_member_claiming_a_huge_size_is_a_truncated_stream_not_an_allocation() {
+    let archive = Archive::empty();
+    hostile_backup(
+        &archive,
+        "t = tarfile.TarInfo('huge')\nt.size = 10**12\ntar.addfile(t)\ntar.fileobj.write(b'x' * 1024)",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("pgdata");
+    let run = backup_fetch(&archive, Backend::File, None, &target, &["LATEST"]).expect_code(202);
+    assert!(
+        run.stderr.contains("truncated tar stream"),
+        "{}",
+        run.stderr
+    );
+    assert!(!target.join("global/pg_control").exists());
+}

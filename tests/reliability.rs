@@ -163,6 +163,50 @@ fn backup_fetch_survives_faults_or_fails_loudly() {
     );
 }
 
+#[test]
+fn the_prefetcher_under_faults_never_costs_a_correct_answer() {
+    // Faults hit the prefetcher's downloads as much as anyone's: whatever it fails to
+    // fetch, wal-fetch fetches in-band, and every answer is exact.
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let names: Vec<String> = fixture_wal_names()
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(31);
+    let (mut calls, mut faults) = (0, 0);
+    for _ in 0..scale() {
+        let work = tempfile::tempdir().unwrap();
+        let dest = work.path().join("RECOVERYXLOG");
+        for name in &names {
+            let size = std::fs::metadata(archive.wal_object(name)).unwrap().len() as usize;
+            for _ in 0..rng.usize(0..3) {
+                let (fault, effect) = random_fault(&mut rng, size);
+                if effect != Effect::Permanent {
+                    server.inject(&format!("{name}.lzo"), fault);
+                    faults += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&dest);
+            let mut cmd = wale_for(&archive, Backend::S3, Some(&server));
+            cmd.args(["wal-fetch", "--prefetch", "4"])
+                .arg(name)
+                .arg(&dest);
+            Run::of(cmd).expect_code(0);
+            assert!(
+                std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(name)),
+                "{name}"
+            );
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server.clear_faults();
+    }
+    println!(
+        "fault campaign (prefetcher): {calls} wal-fetch calls, {faults} faults injected, all exact"
+    );
+}
+
 /// WAL-E's own restore of the fixture, with wale's documented differences.
 fn expected_restore_manifest() -> Vec<String> {
     let text = std::fs::read_to_string(fixture().join("wal-e-restore-manifest.txt")).unwrap();
