@@ -125,6 +125,17 @@ fn link_following(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates a new file (mode 0600) that must not exist yet, refusing to follow a symlink
+/// planted at its name.
+pub fn create_new_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 fn create_named_temp(dest: &Path) -> io::Result<(File, PathBuf)> {
     loop {
         let path = temp_name(dest);

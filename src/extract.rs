@@ -295,14 +295,7 @@ impl Extractor {
     /// Creates `path` anew: whatever was there (file or link) is removed first, and the
     /// open refuses to follow a link planted in between.
     fn create_file(&self, path: &Path) -> Result<File, Error> {
-        let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-        };
+        let open = || crate::durable::create_new_nofollow(path);
         match open() {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 remove_non_dir(path)?;

@@ -268,16 +268,6 @@ pub fn next_segment(segment: &SegmentName, size: u64) -> SegmentName {
     }
 }
 
-/// Creates a new file exclusively, not following links.
-pub fn create_exclusive(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
 /// Makes a finished download visible under its name.
 pub fn publish(partial: &Path, mut file: File, ready: &Path) -> io::Result<()> {
     file.flush()?;

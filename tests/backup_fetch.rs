@@ -15,29 +15,11 @@ fn backup_fetch(
     Run::of(cmd)
 }
 
-/// The manifest WAL-E's own `backup-fetch` produced for the fixture, with the documented
-/// differences applied: `pg_wal` is a real directory instead of the source machine's
-/// link, and with tablespaces restored into `pg_tblspc/` the `tablespace_map` that would
-/// make PostgreSQL re-point them at the source's paths is dropped.
-fn expected_manifest() -> Vec<String> {
-    let text = std::fs::read_to_string(fixture().join("wal-e-restore-manifest.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with("tablespace_map\t"))
-        .map(|l| {
-            if l.starts_with("pg_wal\tl\t") {
-                "pg_wal\td\t0700\t-\t-".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn the_restored_tree_is_the_one_wal_e_restores_on_both_backends() {
     let archive = Archive::fixture_copy();
     let server = S3Server::start(&archive.s3_root());
-    let expected = expected_manifest();
+    let expected = wal_e_restore_manifest();
     assert!(
         expected.len() > 12_000,
         "the fixture should have several partitions"
@@ -240,7 +222,7 @@ fn a_corrupt_partition_fails_clearly_leaves_no_pg_control_and_a_rerun_works() {
     )
     .expect_code(0);
     assert!(target.join("global/pg_control").exists());
-    assert_same_tree(&manifest(&target), &expected_manifest(), "rerun");
+    assert_same_tree(&manifest(&target), &wal_e_restore_manifest(), "rerun");
 }
 
 #[test]
@@ -291,7 +273,7 @@ fn a_connection_broken_mid_partition_resumes_by_range() {
     )
     .expect_code(0);
     assert!(run.stderr.contains("resuming from there"), "{}", run.stderr);
-    assert_same_tree(&manifest(&target), &expected_manifest(), "resumed");
+    assert_same_tree(&manifest(&target), &wal_e_restore_manifest(), "resumed");
     let gets = server
         .requests()
         .iter()

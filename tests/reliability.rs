@@ -126,7 +126,7 @@ fn injected_faults_end_in_exact_output_or_a_loud_failure() {
 fn backup_fetch_survives_faults_or_fails_loudly() {
     let archive = Archive::fixture_copy();
     let server = S3Server::start(&archive.s3_root());
-    let expected_tree: Vec<String> = expected_restore_manifest();
+    let expected_tree: Vec<String> = wal_e_restore_manifest();
     let mut rng = fastrand::Rng::with_seed(7);
     let (mut trials, mut faults) = (0, 0);
     for _ in 0..4 * scale() {
@@ -207,21 +207,6 @@ fn the_prefetcher_under_faults_never_costs_a_correct_answer() {
     );
 }
 
-/// WAL-E's own restore of the fixture, with wale's documented differences.
-fn expected_restore_manifest() -> Vec<String> {
-    let text = std::fs::read_to_string(fixture().join("wal-e-restore-manifest.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with("tablespace_map\t"))
-        .map(|l| {
-            if l.starts_with("pg_wal\tl\t") {
-                "pg_wal\td\t0700\t-\t-".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn kill_9_at_random_moments_never_delivers_a_partial_file() {
     let archive = Archive::fixture_copy();
@@ -272,7 +257,7 @@ fn kill_9_at_random_moments_never_delivers_a_partial_file() {
 #[test]
 fn backup_fetch_killed_at_random_moments_is_never_startable_half_done_and_reruns() {
     let archive = Archive::fixture_copy();
-    let expected = expected_restore_manifest();
+    let expected = wal_e_restore_manifest();
     let mut rng = fastrand::Rng::with_seed(5);
     let mut trials = 0;
     for _ in 0..5 * scale() {

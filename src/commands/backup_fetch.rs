@@ -199,7 +199,6 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
 
 /// Marks the target as holding an unfinished restore, never writing through a link.
 fn write_marker(target: &Path, backup: &BackupName) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = target.join(MARKER);
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => {
@@ -210,12 +209,7 @@ fn write_marker(target: &Path, backup: &BackupName) -> Result<(), Error> {
         }
         Err(_) => {}
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    let mut file = crate::durable::create_new_nofollow(&path)
         .map_err(|e| Error::local(&path, "cannot create", e))?;
     file.write_all(format!("{backup}\n").as_bytes())
         .map_err(|e| Error::local(&path, "cannot write", e))

@@ -176,7 +176,7 @@ async fn download(
     tokio::task::spawn_blocking(move || {
         let url = object.url.clone();
         let partial = area.partial(&segment);
-        let mut file = prefetch::create_exclusive(&partial)
+        let mut file = crate::durable::create_new_nofollow(&partial)
             .map_err(|e| Error::local(&partial, "cannot create", e))?;
         let body = BufReader::with_capacity(256 * 1024, object.into_blocking_read());
         let decoded = lzop::Decoder::with_options(body, lzop_options).decode_to(&mut file);

@@ -538,3 +538,21 @@ pub fn assert_same_tree(got: &[String], expected: &[String], what: &str) {
         panic!("{what}: the restored tree differs\nmissing: {missing:#?}\nunexpected: {extra:#?}");
     }
 }
+
+/// The tree WAL-E's own `backup-fetch` restored from the fixture, with wale's documented
+/// differences: `pg_wal` is a real directory instead of the source machine's link, and a
+/// blind restore drops the `tablespace_map` that would re-point tablespaces at the
+/// source's paths.
+pub fn wal_e_restore_manifest() -> Vec<String> {
+    let text = std::fs::read_to_string(fixture().join("wal-e-restore-manifest.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with("tablespace_map\t"))
+        .map(|l| {
+            if l.starts_with("pg_wal\tl\t") {
+                "pg_wal\td\t0700\t-\t-".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
