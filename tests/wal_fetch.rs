@@ -179,6 +179,8 @@ fn restore_command_runs_through_sh_with_a_relative_destination_and_envdir() {
         format!("{}\n", archive.file_prefix()),
     )
     .unwrap();
+    // The prefetcher this starts must not outlive the test by long.
+    std::fs::write(envdir.join("WALE_PREFETCH_IDLE_SECONDS"), "1\n").unwrap();
     let name = fixture_meta("END_WAL_SEGMENT");
     let restore_command = format!(
         "{} --envdir {} wal-fetch \"%f\" \"%p\"",
