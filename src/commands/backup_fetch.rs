@@ -52,7 +52,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let target = args.pg_cluster_directory.clone();
-    let choices = tablespace_choices(args)?;
+    // Flags are checked before anything is fetched.
+    let mappings = args
+        .tablespaces
+        .iter()
+        .map(|m| tablespaces::parse_mapping(m))
+        .collect::<Result<Vec<_>, _>>()?;
     prepare_target(&target, args.overwrite)?;
 
     let store = Arc::new(Store::open(&config.store).await?);
@@ -70,11 +75,13 @@ pub async fn run(
             reason,
         })?;
     let choices = Choices {
-        restore_spec: match &args.restore_spec {
-            Some(arg) => Some(tablespaces::load_restore_spec(arg, detail.spec.as_ref())?),
-            None => None,
-        },
-        ..choices
+        blind: args.blind_restore,
+        restore_spec: args
+            .restore_spec
+            .as_deref()
+            .map(|arg| tablespaces::load_restore_spec(arg, detail.spec.as_ref()))
+            .transpose()?,
+        mappings,
     };
     let trusted_links = tablespaces::prepare(&target, &backup_tablespaces, &choices)?;
 
@@ -151,18 +158,6 @@ pub async fn run(
         summary.bytes as f64 / 1e6 / seconds.max(1e-9)
     );
     Ok(())
-}
-
-fn tablespace_choices(args: &BackupFetchArgs) -> Result<Choices, Error> {
-    Ok(Choices {
-        blind: args.blind_restore,
-        restore_spec: None,
-        mappings: args
-            .tablespaces
-            .iter()
-            .map(|m| tablespaces::parse_mapping(m))
-            .collect::<Result<_, _>>()?,
-    })
 }
 
 /// Creates the target if needed (0700) and refuses a live or non-empty one.

@@ -33,7 +33,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     let started = Instant::now();
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
-            Prefetching::new(config, args, segment)
+            Some(Prefetching::new(config, args, segment))
         }
         _ => None,
     };
@@ -76,16 +76,16 @@ struct Prefetching {
 }
 
 impl Prefetching {
-    /// The prefetch area for this destination; any problem with it only disables
-    /// prefetching for this call.
-    fn new(config: &Config, args: &WalFetchArgs, segment: SegmentName) -> Option<Prefetching> {
+    /// The prefetch area for this destination (nothing is touched yet; any problem with
+    /// it later only disables prefetching for this call).
+    fn new(config: &Config, args: &WalFetchArgs, segment: SegmentName) -> Prefetching {
         let base = base_directory(&args.wal_destination);
         let area = PrefetchDir::for_base(&base, config.prefetch.dir.as_deref());
-        Some(Prefetching {
+        Prefetching {
             area,
             base,
             segment,
-        })
+        }
     }
 
     /// Hands over the prefetched segment (waiting for its download if one is under way,
