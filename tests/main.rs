@@ -20,5 +20,7 @@ mod reliability;
 mod resources;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
+/// The storage contract, run against both backends.
+mod storage_contract;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.
 mod wal_fetch;
