@@ -45,15 +45,20 @@ impl StagedFile {
                     Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
                 ) =>
             {
-                let (file, path) = create_named_temp(dest)?;
-                Ok(StagedFile {
-                    file,
-                    dest: dest.to_path_buf(),
-                    named: Some(path),
-                })
+                Self::create_named(dest)
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// The fallback: a hidden, uniquely named file beside `dest`, removed on drop.
+    fn create_named(dest: &Path) -> io::Result<StagedFile> {
+        let (file, path) = create_named_temp(dest)?;
+        Ok(StagedFile {
+            file,
+            dest: dest.to_path_buf(),
+            named: Some(path),
+        })
     }
 
     /// The file to write into.
@@ -187,6 +192,29 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
         staged.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["RECOVERYXLOG"]);
+    }
+
+    #[test]
+    fn the_named_fallback_commits_and_cleans_up_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        std::fs::write(&dest, "old").unwrap();
+        let mut staged = StagedFile::create_named(&dest).unwrap();
+        staged.file().write_all(b"new").unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "the temp file is visible"
+        );
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        let dropped = StagedFile::create_named(&dir.path().join("other")).unwrap();
+        drop(dropped);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
