@@ -63,22 +63,6 @@ fn work_dir() -> tempfile::TempDir {
     work
 }
 
-/// Waits until the prefetcher of `pgdata` has left, taking its files and lock with it.
-fn assert_prefetcher_gone(pgdata: &Path) {
-    let area = pgdata.join("pg_wal/.wal-e");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (area.exists() || !prefetchers_for(pgdata.to_str().unwrap()).is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!area.exists(), "the prefetch area outlived the prefetcher");
-    assert!(
-        prefetchers_for(pgdata.to_str().unwrap()).is_empty(),
-        "a prefetcher is still running"
-    );
-}
-
 fn port_for(slot: u16) -> u16 {
     20000 + (std::process::id() % 10000) as u16 * 2 + slot
 }
@@ -125,7 +109,10 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         "no prefetch hit:\n{log}"
     );
     drop(recovery);
-    assert_prefetcher_gone(&pgdata);
+    assert_prefetchers_leave(
+        pgdata.to_str().unwrap(),
+        Some(&pgdata.join("pg_wal/.wal-e")),
+    );
 }
 
 #[test]
@@ -201,5 +188,8 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
     );
     let pgdata = work.path().join("second");
     drop(second);
-    assert_prefetcher_gone(&pgdata);
+    assert_prefetchers_leave(
+        pgdata.to_str().unwrap(),
+        Some(&pgdata.join("pg_wal/.wal-e")),
+    );
 }

@@ -27,18 +27,6 @@ fn segments() -> Vec<String> {
         .collect()
 }
 
-fn wait_until_gone(area: &Path, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (area.exists() || !prefetchers_for(needle).is_empty()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!area.exists(), "{} outlived the prefetcher", area.display());
-    assert!(
-        prefetchers_for(needle).is_empty(),
-        "a prefetcher is still running"
-    );
-}
-
 #[test]
 fn recovery_order_fetches_are_served_by_the_prefetcher_on_both_backends() {
     let archive = Archive::fixture_copy();
@@ -84,7 +72,7 @@ fn recovery_order_fetches_are_served_by_the_prefetcher_on_both_backends() {
             "4",
         )
         .expect_code(1);
-        wait_until_gone(&pg_wal.join(".wal-e"), pg_wal.to_str().unwrap());
+        assert_prefetchers_leave(pg_wal.to_str().unwrap(), Some(&pg_wal.join(".wal-e")));
     }
 }
 
@@ -114,13 +102,47 @@ fn killing_the_prefetcher_never_exposes_a_partial_segment() {
                 wale::prefetch::check_segment_file(&entry.path(), &segment).unwrap();
             }
         }
+        let started = Instant::now();
         fetch(&archive, None, Backend::File, name, &dest, "8").expect_code(0);
+        // A partial download the killed prefetcher left is not waited for (2 s).
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{name} waited on a dead download"
+        );
         assert!(
             std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(name)),
             "{name}"
         );
     }
-    wait_until_gone(&pg_wal.join(".wal-e"), pg_wal.to_str().unwrap());
+    assert_prefetchers_leave(pg_wal.to_str().unwrap(), Some(&pg_wal.join(".wal-e")));
+}
+
+#[test]
+fn a_partial_download_left_by_a_dead_prefetcher_is_neither_waited_for_nor_kept() {
+    let archive = Archive::fixture_copy();
+    let work = tempfile::tempdir().unwrap();
+    let pg_wal = work.path().join("pg_wal");
+    let running = pg_wal.join(".wal-e/prefetch/running");
+    std::fs::create_dir_all(&running).unwrap();
+    let names = segments();
+    // What a prefetcher killed mid-download leaves: a partial file and no lock holder.
+    let stale = running.join(format!("{}.part", names[0]));
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let started = Instant::now();
+    fetch(&archive, None, Backend::File, &names[0], &dest, "4").expect_code(0);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "waited on a dead download"
+    );
+    assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(&names[0])));
+    // The prefetcher that call started clears what its predecessor left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stale.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!stale.exists(), "the stale partial download is still there");
+    assert_prefetchers_leave(pg_wal.to_str().unwrap(), Some(&pg_wal.join(".wal-e")));
 }
 
 #[test]
@@ -148,4 +170,40 @@ fn killing_wal_fetch_leaves_nothing_at_the_destination() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_download_under_way_is_waited_for_instead_of_fetched_twice() {
+    let archive = Archive::fixture_copy();
+    let work = tempfile::tempdir().unwrap();
+    let pg_wal = work.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let area =
+        wale::prefetch::PrefetchDir::for_base(&std::fs::canonicalize(&pg_wal).unwrap(), None);
+    area.create().unwrap();
+    // This test plays the live prefetcher: it holds the lock and downloads slowly.
+    let _lock = area.try_lock().unwrap().expect("lock");
+    let name = segments()[1].clone();
+    let segment = wale::wal::SegmentName::parse(&name).unwrap();
+    let contents = lzop_decompress(&archive.wal_object(&name));
+    let (partial, ready) = (area.partial(&segment), area.ready(&segment));
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&partial).unwrap();
+        for chunk in contents.chunks(contents.len() / 8) {
+            file.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        std::fs::rename(&partial, &ready).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let run = fetch(&archive, None, Backend::File, &name, &dest, "4").expect_code(0);
+    writer.join().unwrap();
+    assert!(
+        run.stderr.contains("from the prefetch area"),
+        "fetched again instead of waiting:\n{}",
+        run.stderr
+    );
+    assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(&name)));
 }

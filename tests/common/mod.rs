@@ -67,6 +67,24 @@ pub fn wale() -> Command {
     cmd
 }
 
+/// Waits up to 10 s for the prefetchers whose command line mentions `needle` to exit,
+/// and, when given, for their prefetch `area` to be removed: neither may outlive the idle
+/// timeout the tests set (1 s).
+pub fn assert_prefetchers_leave(needle: &str, area: Option<&Path>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let busy = || !prefetchers_for(needle).is_empty() || area.is_some_and(Path::exists);
+    while busy() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        prefetchers_for(needle).is_empty(),
+        "a prefetcher for {needle} is still running"
+    );
+    if let Some(area) = area {
+        assert!(!area.exists(), "{} outlived its prefetcher", area.display());
+    }
+}
+
 /// Pids of running `wal-prefetch` processes whose command line mentions `needle`.
 pub fn prefetchers_for(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
