@@ -323,6 +323,28 @@ fn hostile_backup_with_spec(archive: &Archive, script: &str, spec: &str) {
     .unwrap();
 }
 
+/// A directory beside the target holding one file an attack would try to reach.
+fn outside_with_secret(work: &Path) -> PathBuf {
+    let outside = work.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "do not touch").unwrap();
+    outside
+}
+
+/// Panics unless `outside` still holds exactly the untouched secret.
+fn assert_untouched(outside: &Path, what: &str) {
+    let names: Vec<_> = std::fs::read_dir(outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["secret"], "{what}: something was written outside");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret")).unwrap(),
+        "do not touch",
+        "{what}"
+    );
+}
+
 #[test]
 fn hostile_archives_are_refused_and_nothing_appears_outside_the_target() {
     let cases = [
@@ -362,9 +384,7 @@ fn hostile_archives_are_refused_and_nothing_appears_outside_the_target() {
         let archive = Archive::empty();
         hostile_backup(&archive, script);
         let work = tempfile::tempdir().unwrap();
-        let outside = work.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("secret"), "do not touch").unwrap();
+        let outside = outside_with_secret(work.path());
         let target = work.path().join("pgdata");
         let run =
             backup_fetch(&archive, Backend::File, None, &target, &["LATEST"]).expect_code(202);
@@ -375,15 +395,7 @@ fn hostile_archives_are_refused_and_nothing_appears_outside_the_target() {
             "{what}: {}",
             errors[0]
         );
-        let names: Vec<_> = std::fs::read_dir(&outside)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["secret"], "{what}: something was written outside");
-        assert_eq!(
-            std::fs::read_to_string(outside.join("secret")).unwrap(),
-            "do not touch"
-        );
+        assert_untouched(&outside, what);
         assert!(!work.path().join("escaped").exists(), "{what}");
         assert!(
             !Path::new("/tmp/wale-absolute-escape").exists()
@@ -402,19 +414,14 @@ fn a_symlink_archived_as_a_file_member_is_replaced_not_followed() {
         "add('x', tarfile.SYMTYPE, link='../outside/secret')\nadd('x', data=b'replaced')",
     );
     let work = tempfile::tempdir().unwrap();
-    let outside = work.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    std::fs::write(outside.join("secret"), "do not touch").unwrap();
+    let outside = outside_with_secret(work.path());
     let target = work.path().join("pgdata");
     backup_fetch(&archive, Backend::File, None, &target, &["LATEST"]).expect_code(0);
     assert_eq!(
         std::fs::read_to_string(target.join("x")).unwrap(),
         "replaced"
     );
-    assert_eq!(
-        std::fs::read_to_string(outside.join("secret")).unwrap(),
-        "do not touch"
-    );
+    assert_untouched(&outside, "a file replacing a symlink");
 }
 
 #[test]
@@ -435,9 +442,7 @@ fn an_archive_cannot_replace_a_tablespace_link_or_redirect_tablespace_map() {
         let archive = Archive::empty();
         hostile_backup_with_spec(&archive, script, spec);
         let work = tempfile::tempdir().unwrap();
-        let outside = work.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("secret"), "do not touch").unwrap();
+        let outside = outside_with_secret(work.path());
         let mapping = format!("16386={}", work.path().join("ts").display());
         let target = work.path().join("pgdata");
         let run = backup_fetch(
@@ -453,16 +458,7 @@ fn an_archive_cannot_replace_a_tablespace_link_or_redirect_tablespace_map() {
             run.code,
             run.stderr
         );
-        let names: Vec<_> = std::fs::read_dir(&outside)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["secret"], "{what}: something was written outside");
-        assert_eq!(
-            std::fs::read_to_string(outside.join("secret")).unwrap(),
-            "do not touch",
-            "{what}"
-        );
+        assert_untouched(&outside, what);
     }
 }
 
