@@ -638,41 +638,43 @@ fn set_times_fd(file: &File, mtime: (i64, u32)) -> io::Result<()> {
 }
 
 fn lookup_user(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok().filter(|_| !name.is_empty())?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r writes only into the given buffers.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    lookup_id(name, libc::getpwnam_r, |user: &libc::passwd| user.pw_uid)
 }
 
 fn lookup_group(name: &str) -> Option<u32> {
+    lookup_id(name, libc::getgrnam_r, |group: &libc::group| group.gr_gid)
+}
+
+/// The shared part of `getpwnam_r` and `getgrnam_r`: a C string, a buffer, a record to
+/// fill, and the id read from it when the name exists.
+fn lookup_id<T>(
+    name: &str,
+    call: unsafe extern "C" fn(
+        *const libc::c_char,
+        *mut T,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut T,
+    ) -> libc::c_int,
+    id: impl FnOnce(&T) -> u32,
+) -> Option<u32> {
     let c = CString::new(name).ok().filter(|_| !name.is_empty())?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: group is plain data; getgrnam_r writes only into the given buffers.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    // SAFETY: T is a plain C record (passwd or group); all-zero is a valid value.
+    let mut record: T = unsafe { std::mem::zeroed() };
     let mut result = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call.
+    // SAFETY: every pointer is valid for the call, which writes only into `record`, `buf`
+    // and `result`.
     let rc = unsafe {
-        libc::getgrnam_r(
+        call(
             c.as_ptr(),
-            &mut grp,
+            &mut record,
             buf.as_mut_ptr(),
             buf.len(),
             &mut result,
         )
     };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+    (rc == 0 && !result.is_null()).then(|| id(&record))
 }
 
 #[cfg(test)]

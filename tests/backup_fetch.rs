@@ -37,6 +37,23 @@ fn the_restored_tree_is_the_one_wal_e_restores_on_both_backends() {
         .expect_code(0);
         assert!(run.stderr.contains("restored base_"), "{}", run.stderr);
         assert_same_tree(&manifest(&target), &expected, &format!("{backend:?}"));
+        // As root, owners come from the archive's names (postgres), as WAL-E's tarfile did.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::fs::MetadataExt;
+            let postgres = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap();
+            let uid: u32 = String::from_utf8_lossy(&postgres.stdout)
+                .trim()
+                .parse()
+                .unwrap();
+            for path in ["PG_VERSION", "base", "wale-fixture-symlink.txt"] {
+                let meta = std::fs::symlink_metadata(target.join(path)).unwrap();
+                assert_eq!(meta.uid(), uid, "{backend:?}: owner of {path}");
+            }
+        }
     }
 }
 
