@@ -1,209 +1,329 @@
-//! `wal-fetch` latency per call, cold (a new process each time, as PostgreSQL runs it),
-//! from S3 on loopback and from `file://`, against baselines measured in the same run:
-//! `lzop -d` of the same object from local disk (the floor for any lzop-based tool) and,
-//! when installed, real WAL-E 1.1.1 with `--prefetch 0`.
+//! `wal-fetch` as PostgreSQL runs it, a new process per call, against baselines measured
+//! in the same run: real WAL-E 1.1.1, and `lzop -d` of the same object from local disk
+//! (with and without the fsync wale does). Segments come from the benchmark archive
+//! (real WAL-E objects of a pgbench workload): the median-sized one, and the smallest (a
+//! segment cut short by `pg_switch_wal()`, mostly zeros). Also: a missing segment, a
+//! prefetch hit (both tools with their prefetch on, calls spaced as replay spaces them),
+//! and process start-up (`version`).
 //!
-//! Run with `cargo bench --bench wal_fetch`. WAL-E is looked for in `$WALE_E_BIN`, then
-//! in the fixture generator's venv (`/var/tmp/wale-fixture-cache/venv/bin/wal-e`), then on
-//! `PATH`; without it those rows say so. The S3 server is s3s-fs in this process.
+//! Run by `scripts/bench.sh`, or `cargo bench --bench wal_fetch` (see `support` for the
+//! environment). The S3 server is s3s-fs, in this process, on loopback.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::common::{self, Archive, Backend, S3Server, wale_for};
+use support::{Comparison, Samples, Suite, run, run_expecting, wal_e, wal_e_bin};
 
-const CALLS: usize = 15;
+const COLD: &str = "wal-fetch, cold process";
+const HIT: &str = "wal-fetch, prefetch hit";
+const START: &str = "process start-up";
+const WALE: &str = "wale";
+const WAL_E: &str = "WAL-E 1.1.1";
+
+/// The archive served both ways, and where segments are written.
+struct Bench {
+    suite: Suite,
+    archive: Archive,
+    server: S3Server,
+    wal_e: Option<PathBuf>,
+    out: tempfile::TempDir,
+}
 
 fn main() {
-    let archive = Archive::fixture_copy();
-    let server = S3Server::start(&archive.s3_root());
-    let out = tempfile::tempdir().unwrap();
-    let dest = out.path().join("RECOVERYXLOG");
-    let largest = largest_segment(&archive);
-    let missing = "0000000100000000000000FF".to_string();
-    let wal_e = find_wal_e();
-    println!("wal-fetch, one new process per call, {CALLS} calls each: median / p90 in ms");
-    println!(
-        "segment: {largest} ({} KB object, 16 MiB decompressed)\n",
-        std::fs::metadata(archive.wal_object(&largest))
-            .unwrap()
-            .len()
-            / 1000
-    );
-    let floor = stats(|| time(lzop_to(&archive.wal_object(&largest), &dest)));
-    row("lzop -d of the local object (floor)", floor, None);
-    for (backend, label) in [(Backend::S3, "S3 loopback"), (Backend::File, "file://")] {
-        let wale_hit = stats(|| time(wale_cmd(&archive, backend, &server, &largest, &dest)));
-        let wale_404 = stats(|| time(wale_cmd(&archive, backend, &server, &missing, &dest)));
-        match &wal_e {
-            Some(bin) => {
-                let e_hit =
-                    stats(|| time(wal_e_cmd(bin, &archive, backend, &server, &largest, &dest)));
-                let e_404 =
-                    stats(|| time(wal_e_cmd(bin, &archive, backend, &server, &missing, &dest)));
-                row(&format!("wale, {label}, segment"), wale_hit, Some(e_hit));
-                row(&format!("WAL-E, {label}, segment"), e_hit, None);
-                row(&format!("wale, {label}, not found"), wale_404, Some(e_404));
-                row(&format!("WAL-E, {label}, not found"), e_404, None);
+    let suite = Suite::from_env("wal_fetch");
+    let (archive, server) = support::serve_over_s3(&suite.archive);
+    if let Ok(secs) = std::env::var("WALE_BENCH_SERVE_ONLY") {
+        for (k, v) in server.env(&archive) {
+            println!("export {k}={v}");
+        }
+        std::thread::sleep(Duration::from_secs(secs.parse().unwrap()));
+        return;
+    }
+    let out = tempfile::Builder::new()
+        .prefix("wale-bench-wal-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut bench = Bench {
+        wal_e: wal_e_bin(),
+        suite,
+        archive,
+        server,
+        out,
+    };
+    let segments = support::wal_segments(&bench.archive.root());
+    let mut sized: Vec<(u64, String)> = segments
+        .iter()
+        .map(|n| {
+            let object = bench.archive.wal_object(n);
+            (std::fs::metadata(object).unwrap().len(), n.clone())
+        })
+        .collect();
+    sized.sort();
+    let (typical, smallest) = (sized[sized.len() / 2].clone(), sized[0].clone());
+    bench.cold(&typical.1, "typical", typical.0);
+    bench.cold(&smallest.1, "mostly zeros", smallest.0);
+    bench.not_found();
+    bench.prefetch_hits(&segments);
+    bench.start_up();
+    bench.suite.save();
+}
+
+impl Bench {
+    fn calls(&self) -> usize {
+        self.suite.runs(15, 7)
+    }
+
+    fn dest(&self) -> PathBuf {
+        self.out.path().join("RECOVERYXLOG")
+    }
+
+    /// One segment, each tool from S3 and from `file://`, plus the local floors.
+    fn cold(&mut self, segment: &str, kind: &str, object_bytes: u64) {
+        let dest = self.dest();
+        let object = self.archive.wal_object(segment);
+        let seg_bytes = Some(16 << 20);
+        for (backend, where_) in [(Backend::S3, "S3 loopback"), (Backend::File, "file://")] {
+            let case = format!(
+                "{kind} segment ({} KB object), {where_}",
+                object_bytes / 1000
+            );
+            let wale = self.times(|| {
+                let mut cmd = wale_for(&self.archive, backend, Some(&self.server));
+                cmd.args(["--terse", "wal-fetch", "--prefetch", "0", segment])
+                    .arg(&dest);
+                cmd
+            });
+            self.suite
+                .record((COLD, &case, WALE), &wale, seg_bytes, "--prefetch 0");
+            if let Some(bin) = self.wal_e.clone() {
+                let e = self.times(|| {
+                    let mut cmd = self.wal_e_cmd(&bin, backend);
+                    cmd.args(["--terse", "wal-fetch", "--prefetch", "0", segment])
+                        .arg(&dest);
+                    cmd
+                });
+                self.suite
+                    .record((COLD, &case, WAL_E), &e, seg_bytes, "--prefetch 0");
+                self.suite.compare(Comparison {
+                    label: &format!("cold wal-fetch, {kind} segment, {where_}"),
+                    section: COLD,
+                    case: &case,
+                    subject: WALE,
+                    baseline: WAL_E,
+                    max_ratio: (kind == "typical").then_some(1.0 / 15.0),
+                    target: if kind == "typical" {
+                        "≥ 15× faster than WAL-E"
+                    } else {
+                        "(no target)"
+                    },
+                });
             }
-            None => {
-                row(&format!("wale, {label}, segment"), wale_hit, None);
-                row(&format!("wale, {label}, not found"), wale_404, None);
+            if backend == Backend::File {
+                self.floors(kind, &case, &object, seg_bytes);
             }
         }
     }
-    for (backend, label) in [(Backend::S3, "S3 loopback"), (Backend::File, "file://")] {
-        let hits = prefetch_hits(&archive, backend, &server);
-        row(&format!("wale, {label}, prefetch hit"), hits, None);
-    }
-    if wal_e.is_none() {
-        println!(
-            "\nWAL-E not found (set WALE_E_BIN, or run fixtures/make-wale-fixture.sh once): no WAL-E rows."
-        );
-    }
-    println!("\n(x = WAL-E's median / wale's median in the same run; higher is better)");
-}
 
-/// Replays the fixture's segments in order, as recovery asks for them, with the
-/// prefetcher on; times every call after the first (which starts the prefetcher).
-fn prefetch_hits(archive: &Archive, backend: Backend, server: &S3Server) -> (Duration, Duration) {
-    let names: Vec<String> = fixture_wal_names()
-        .into_iter()
-        .filter(|n| n.len() == 24)
-        .collect();
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        let work = tempfile::tempdir().unwrap();
-        let dest = work.path().join("RECOVERYXLOG");
-        for (i, name) in names.iter().enumerate() {
-            // PostgreSQL removes RECOVERYXLOG before each restore_command.
-            let _ = std::fs::remove_file(&dest);
-            let mut cmd = wale_for(archive, backend, Some(server));
-            cmd.args(["--terse", "wal-fetch", "--prefetch", "8", name])
+    /// `lzop -d` of the local object: the floor for any lzop-based tool, without and
+    /// with the fsync that makes the segment durable.
+    fn floors(&mut self, kind: &str, case: &str, object: &Path, bytes: Option<u64>) {
+        let dest = self.dest();
+        let decode = format!("lzop -d -c '{}' > '{}'", object.display(), dest.display());
+        let durable = format!("{decode}; sync -d '{}'", dest.display());
+        for (tool, script) in [
+            ("lzop -d > file", &decode),
+            ("lzop -d > file; sync", &durable),
+        ] {
+            let samples = self.times(|| {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(script);
+                cmd
+            });
+            self.suite
+                .record((COLD, case, tool), &samples, bytes, "local object");
+        }
+        self.suite.compare(Comparison {
+            label: &format!("cold wal-fetch, {kind} segment, file:// vs lzop -d + sync"),
+            section: COLD,
+            case,
+            subject: WALE,
+            baseline: "lzop -d > file; sync",
+            max_ratio: None,
+            target: "(the floor)",
+        });
+    }
+
+    fn not_found(&mut self) {
+        let dest = self.dest();
+        let missing = "0000000100000009000000FF";
+        let case = "segment not in the archive (exit 1), S3 loopback";
+        let wale = self.codes(1, || {
+            let mut cmd = wale_for(&self.archive, Backend::S3, Some(&self.server));
+            cmd.args(["--terse", "wal-fetch", "--prefetch", "0", missing])
                 .arg(&dest);
-            let elapsed = time(cmd);
-            if i > 0 {
+            cmd
+        });
+        self.suite.record((COLD, case, WALE), &wale, None, "");
+        if let Some(bin) = self.wal_e.clone() {
+            let e = self.codes(1, || {
+                let mut cmd = self.wal_e_cmd(&bin, Backend::S3);
+                cmd.args(["--terse", "wal-fetch", "--prefetch", "0", missing])
+                    .arg(&dest);
+                cmd
+            });
+            self.suite.record((COLD, case, WAL_E), &e, None, "");
+            self.suite.compare(Comparison {
+                label: "wal-fetch of a missing segment, S3",
+                section: COLD,
+                case,
+                subject: WALE,
+                baseline: WAL_E,
+                max_ratio: None,
+                target: "(no target)",
+            });
+        }
+    }
+
+    /// Recovery's order of calls, each tool with its default prefetch (8), a pause
+    /// between calls like the replay of a segment; every call after the first two timed.
+    fn prefetch_hits(&mut self, segments: &[String]) {
+        let count = self.suite.runs(24, 12).min(segments.len());
+        let sequence = &segments[segments.len() / 4..][..count];
+        let case = format!("{count} segments in order, 100 ms apart, S3 loopback");
+        let wale = self.replay(
+            sequence,
+            "restored",
+            "from the prefetch area",
+            |b, seg, dest| {
+                let mut cmd = wale_for(&b.archive, Backend::S3, Some(&b.server));
+                cmd.args(["wal-fetch", seg]).arg(dest);
+                cmd
+            },
+        );
+        self.suite
+            .record((HIT, &case, WALE), &wale.0, Some(16 << 20), &wale.1);
+        if let Some(bin) = self.wal_e.clone() {
+            let e = self.replay(
+                sequence,
+                "promoted",
+                "prefetched wal segment",
+                |b, seg, dest| {
+                    let mut cmd = b.wal_e_cmd(&bin, Backend::S3);
+                    cmd.args(["wal-fetch", seg]).arg(dest);
+                    cmd
+                },
+            );
+            self.suite
+                .record((HIT, &case, WAL_E), &e.0, Some(16 << 20), &e.1);
+            self.suite.compare(Comparison {
+                label: "wal-fetch in recovery order, prefetch on, S3",
+                section: HIT,
+                case: &case,
+                subject: WALE,
+                baseline: WAL_E,
+                max_ratio: None,
+                target: "(no target)",
+            });
+        }
+    }
+
+    /// Runs the sequence in a fresh WAL directory; returns the timed calls and a note
+    /// saying how many were served from the prefetch area (a log line with both words).
+    fn replay(
+        &self,
+        sequence: &[String],
+        word: &str,
+        phrase: &str,
+        command: impl Fn(&Bench, &str, &Path) -> Command,
+    ) -> (Samples, String) {
+        let wal_dir = tempfile::tempdir_in(self.out.path()).unwrap();
+        let dest = wal_dir.path().join("RECOVERYXLOG");
+        let log = self.out.path().join("replay.log");
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for (i, segment) in sequence.iter().enumerate() {
+            let _ = std::fs::remove_file(&dest);
+            let mut cmd = command(self, segment, &dest);
+            cmd.stderr(std::fs::File::create(&log).unwrap())
+                .stdout(std::process::Stdio::null());
+            let start = Instant::now();
+            let status = cmd.status().unwrap();
+            let elapsed = start.elapsed();
+            assert!(status.success(), "{cmd:?}");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if i >= 2 {
                 times.push(elapsed);
+                hits += usize::from(text.lines().any(|l| l.contains(word) && l.contains(phrase)));
             }
-            // PostgreSQL replays a segment between calls; give the prefetcher that time.
             std::thread::sleep(Duration::from_millis(100));
         }
-        let mut cmd = wale_for(archive, backend, Some(server));
-        cmd.args(["--terse", "wal-fetch", "0000000100000000000000FF"])
-            .arg(&dest);
-        time(cmd);
-        std::thread::sleep(Duration::from_millis(1500));
+        // Let both tools' prefetchers finish and leave before the next measurement.
+        std::thread::sleep(Duration::from_secs(3));
+        let timed = times.len();
+        (
+            Samples::of_times(times),
+            format!("{hits} of {timed} timed calls served from the prefetch area"),
+        )
     }
-    times.sort();
-    (times[times.len() / 2], times[times.len() * 9 / 10])
-}
 
-fn row(label: &str, (median, p90): (Duration, Duration), versus: Option<(Duration, Duration)>) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let ratio = versus
-        .map(|(v, _)| {
-            format!(
-                "  {:.1}x faster than WAL-E",
-                v.as_secs_f64() / median.as_secs_f64()
-            )
+    fn start_up(&mut self) {
+        let case = "`version`, a new process per call";
+        let wale = self.times(|| {
+            let mut cmd = common::wale();
+            cmd.arg("version");
+            cmd
+        });
+        self.suite.record((START, case, WALE), &wale, None, "");
+        if let Some(bin) = self.wal_e.clone() {
+            let e = self.times(|| {
+                let mut cmd = wal_e(&bin);
+                cmd.arg("version");
+                cmd
+            });
+            self.suite.record((START, case, WAL_E), &e, None, "");
+            self.suite.compare(Comparison {
+                label: "start-up (`version`)",
+                section: START,
+                case,
+                subject: WALE,
+                baseline: WAL_E,
+                max_ratio: None,
+                target: "(no target)",
+            });
+        }
+    }
+
+    /// WAL-E's environment is what wale gets for the same backend (no `--terse`: the
+    /// prefetch replay reads its log).
+    fn wal_e_cmd(&self, bin: &Path, backend: Backend) -> Command {
+        let mut cmd = wal_e(bin);
+        match backend {
+            Backend::File => {
+                cmd.env("WALE_FILE_PREFIX", self.archive.file_prefix());
+            }
+            Backend::S3 => {
+                cmd.envs(self.server.env(&self.archive));
+            }
+        }
+        cmd
+    }
+
+    /// One warm-up, then the timed calls; the destination is removed before each, as
+    /// PostgreSQL does.
+    fn times(&self, command: impl Fn() -> Command) -> Samples {
+        let dest = self.dest();
+        Samples::collect(self.calls(), 1, || {
+            let _ = std::fs::remove_file(&dest);
+            run(command())
         })
-        .unwrap_or_default();
-    println!("{label:<40} {:>8.1} / {:>8.1}{ratio}", ms(median), ms(p90));
-}
-
-fn stats(mut f: impl FnMut() -> Duration) -> (Duration, Duration) {
-    f(); // warm the page cache and the server
-    let mut times: Vec<Duration> = (0..CALLS).map(|_| f()).collect();
-    times.sort();
-    (times[CALLS / 2], times[CALLS * 9 / 10])
-}
-
-fn time(mut cmd: Command) -> Duration {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
-    let start = Instant::now();
-    let status = cmd.status().unwrap();
-    let elapsed = start.elapsed();
-    assert!(status.code().is_some(), "killed by a signal");
-    elapsed
-}
-
-fn lzop_to(object: &Path, dest: &Path) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!(
-        "lzop -d -c {} > {}",
-        object.display(),
-        dest.display()
-    ));
-    cmd
-}
-
-fn wale_cmd(
-    archive: &Archive,
-    backend: Backend,
-    server: &S3Server,
-    name: &str,
-    dest: &Path,
-) -> Command {
-    let mut cmd = wale_for(archive, backend, Some(server));
-    cmd.args(["--terse", "wal-fetch", "--prefetch", "0", name])
-        .arg(dest);
-    cmd
-}
-
-fn wal_e_cmd(
-    bin: &Path,
-    archive: &Archive,
-    backend: Backend,
-    server: &S3Server,
-    name: &str,
-    dest: &Path,
-) -> Command {
-    // WAL-E's environment is what wale gets, plus what Python WAL-E needs to run quietly.
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    cmd.env("WALE_LOG_DESTINATION", "stderr");
-    match backend {
-        Backend::File => {
-            cmd.env("WALE_FILE_PREFIX", archive.file_prefix());
-        }
-        Backend::S3 => {
-            cmd.envs(server.env(archive));
-        }
     }
-    cmd.args(["--terse", "wal-fetch", "--prefetch", "0", name])
-        .arg(dest);
-    cmd
-}
 
-fn largest_segment(archive: &Archive) -> String {
-    fixture_wal_names()
-        .into_iter()
-        .filter(|n| n.len() == 24)
-        .max_by_key(|n| std::fs::metadata(archive.wal_object(n)).unwrap().len())
-        .unwrap()
-}
-
-fn find_wal_e() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("WALE_E_BIN") {
-        return Some(PathBuf::from(bin));
+    fn codes(&self, code: i32, command: impl Fn() -> Command) -> Samples {
+        Samples::collect(self.calls(), 1, || run_expecting(command(), code))
     }
-    let venv = PathBuf::from("/var/tmp/wale-fixture-cache/venv/bin/wal-e");
-    if venv.exists() {
-        return Some(venv);
-    }
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v wal-e"])
-        .output()
-        .ok()?;
-    on_path
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&on_path.stdout).trim()))
 }

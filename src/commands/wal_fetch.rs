@@ -26,6 +26,10 @@ use super::wal_prefetch;
 /// do not each cross from the blocking thread to the runtime.
 const BODY_BUFFER: usize = 256 * 1024;
 
+/// How much of the object may be downloaded ahead of decoding: all of a 16 MiB segment
+/// that did not compress at all.
+const WAL_READ_AHEAD: usize = 16 * 1024 * 1024;
+
 pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<(), Error> {
     let name = &args.wal_segment;
     wal::check_archive_name(name).map_err(|why| Error::Usage(format!("{name:?}: {why}")))?;
@@ -202,19 +206,24 @@ fn decode_into(
     let url = object.url.clone();
     let mut staged = StagedFile::create(&destination)
         .map_err(|e| Error::local(&destination, "cannot create a file in its directory", e))?;
-    let body = BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read());
+    let body =
+        BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read_ahead(WAL_READ_AHEAD));
     let mut decoder = lzop::Decoder::with_options(body, lzop_options);
-    let written = decoder.decode_to(staged.file()).map_err(|err| match err {
-        DecodeToError::Decode(lzop::Error::Read(io)) => Error::Storage(storage::Error::Transient {
-            url: url.clone(),
-            detail: format!("reading the object failed: {io}"),
-        }),
-        DecodeToError::Decode(bad) => Error::Corrupt {
-            url: url.clone(),
-            reason: bad.to_string(),
-        },
-        DecodeToError::Write(io) => Error::local(&destination, "cannot write", io),
-    })?;
+    let written = decoder
+        .decode_to(&mut staged.early_writeback())
+        .map_err(|err| match err {
+            DecodeToError::Decode(lzop::Error::Read(io)) => {
+                Error::Storage(storage::Error::Transient {
+                    url: url.clone(),
+                    detail: format!("reading the object failed: {io}"),
+                })
+            }
+            DecodeToError::Decode(bad) => Error::Corrupt {
+                url: url.clone(),
+                reason: bad.to_string(),
+            },
+            DecodeToError::Write(io) => Error::local(&destination, "cannot write", io),
+        })?;
     if kind.is_full_segment() && !wal::is_valid_segment_size(written) {
         return Err(Error::Corrupt {
             url,

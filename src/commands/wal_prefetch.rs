@@ -179,7 +179,8 @@ async fn download(
         let mut file = crate::durable::create_new_nofollow(&partial)
             .map_err(|e| Error::local(&partial, "cannot create", e))?;
         let body = BufReader::with_capacity(256 * 1024, object.into_blocking_read());
-        let decoded = lzop::Decoder::with_options(body, lzop_options).decode_to(&mut file);
+        let decoded = lzop::Decoder::with_options(body, lzop_options)
+            .decode_to(&mut crate::durable::EarlyWriteback::new(&mut file));
         let checked = decoded
             .map_err(|e| Error::Corrupt {
                 url: url.clone(),
