@@ -1,38 +1,36 @@
-//! End-to-end PostgreSQL recovery of a real WAL-E archive (≥ 100 segments) served from S3
-//! on loopback, several ways in one run: `restore_command` = wale with prefetch, wale
-//! without, `cp` from a local directory holding the same segments already decompressed
-//! (the limit), and WAL-E 1.1.1 when installed. Reports the time from starting
-//! PostgreSQL to the end of recovery (promotion) and each `restore_command`'s latency.
+//! End-to-end PostgreSQL recovery of the benchmark archive's WAL (real WAL-E objects,
+//! ≥ 100 segments in the full suite) served from S3 on loopback, with each
+//! `restore_command` in the same run: wale with its prefetch, wale without, real WAL-E
+//! 1.1.1 as WAL-E users run it (its default prefetch of 8, with the fixture shim's repair
+//! of its prefetch on Python ≥ 3.8), and `cp` from a local directory of the same
+//! segments already decompressed (the limit: no download, no decoding). Each run
+//! restores the base backup first (untimed), then times PostgreSQL from start to the end
+//! of recovery (promotion); each `restore_command` call is timed by a wrapper.
 //!
-//! Run with `scripts/bench.sh` or `cargo bench --bench recovery` after
-//! `fixtures/make-bench-archive.sh` (archive in `$WALE_BENCH_ARCHIVE`, default
-//! `/var/tmp/wale-bench-cache/archive`). Needs root (PostgreSQL runs as `postgres`).
+//! Run by `scripts/bench.sh`, or `cargo bench --bench recovery` (see `support`). Needs
+//! root: PostgreSQL runs as `postgres`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg::*;
-use common::*;
+use support::common::pg::*;
+use support::common::{Archive, Backend, Run, S3Server, wale_for};
+use support::{Comparison, Samples, Suite, wal_e_bin};
+
+const SECTION: &str = "PostgreSQL recovery, WAL from S3 loopback";
+const CP: &str = "cp from a local directory (the limit)";
+const WALE: &str = "wale wal-fetch (prefetch 8)";
+const WALE_NO_PREFETCH: &str = "wale wal-fetch --prefetch 0";
+const WAL_E: &str = "WAL-E 1.1.1 wal-fetch (prefetch 8)";
 
 fn main() {
-    let source = std::env::var_os("WALE_BENCH_ARCHIVE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wale-bench-cache/archive"));
-    if !source.join("wal_005").is_dir() {
-        println!(
-            "{} is missing: build it with fixtures/make-bench-archive.sh",
-            source.display()
-        );
-        return;
-    }
-    let archive = Archive::empty();
-    link_tree(&source, &archive.root());
-    give_to_postgres(archive.dir.path());
-    let server = S3Server::start(&archive.s3_root());
+    let mut suite = Suite::from_env("recovery");
+    let source = suite.archive.clone();
+    let (archive, server) = support::serve_over_s3(&source);
     let work = tempfile::Builder::new()
         .prefix("wale-recovery-")
         .tempdir_in("/var/tmp")
@@ -42,7 +40,6 @@ fn main() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-
     let plain = work.path().join("wal-plain");
     decompress_all(&source.join("wal_005"), &plain);
     let timer = work.path().join("timed.sh");
@@ -64,57 +61,92 @@ fn main() {
     let wale = env!("CARGO_BIN_EXE_wale");
     let env = envdir.display();
     let mut modes = vec![
+        (CP, format!("cp {}/%f %p", plain.display())),
+        (WALE, format!("{wale} --envdir {env} wal-fetch %f %p")),
         (
-            "cp from a local directory (limit)",
-            format!("cp {}/%f %p", plain.display()),
-        ),
-        (
-            "wale wal-fetch (prefetch 8)",
-            format!("{wale} --envdir {env} wal-fetch %f %p"),
-        ),
-        (
-            "wale wal-fetch --prefetch 0",
+            WALE_NO_PREFETCH,
             format!("{wale} --envdir {env} wal-fetch --prefetch 0 %f %p"),
         ),
     ];
-    let wal_e = PathBuf::from("/var/tmp/wale-fixture-cache/venv/bin/wal-e");
-    if wal_e.exists() && Path::new("/usr/bin/envdir").exists() {
+    if let Some(bin) = wal_e_bin() {
         modes.push((
-            "WAL-E 1.1.1 wal-fetch --prefetch 0",
-            format!(
-                "envdir {env} {} wal-fetch --prefetch 0 %f %p",
-                wal_e.display()
-            ),
+            WAL_E,
+            format!("envdir {env} {} wal-fetch %f %p", bin.display()),
         ));
     }
-    println!(
-        "PostgreSQL recovery of {} from S3 on loopback; latencies per restore_command call\n",
-        source.display()
-    );
-    println!(
-        "{:<38} {:>10} {:>8} {:>9} {:>12} {:>10}",
-        "restore_command", "recovery", "vs cp", "segments", "median ms", "p99 ms"
-    );
-    let mut limit = None;
-    for (i, (label, command)) in modes.iter().enumerate() {
-        let result = recover(&archive, &server, work.path(), i as u16, &timer, command);
-        let limit_secs = *limit.get_or_insert(result.elapsed.as_secs_f64());
-        println!(
-            "{label:<38} {:>8.1} s {:>7.2}x {:>9} {:>12.1} {:>10.1}",
-            result.elapsed.as_secs_f64(),
-            result.elapsed.as_secs_f64() / limit_secs,
-            result.segments,
-            result.median_ms,
-            result.p99_ms
+    let runs = suite.runs(3, 3);
+    let segments = support::wal_segments(&source).len();
+    let case = format!("{segments} archived segments, PostgreSQL start to promotion");
+    for (i, (tool, command)) in modes.iter().enumerate() {
+        let mut samples = Samples::default();
+        let mut calls = Vec::new();
+        let mut replayed = 0;
+        for run in 0..runs {
+            let slot = (i * runs + run) as u16;
+            let outcome = recover(&archive, &server, work.path(), slot, &timer, command);
+            samples.push(support::Sample {
+                elapsed: outcome.elapsed,
+                peak_rss_kb: None,
+            });
+            calls.extend(outcome.call_micros);
+            replayed = outcome.segments;
+        }
+        calls.sort();
+        let at = |q: f64| {
+            calls
+                .get(((calls.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        let note = format!(
+            "{replayed} segments restored; restore_command median {:.1} ms, p99 {:.1} ms",
+            at(0.5),
+            at(0.99)
         );
+        suite.record((SECTION, &case, tool), &samples, None, &note);
     }
+    let compare = |suite: &mut Suite, label, subject, baseline, max_ratio, target| {
+        suite.compare(Comparison {
+            label,
+            section: SECTION,
+            case: &case,
+            subject,
+            baseline,
+            max_ratio,
+            target,
+        })
+    };
+    compare(
+        &mut suite,
+        "recovery, wale with prefetch vs cp",
+        WALE,
+        CP,
+        Some(1.15),
+        "≤ 1.15× the cp baseline",
+    );
+    compare(
+        &mut suite,
+        "recovery, wale --prefetch 0 vs cp",
+        WALE_NO_PREFETCH,
+        CP,
+        None,
+        "(no target)",
+    );
+    compare(
+        &mut suite,
+        "recovery, wale vs WAL-E (both prefetch 8)",
+        WALE,
+        WAL_E,
+        None,
+        "(no target)",
+    );
+    suite.save();
 }
 
 struct Outcome {
     elapsed: Duration,
     segments: usize,
-    median_ms: f64,
-    p99_ms: f64,
+    /// Every successful restore_command call's duration, in µs.
+    call_micros: Vec<u64>,
 }
 
 /// Restores the backup with wale (untimed), then times PostgreSQL from start to
@@ -159,7 +191,7 @@ fn recover(
         .filter(|l| l.contains("restored log file \"0") && !l.contains(".history"))
         .count();
     drop(recovery);
-    let mut micros: Vec<u64> = std::fs::read_to_string(&calls)
+    let micros: Vec<u64> = std::fs::read_to_string(&calls)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -167,40 +199,11 @@ fn recover(
             (rc == "0").then(|| us.parse().ok()).flatten()
         })
         .collect();
-    micros.sort();
-    let at = |q: f64| {
-        micros
-            .get(((micros.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
     let _ = std::fs::remove_dir_all(&dir);
     Outcome {
         elapsed,
         segments,
-        median_ms: at(0.5),
-        p99_ms: at(0.99),
-    }
-}
-
-/// Hard-links (or copies, across file systems) the archive into the S3 server's root.
-fn link_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    let linked = Command::new("cp")
-        .arg("-al")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .unwrap();
-    if !linked.success() {
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", from.display()))
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(copied.success());
+        call_micros: micros,
     }
 }
 

@@ -75,7 +75,7 @@ fn main() {
 
 impl Bench {
     fn calls(&self) -> usize {
-        self.suite.runs(15, 7)
+        self.suite.runs(15, 5)
     }
 
     fn dest(&self) -> PathBuf {
@@ -192,7 +192,7 @@ impl Bench {
     /// Recovery's order of calls, each tool with its default prefetch (8), a pause
     /// between calls like the replay of a segment; every call after the first two timed.
     fn prefetch_hits(&mut self, segments: &[String]) {
-        let count = self.suite.runs(24, 12).min(segments.len());
+        let count = self.suite.runs(24, 10).min(segments.len());
         let sequence = &segments[segments.len() / 4..][..count];
         let case = format!("{count} segments in order, 100 ms apart, S3 loopback");
         let wale = self.replay(

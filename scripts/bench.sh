@@ -1,16 +1,73 @@
 #!/usr/bin/env bash
-# Every benchmark, each against its baselines in the same run: LZO decoding (vs lzop -d),
-# wal-fetch latency (vs lzop -d and WAL-E), backup-fetch throughput and memory (vs
-# lzop -d | tar -x and WAL-E) on a >= 1 GB archive made by real WAL-E, built first if
-# missing (fixtures/make-bench-archive.sh; needs root, PostgreSQL 15, pip); PostgreSQL
-# recovery of that archive's WAL with each restore_command (vs cp of local files, WAL-E).
+# The benchmark suite, one command on a fresh Debian machine (as root, package registries
+# reachable): wale against real WAL-E 1.1.1 and the physical baselines, same archive,
+# same run.
+#
+#   scripts/bench.sh           full: >= 1 GB base backup in 3 partitions, 166 WAL segments;
+#                              writes benchmarks/results.md, benchmarks/ratios.svg and the
+#                              table in README.md
+#   scripts/bench.sh --quick   smaller archive, fewer runs (under 5 minutes once built);
+#                              writes target/bench-results/report.md and ratios.svg only
+#
+# Steps: installs lzop, PostgreSQL 15, daemontools and WAL-E 1.1.1 in a private venv with
+# pinned versions and the two Python 3.11 / PostgreSQL 15 fixes
+# (fixtures/make-wale-fixture.sh, setup only); builds the archive with real WAL-E from a
+# real PostgreSQL under pgbench load (fixtures/make-bench-archive.sh), or reuses it from
+# its cache directory; runs the benches (the S3 server is s3s-fs, built by cargo as a
+# dev-dependency and run in each bench process on loopback); merges their results
+# (target/bench-results/*.json) with scripts/bench_report.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-archive="${WALE_BENCH_ARCHIVE:-/var/tmp/wale-bench-cache/archive}"
-if [ ! -d "$archive/basebackups_005" ] && [ -x fixtures/make-bench-archive.sh ]; then
-  fixtures/make-bench-archive.sh
+
+mode=full
+case "${1:-}" in
+  "") ;;
+  --quick) mode=quick ;;
+  *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
+esac
+[ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh: run as root (apt-get, PostgreSQL as postgres)" >&2; exit 2; }
+say() { echo "[bench $(date +%T)] $*" >&2; }
+
+missing=()
+command -v lzop >/dev/null || missing+=(lzop)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+command -v envdir >/dev/null || missing+=(daemontools)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-cargo bench --bench lzo_decode
-cargo bench --bench wal_fetch
-cargo bench --bench backup_fetch
-cargo bench --bench recovery
+say "WAL-E 1.1.1 venv"
+WALE_FIXTURE_SETUP_ONLY=1 bash fixtures/make-wale-fixture.sh
+
+if [ "$mode" = quick ]; then
+  # 0.3 GB restored from 2 partitions (WAL-E cuts one every 6144 members), 20 segments.
+  export WALE_BENCH_CACHE="${WALE_BENCH_CACHE:-/var/tmp/wale-bench-cache-quick}"
+  export BENCH_SCALE="${BENCH_SCALE:-10}" BENCH_PGBENCH_PARTITIONS="${BENCH_PGBENCH_PARTITIONS:-50}"
+  export BENCH_TARGET_MEMBERS="${BENCH_TARGET_MEMBERS:-12200}" BENCH_WAL_SEGMENTS="${BENCH_WAL_SEGMENTS:-20}"
+  export WALE_BENCH_QUICK=1
+else
+  export WALE_BENCH_CACHE="${WALE_BENCH_CACHE:-/var/tmp/wale-bench-cache}"
+  export WALE_BENCH_QUICK=0
+fi
+say "archive in $WALE_BENCH_CACHE ($mode)"
+bash fixtures/make-bench-archive.sh
+
+export WALE_BENCH_ARCHIVE="$WALE_BENCH_CACHE/archive"
+export WALE_BENCH_RESULTS="$PWD/target/bench-results"
+export WALE_BENCH_REQUIRE_WAL_E=1
+rm -rf "$WALE_BENCH_RESULTS"
+for bench in micro wal_fetch backup_fetch recovery; do
+  say "cargo bench --bench $bench"
+  cargo bench --locked --bench "$bench"
+done
+
+if [ "$mode" = full ]; then
+  out=(--markdown benchmarks/results.md --svg benchmarks/ratios.svg --readme README.md)
+  mkdir -p benchmarks
+else
+  out=(--markdown "$WALE_BENCH_RESULTS/report.md" --svg "$WALE_BENCH_RESULTS/ratios.svg")
+fi
+python3 scripts/bench_report.py "$WALE_BENCH_RESULTS" "${out[@]}" \
+  --archive-meta "$WALE_BENCH_CACHE/meta.env" --mode "$mode" --elapsed-seconds "$SECONDS"
+say "done in $SECONDS s: ${out[1]} and ${out[3]}"

@@ -184,6 +184,54 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// How much is written before its writeback is started.
+const WRITEBACK_STRETCH: u64 = 1024 * 1024;
+
+/// A writer over a file that queues the writeback of every completed megabyte, so that
+/// a final fsync finds most of the file already on its way to disk (see
+/// [`StagedFile::early_writeback`]).
+pub struct EarlyWriteback<'a> {
+    file: &'a mut File,
+    written: u64,
+    submitted: u64,
+}
+
+impl<'a> EarlyWriteback<'a> {
+    /// Wraps `file`, written from its current start (offset 0).
+    pub fn new(file: &'a mut File) -> EarlyWriteback<'a> {
+        EarlyWriteback {
+            file,
+            written: 0,
+            submitted: 0,
+        }
+    }
+}
+
+impl io::Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.submitted >= WRITEBACK_STRETCH {
+            // SAFETY: plain syscall on an open descriptor; SYNC_FILE_RANGE_WRITE only
+            // queues writeback and its failure changes nothing (commit's fsync decides).
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.submitted as libc::off64_t,
+                    (self.written - self.submitted) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.submitted = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn early_writeback_writes_exactly_what_it_is_given() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("segment");
+        let data: Vec<u8> = (0..3 * WRITEBACK_STRETCH as usize + 12345)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut staged = StagedFile::create(&dest).unwrap();
+        let mut writer = staged.early_writeback();
+        for piece in data.chunks(100_000) {
+            writer.write_all(piece).unwrap();
+        }
+        writer.flush().unwrap();
+        // Writeback was started along the way, never for more than was written.
+        assert!(writer.submitted >= 2 * WRITEBACK_STRETCH);
+        assert!(writer.written - writer.submitted < WRITEBACK_STRETCH + 100_000);
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+
+    #[test]
     fn dropping_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("x");
@@ -243,53 +312,5 @@ mod tests {
     fn relative_destination_and_missing_directory() {
         assert!(StagedFile::create(Path::new("/nonexistent-wale-dir/x")).is_err());
         assert_eq!(parent_dir(Path::new("x")), Path::new("."));
-    }
-}
-
-/// How much is written before its writeback is started.
-const WRITEBACK_STRETCH: u64 = 1024 * 1024;
-
-/// A writer over a file that queues the writeback of every completed megabyte, so that
-/// a final fsync finds most of the file already on its way to disk (see
-/// [`StagedFile::early_writeback`]).
-pub struct EarlyWriteback<'a> {
-    file: &'a mut File,
-    written: u64,
-    submitted: u64,
-}
-
-impl<'a> EarlyWriteback<'a> {
-    /// Wraps `file`, written from its current start (offset 0).
-    pub fn new(file: &'a mut File) -> EarlyWriteback<'a> {
-        EarlyWriteback {
-            file,
-            written: 0,
-            submitted: 0,
-        }
-    }
-}
-
-impl io::Write for EarlyWriteback<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.submitted >= WRITEBACK_STRETCH {
-            // SAFETY: plain syscall on an open descriptor; SYNC_FILE_RANGE_WRITE only
-            // queues writeback and its failure changes nothing (commit's fsync decides).
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.submitted as libc::off64_t,
-                    (self.written - self.submitted) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.submitted = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
     }
 }

@@ -210,7 +210,7 @@ fn decode_into(
         BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read_ahead(WAL_READ_AHEAD));
     let mut decoder = lzop::Decoder::with_options(body, lzop_options);
     let written = decoder
-        .decode_to(&mut staged.early_writeback())
+        .decode_to_on_two_threads(&mut staged.early_writeback())
         .map_err(|err| match err {
             DecodeToError::Decode(lzop::Error::Read(io)) => {
                 Error::Storage(storage::Error::Transient {

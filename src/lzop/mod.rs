@@ -13,6 +13,7 @@
 //! WAL-E itself fails on them (`lzop -d` exits 2).
 
 mod codec;
+pub mod lzo1x;
 
 use std::io::{self, Read, Write};
 
@@ -120,8 +121,8 @@ pub struct Decoder<R> {
     src: R,
     options: Options,
     header: Option<Header>,
-    /// Compressed bytes of the current block (reused; grows to the largest block seen).
-    packed: Vec<u8>,
+    /// The current block as stored (its buffer is reused; grows to the largest block).
+    raw: RawBlock,
     /// Decompressed bytes of the current block, verified, not yet handed out.
     block: Vec<u8>,
     /// How much of `block` has been handed out.
@@ -145,7 +146,7 @@ impl<R: Read> Decoder<R> {
             src,
             options,
             header: None,
-            packed: Vec::new(),
+            raw: RawBlock::default(),
             block: Vec::new(),
             block_pos: 0,
             block_index: 0,
@@ -175,8 +176,79 @@ impl<R: Read> Decoder<R> {
         }
     }
 
+    /// Like [`Decoder::decode_to`] (same checks, same output), decoding every other block
+    /// on a second thread while this one decodes and writes the rest: blocks are
+    /// independent, and a restore_command waits for the whole segment. Must be called
+    /// before anything was read.
+    pub fn decode_to_on_two_threads<W: Write>(
+        &mut self,
+        out: &mut W,
+    ) -> Result<u64, DecodeToError> {
+        debug_assert_eq!(self.produced, 0, "decode_to_on_two_threads after a read");
+        std::thread::scope(|scope| {
+            // Created inside the scope: an early return drops `to_helper`, which ends the
+            // helper's loop before the scope waits for it.
+            let (to_helper, helper_in) = std::sync::mpsc::sync_channel::<(RawBlock, Vec<u8>)>(1);
+            let (helper_out, from_helper) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for (raw, mut block) in helper_in {
+                    let decoded = raw.decode_into(&mut block);
+                    if helper_out.send((decoded, raw, block)).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Two block buffers and two stored-block buffers circulate; none is
+            // allocated per block.
+            let mut spare = Some((RawBlock::default(), Vec::new()));
+            loop {
+                if !self.next_raw()? {
+                    return Ok(self.produced);
+                }
+                let (mut second, second_block) = spare.take().expect("returned below");
+                let paired = self.next_raw_into(&mut second)?;
+                if paired {
+                    to_helper
+                        .send((second, second_block))
+                        .expect("the helper lives until the channel closes");
+                } else {
+                    spare = Some((second, second_block));
+                }
+                self.raw.decode_into(&mut self.block)?;
+                out.write_all(&self.block).map_err(DecodeToError::Write)?;
+                self.produced += self.block.len() as u64;
+                if paired {
+                    let (decoded, raw, block) = from_helper.recv().expect("the helper answers");
+                    decoded?;
+                    out.write_all(&block).map_err(DecodeToError::Write)?;
+                    self.produced += block.len() as u64;
+                    spare = Some((raw, block));
+                }
+            }
+        })
+    }
+
     /// Loads the next verified block into `self.block`; false at the end of the stream.
     fn next_block(&mut self) -> Result<bool, Error> {
+        if !self.next_raw()? {
+            return Ok(false);
+        }
+        self.block_pos = 0;
+        self.raw.decode_into(&mut self.block)?;
+        self.produced += self.block.len() as u64;
+        Ok(true)
+    }
+
+    /// Reads the next block as stored into `self.raw`; false at the end of the stream.
+    fn next_raw(&mut self) -> Result<bool, Error> {
+        let mut raw = std::mem::take(&mut self.raw);
+        let more = self.next_raw_into(&mut raw);
+        self.raw = raw;
+        more
+    }
+
+    /// Reads the next block as stored into `raw`, past member ends; false at the end.
+    fn next_raw_into(&mut self, raw: &mut RawBlock) -> Result<bool, Error> {
         if self.finished {
             return Ok(false);
         }
@@ -185,7 +257,7 @@ impl<R: Read> Decoder<R> {
         }
         loop {
             let flags = self.header.as_ref().map_or(0, |h| h.flags);
-            match self.read_block(flags)? {
+            match self.read_raw_block(flags, raw)? {
                 true => return Ok(true),
                 false => {
                     if self.read_trailer()? {
@@ -200,8 +272,8 @@ impl<R: Read> Decoder<R> {
         }
     }
 
-    /// Reads one block; false when it was the end marker.
-    fn read_block(&mut self, flags: u32) -> Result<bool, Error> {
+    /// Reads one block as stored into `raw`; false when it was the end marker.
+    fn read_raw_block(&mut self, flags: u32, raw: &mut RawBlock) -> Result<bool, Error> {
         let index = self.block_index;
         let dst_len = read_u32(&mut self.src, "a block header")?;
         if dst_len == 0 {
@@ -224,34 +296,15 @@ impl<R: Read> Decoder<R> {
             )));
         }
         let compressed = src_len < dst_len;
-        let d_adler = read_opt(&mut self.src, flags & F_ADLER32_D != 0)?;
-        let d_crc = read_opt(&mut self.src, flags & F_CRC32_D != 0)?;
-        let c_adler = read_opt(&mut self.src, compressed && flags & F_ADLER32_C != 0)?;
-        let c_crc = read_opt(&mut self.src, compressed && flags & F_CRC32_C != 0)?;
-
-        let (src_len, dst_len) = (src_len as usize, dst_len as usize);
-        self.block_pos = 0;
-        if compressed {
-            self.packed.resize(src_len, 0);
-            read_exact(&mut self.src, &mut self.packed, "block data")?;
-            verify(index, "Adler-32 of compressed data", c_adler, || {
-                adler32(&self.packed)
-            })?;
-            verify(index, "CRC-32 of compressed data", c_crc, || {
-                crc32(&self.packed)
-            })?;
-            self.block.resize(dst_len, 0);
-            decompress_block(&self.packed, &mut self.block).map_err(|err| {
-                Error::Corrupt(format!("block {index} does not decompress: {err}"))
-            })?;
-        } else {
-            self.block.resize(dst_len, 0);
-            read_exact(&mut self.src, &mut self.block, "block data")?;
-        }
-        verify(index, "Adler-32 of data", d_adler, || adler32(&self.block))?;
-        verify(index, "CRC-32 of data", d_crc, || crc32(&self.block))?;
+        raw.index = index;
+        raw.dst_len = dst_len as usize;
+        raw.d_adler = read_opt(&mut self.src, flags & F_ADLER32_D != 0)?;
+        raw.d_crc = read_opt(&mut self.src, flags & F_CRC32_D != 0)?;
+        raw.c_adler = read_opt(&mut self.src, compressed && flags & F_ADLER32_C != 0)?;
+        raw.c_crc = read_opt(&mut self.src, compressed && flags & F_CRC32_C != 0)?;
+        raw.packed.resize(src_len as usize, 0);
+        read_exact(&mut self.src, &mut raw.packed, "block data")?;
         self.block_index += 1;
-        self.produced += dst_len as u64;
         Ok(true)
     }
 
@@ -295,6 +348,42 @@ impl<R: Read> Decoder<R> {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// One block as stored: its bytes (compressed, or stored as is when that was not
+/// smaller) and the checksums the header announced, not yet verified.
+#[derive(Default)]
+struct RawBlock {
+    index: u64,
+    packed: Vec<u8>,
+    dst_len: usize,
+    d_adler: Option<u32>,
+    d_crc: Option<u32>,
+    c_adler: Option<u32>,
+    c_crc: Option<u32>,
+}
+
+impl RawBlock {
+    /// Verifies the block and puts its decompressed bytes in `out`.
+    fn decode_into(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let index = self.index;
+        out.resize(self.dst_len, 0);
+        if self.packed.len() < self.dst_len {
+            verify(index, "Adler-32 of compressed data", self.c_adler, || {
+                adler32(&self.packed)
+            })?;
+            verify(index, "CRC-32 of compressed data", self.c_crc, || {
+                crc32(&self.packed)
+            })?;
+            decompress_block(&self.packed, out).map_err(|err| {
+                Error::Corrupt(format!("block {index} does not decompress: {err}"))
+            })?;
+        } else {
+            out.copy_from_slice(&self.packed);
+        }
+        verify(index, "Adler-32 of data", self.d_adler, || adler32(out))?;
+        verify(index, "CRC-32 of data", self.d_crc, || crc32(out))
     }
 }
 

@@ -22,13 +22,32 @@ fn decode(data: &[u8]) -> Result<Vec<u8>, Error> {
     decode_with(data, Options::default())
 }
 
+/// Decodes with `decode_to` and with `decode_to_on_two_threads`, which must agree on
+/// the output or on the error.
 fn decode_with(data: &[u8], options: Options) -> Result<Vec<u8>, Error> {
+    let serial = decode_one_way(data, options, false);
+    let parallel = decode_one_way(data, options, true);
+    match (&serial, &parallel) {
+        (Ok(a), Ok(b)) => assert!(a == b, "the two-thread decode differs"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("the decoders disagree: {serial:?} / {parallel:?}"),
+    }
+    serial
+}
+
+fn decode_one_way(data: &[u8], options: Options, two_threads: bool) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     let mut decoder = Decoder::with_options(data, options);
-    decoder.decode_to(&mut out).map_err(|err| match err {
+    let decoded = if two_threads {
+        decoder.decode_to_on_two_threads(&mut out)
+    } else {
+        decoder.decode_to(&mut out)
+    };
+    let written = decoded.map_err(|err| match err {
         DecodeToError::Decode(err) => err,
         DecodeToError::Write(err) => panic!("write to Vec failed: {err}"),
     })?;
+    assert_eq!(written, out.len() as u64);
     Ok(out)
 }
 
@@ -357,4 +376,28 @@ fn read_and_decode_to_agree_on_short_reads() {
         .read_to_end(&mut out)
         .unwrap();
     assert_eq!(out, vec![b'a'; 64]);
+}
+
+#[test]
+fn both_decoders_agree_on_any_block_count_and_any_bad_block() {
+    let builder = Builder::new(F_ADLER32_D | F_CRC32_D);
+    let blocks: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+    for count in 0..=blocks.len() {
+        let refs: Vec<&[u8]> = blocks[..count].iter().map(Vec::as_slice).collect();
+        let stream = builder.stream(&refs);
+        assert_eq!(decode(&stream).unwrap(), refs.concat());
+        for bad in 0..count {
+            // The last data byte of block `bad`: its checksums must catch it, on
+            // whichever thread the block is decoded.
+            let end: usize = builder.header().len()
+                + refs[..=bad]
+                    .iter()
+                    .map(|b| builder.stored_block(b).len())
+                    .sum::<usize>();
+            let mut corrupt = stream.clone();
+            corrupt[end - 1] ^= 0x40;
+            let err = decode(&corrupt).unwrap_err();
+            assert!(err.to_string().contains(&format!("block {bad}")), "{err}");
+        }
+    }
 }

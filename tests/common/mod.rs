@@ -439,8 +439,10 @@ async fn serve(
     root: &Path,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<s3s::HttpResponse, s3s::HttpError> {
-    let object = (req.method() == hyper::Method::GET && req.uri().query().is_none())
-        .then(|| root.join(req.uri().path().trim_start_matches('/')));
+    // A GetObject (the AWS SDK tags it with `x-id=GetObject`; boto adds no query).
+    let get_object = req.method() == hyper::Method::GET
+        && matches!(req.uri().query(), None | Some("x-id=GetObject"));
+    let object = get_object.then(|| root.join(req.uri().path().trim_start_matches('/')));
     let target = format!(
         "{} {}",
         req.method(),
