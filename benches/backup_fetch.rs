@@ -117,9 +117,13 @@ fn lzop_tar(partitions: &[PathBuf], at_once: bool, target: &Path) -> Command {
         .map(|p| format!("lzop -d -c '{}' | tar -x -C '{target}'", p.display()))
         .collect();
     let run_all = if at_once {
+        let started: Vec<String> = pipelines
+            .iter()
+            .map(|p| format!("{p} & pids+=($!)"))
+            .collect();
         format!(
-            "{} & for job in $(jobs -p); do wait $job; done",
-            pipelines.join(" & ")
+            "pids=(); {}; for pid in \"${{pids[@]}}\"; do wait \"$pid\"; done",
+            started.join("; ")
         )
     } else {
         pipelines.join("; ")

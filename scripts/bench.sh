@@ -8,6 +8,8 @@
 #                              table in README.md
 #   scripts/bench.sh --quick   smaller archive, fewer runs (under 5 minutes once built);
 #                              writes target/bench-results/report.md and ratios.svg only
+#   scripts/bench.sh [--quick] BENCH...   reruns only these benches (micro, wal_fetch,
+#                              backup_fetch, recovery), keeping the others' results
 #
 # Steps: installs lzop, PostgreSQL 15, daemontools and WAL-E 1.1.1 in a private venv with
 # pinned versions and the two Python 3.11 / PostgreSQL 15 fixes
@@ -20,11 +22,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=full
-case "${1:-}" in
-  "") ;;
-  --quick) mode=quick ;;
-  *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
-esac
+if [ "${1:-}" = --quick ]; then mode=quick; shift; fi
+benches=("$@")
+for bench in "${benches[@]}"; do
+  case "$bench" in
+    micro|wal_fetch|backup_fetch|recovery) ;;
+    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery]..." >&2; exit 2 ;;
+  esac
+done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh: run as root (apt-get, PostgreSQL as postgres)" >&2; exit 2; }
 say() { echo "[bench $(date +%T)] $*" >&2; }
 
@@ -56,8 +61,13 @@ bash fixtures/make-bench-archive.sh
 export WALE_BENCH_ARCHIVE="$WALE_BENCH_CACHE/archive"
 export WALE_BENCH_RESULTS="$PWD/target/bench-results"
 export WALE_BENCH_REQUIRE_WAL_E=1
-rm -rf "$WALE_BENCH_RESULTS"
-for bench in micro wal_fetch backup_fetch recovery; do
+elapsed=()
+if [ ${#benches[@]} -eq 0 ]; then
+  benches=(micro wal_fetch backup_fetch recovery)
+  rm -rf "$WALE_BENCH_RESULTS"
+  elapsed=(--elapsed-seconds)
+fi
+for bench in "${benches[@]}"; do
   say "cargo bench --bench $bench"
   cargo bench --locked --bench "$bench"
 done
@@ -69,5 +79,5 @@ else
   out=(--markdown "$WALE_BENCH_RESULTS/report.md" --svg "$WALE_BENCH_RESULTS/ratios.svg")
 fi
 python3 scripts/bench_report.py "$WALE_BENCH_RESULTS" "${out[@]}" \
-  --archive-meta "$WALE_BENCH_CACHE/meta.env" --mode "$mode" --elapsed-seconds "$SECONDS"
+  --archive-meta "$WALE_BENCH_CACHE/meta.env" --mode "$mode" ${elapsed[@]+"${elapsed[@]}" "$SECONDS"}
 say "done in $SECONDS s: ${out[1]} and ${out[3]}"

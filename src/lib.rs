@@ -11,7 +11,8 @@
 //! * [`storage`]: the [`storage::Storage`] trait and its S3 and `file://` backends, with
 //!   errors classified once (not found / refused / transient / permanent).
 //! * [`layout`] and [`wal`]: WAL-E's key grammar and PostgreSQL's WAL file names (pure).
-//! * [`lzop`]: the streaming lzop decoder, every checksum verified.
+//! * [`lzop`]: the streaming lzop decoder, every checksum verified, with its own LZO1X
+//!   block decoder.
 //! * [`tar`] and [`extract`]: the streaming tar reader and safe extraction.
 //! * [`tablespaces`]: where tablespaces go on restore.
 //! * [`durable`]: files that appear complete and fsynced, or not at all.
