@@ -64,6 +64,7 @@ impl Suite {
         let results = std::env::var_os("WALE_BENCH_RESULTS")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results"));
+        std::fs::create_dir_all(&results).expect("create the results directory");
         Suite {
             bench,
             quick: std::env::var("WALE_BENCH_QUICK").is_ok_and(|v| v == "1"),
@@ -133,7 +134,6 @@ impl Suite {
 
     /// Writes `<results>/<bench>.json`.
     pub fn save(self) {
-        std::fs::create_dir_all(&self.results).expect("create the results directory");
         let path = self.results.join(format!("{}.json", self.bench));
         let doc = json!({
             "bench": self.bench,
