@@ -313,12 +313,14 @@ impl Bench {
         cmd
     }
 
-    /// One warm-up, then the timed calls; the destination is removed before each, as
-    /// PostgreSQL does.
+    /// One warm-up, then the timed calls. Before each (untimed) the destination is
+    /// removed, as PostgreSQL does, and dirty pages are flushed: WAL-E and `lzop -d` do
+    /// not fsync, and their writeback must not land in the next tool's call.
     fn times(&self, command: impl Fn() -> Command) -> Samples {
         let dest = self.dest();
         Samples::collect(self.calls(), 1, || {
             let _ = std::fs::remove_file(&dest);
+            support::sync_all();
             run(command())
         })
     }
