@@ -213,9 +213,10 @@ pub struct Sample {
 /// Runs `cmd` to completion (stdin, stdout and stderr on /dev/null), timing it and
 /// reading its peak RSS; panics, showing the command, if it fails.
 pub fn run(mut cmd: Command) -> Sample {
+    let stderr = tempfile::tempfile().expect("a temporary file for stderr");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr.try_clone().expect("clone the stderr file"));
     let start = Instant::now();
     // Reaped by wait4 below, which also reports the child's resource usage.
     #[allow(clippy::zombie_processes)]
@@ -230,14 +231,26 @@ pub fn run(mut cmd: Command) -> Sample {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed();
     assert_eq!(rc, pid, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (status {status:#x})"
-    );
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        panic!(
+            "{cmd:?} failed (status {status:#x}); its stderr ends with:\n{}",
+            tail_of(stderr)
+        );
+    }
     Sample {
         elapsed,
         peak_rss_kb: Some(usage.ru_maxrss),
     }
+}
+
+/// The last 2000 bytes written to `file`.
+fn tail_of(mut file: std::fs::File) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(2000)));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    text
 }
 
 /// Like [`run`] for a command whose exit code is part of the case (e.g. 1 for a
