@@ -2,8 +2,9 @@
 //! objects, 64 MiB by the format), from the format's public description (the Linux
 //! kernel's `Documentation/staging/lzo.rst`).
 //!
-//! Why not a crate: every candidate copied a match that overlaps its own output (a run,
-//! `distance < 8`) one byte at a time. A WAL segment switched early is mostly zeros, one
+//! Why not a crate: `benches/micro.rs` measures the candidates on real WAL-E objects, and
+//! every one (lzallright, `lzo`, lzokay-native) copied a match that overlaps its own
+//! output (a run, `distance < 8`) one byte at a time. A WAL segment switched early is mostly zeros, one
 //! long run after another, and decoded at a third of the speed of a busy one. Here an
 //! overlapping match is copied by doubling: the bytes already written are a whole number
 //! of periods of the pattern, so each step copies everything written so far in one go.

@@ -12,12 +12,9 @@
 //! refused with a clear error), or read multi-member streams unless asked to, because
 //! WAL-E itself fails on them (`lzop -d` exits 2).
 
-mod codec;
 pub mod lzo1x;
 
 use std::io::{self, Read, Write};
-
-pub use codec::decompress_block;
 
 /// The nine bytes every lzop file starts with.
 pub const MAGIC: [u8; 9] = [0x89, 0x4c, 0x5a, 0x4f, 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
@@ -191,7 +188,7 @@ impl<R: Read> Decoder<R> {
             let (to_helper, helper_in) = std::sync::mpsc::sync_channel::<(RawBlock, Vec<u8>)>(1);
             let (helper_out, from_helper) = std::sync::mpsc::sync_channel(1);
             scope.spawn(move || {
-                for (raw, mut block) in helper_in {
+                for (mut raw, mut block) in helper_in {
                     let decoded = raw.decode_into(&mut block);
                     if helper_out.send((decoded, raw, block)).is_err() {
                         return;
@@ -200,19 +197,16 @@ impl<R: Read> Decoder<R> {
             });
             // Two block buffers and two stored-block buffers circulate; none is
             // allocated per block.
-            let mut spare = Some((RawBlock::default(), Vec::new()));
+            let mut spare = (RawBlock::default(), Vec::new());
             loop {
                 if !self.next_raw()? {
                     return Ok(self.produced);
                 }
-                let (mut second, second_block) = spare.take().expect("returned below");
-                let paired = self.next_raw_into(&mut second)?;
+                let paired = self.next_raw_into(&mut spare.0)?;
                 if paired {
                     to_helper
-                        .send((second, second_block))
+                        .send(std::mem::take(&mut spare))
                         .expect("the helper lives until the channel closes");
-                } else {
-                    spare = Some((second, second_block));
                 }
                 self.raw.decode_into(&mut self.block)?;
                 out.write_all(&self.block).map_err(DecodeToError::Write)?;
@@ -222,7 +216,7 @@ impl<R: Read> Decoder<R> {
                     decoded?;
                     out.write_all(&block).map_err(DecodeToError::Write)?;
                     self.produced += block.len() as u64;
-                    spare = Some((raw, block));
+                    spare = (raw, block);
                 }
             }
         })
@@ -365,22 +359,23 @@ struct RawBlock {
 }
 
 impl RawBlock {
-    /// Verifies the block and puts its decompressed bytes in `out`.
-    fn decode_into(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+    /// Verifies the block and puts its decompressed bytes in `out`. A stored block's
+    /// buffer is swapped into `out` rather than copied (`packed` gets `out`'s old one).
+    fn decode_into(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         let index = self.index;
-        out.resize(self.dst_len, 0);
         if self.packed.len() < self.dst_len {
+            out.resize(self.dst_len, 0);
             verify(index, "Adler-32 of compressed data", self.c_adler, || {
                 adler32(&self.packed)
             })?;
             verify(index, "CRC-32 of compressed data", self.c_crc, || {
                 crc32(&self.packed)
             })?;
-            decompress_block(&self.packed, out).map_err(|err| {
+            lzo1x::decompress(&self.packed, out).map_err(|err| {
                 Error::Corrupt(format!("block {index} does not decompress: {err}"))
             })?;
         } else {
-            out.copy_from_slice(&self.packed);
+            std::mem::swap(&mut self.packed, out);
         }
         verify(index, "Adler-32 of data", self.d_adler, || adler32(out))?;
         verify(index, "CRC-32 of data", self.d_crc, || crc32(out))
