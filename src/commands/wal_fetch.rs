@@ -22,8 +22,8 @@ use crate::wal::{self, SegmentName, WalFileKind};
 
 use super::wal_prefetch;
 
-/// Read-ahead for the network body: one lzop block, so the decoder's small header reads
-/// do not each cross from the blocking thread to the runtime.
+/// Buffer over the object: the decoder's header reads are a few bytes each, which on a
+/// `file://` object would each be a system call (network bodies are already read ahead).
 const BODY_BUFFER: usize = 256 * 1024;
 
 /// How much of the object may be downloaded ahead of decoding: all of a 16 MiB segment

@@ -443,6 +443,105 @@ pub(crate) fn unix_parts(t: SystemTime) -> (i64, u32) {
 mod tests {
     use super::*;
 
+    /// A network-like body: `data` in pieces of `piece` bytes, then either its end or,
+    /// with `stall`, nothing ever again (a connection that hangs).
+    struct Pieces {
+        data: Vec<u8>,
+        piece: usize,
+        stall: bool,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.data.is_empty() && self.stall {
+                return Poll::Pending;
+            }
+            let n = self.piece.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read_ahead(body: Pieces, announced: u64, rt: &tokio::runtime::Runtime) -> ReadAhead {
+        let checked = LengthChecked {
+            inner: Box::pin(body),
+            expected: Some(announced),
+            seen: 0,
+        };
+        let _context = rt.enter();
+        ReadAhead::spawn(checked, 2 * HANDOFF_BYTES)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn read_ahead_delivers_the_body_in_order_then_its_end() {
+        let data: Vec<u8> = (0..3 * HANDOFF_BYTES + 777)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let rt = runtime();
+        let body = Pieces {
+            data: data.clone(),
+            piece: 10_000,
+            stall: false,
+        };
+        let mut reader = read_ahead(body, data.len() as u64, &rt);
+        let mut got = Vec::new();
+        let mut small = [0u8; 4099];
+        loop {
+            let n = reader.read(&mut small).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert!(got == data, "the body came out changed");
+        assert_eq!(reader.read(&mut small).unwrap(), 0, "the end is sticky");
+    }
+
+    #[test]
+    fn read_ahead_reports_a_short_body_after_its_bytes() {
+        let rt = runtime();
+        let body = Pieces {
+            data: vec![7; 1000],
+            piece: 300,
+            stall: false,
+        };
+        let mut reader = read_ahead(body, 5000, &rt);
+        let mut got = Vec::new();
+        let err = reader.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, vec![7; 1000]);
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("1000 of 5000"), "{err}");
+    }
+
+    #[test]
+    fn read_ahead_whose_task_is_gone_is_an_error_not_an_end() {
+        // The runtime shuts down while the body hangs: the reading task is dropped
+        // without sending the end, and the reader must not mistake that for one.
+        let rt = runtime();
+        let body = Pieces {
+            data: vec![1; 100],
+            piece: 100,
+            stall: true,
+        };
+        let mut reader = read_ahead(body, 200, &rt);
+        drop(rt);
+        let mut got = Vec::new();
+        let err = reader.read_to_end(&mut got).unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0));
