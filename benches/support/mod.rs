@@ -210,9 +210,15 @@ pub struct Sample {
     pub peak_rss_kb: Option<i64>,
 }
 
-/// Runs `cmd` to completion (stdin, stdout and stderr on /dev/null), timing it and
-/// reading its peak RSS; panics, showing the command, if it fails.
-pub fn run(mut cmd: Command) -> Sample {
+/// Runs `cmd` to completion (stdin and stdout on /dev/null), timing it and reading its
+/// peak RSS; panics, showing the command and its stderr, if it fails.
+pub fn run(cmd: Command) -> Sample {
+    run_expecting(cmd, 0)
+}
+
+/// Like [`run`] for a command whose exit code is part of the case (e.g. 1 for a
+/// missing segment).
+pub fn run_expecting(mut cmd: Command, code: i32) -> Sample {
     let stderr = tempfile::tempfile().expect("a temporary file for stderr");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -231,9 +237,9 @@ pub fn run(mut cmd: Command) -> Sample {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed();
     assert_eq!(rc, pid, "wait4 failed");
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == code) {
         panic!(
-            "{cmd:?} failed (status {status:#x}); its stderr ends with:\n{}",
+            "{cmd:?}: status {status:#x}, expected exit {code}; its stderr ends with:\n{}",
             tail_of(stderr)
         );
     }
@@ -248,27 +254,9 @@ fn tail_of(mut file: std::fs::File) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(2000)));
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    text
-}
-
-/// Like [`run`] for a command whose exit code is part of the case (e.g. 1 for a
-/// missing segment).
-pub fn run_expecting(mut cmd: Command, code: i32) -> Sample {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let start = Instant::now();
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let elapsed = start.elapsed();
-    assert_eq!(status.code(), Some(code), "{cmd:?}");
-    Sample {
-        elapsed,
-        peak_rss_kb: None,
-    }
+    let mut tail = Vec::new();
+    let _ = file.read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 /// Real WAL-E 1.1.1's `wal-e`: `$WALE_E_BIN`, else the venv `scripts/bench.sh` installs.
