@@ -459,20 +459,15 @@ impl Extractor {
 
     /// Makes sure every ancestor of `relative` is a safe directory, creating missing ones.
     fn ensure_parent(&self, relative: &Path, member: &str) -> Result<(), Error> {
-        let mut prefix = PathBuf::new();
-        let mut components = relative.components().peekable();
-        while let Some(component) = components.next() {
-            if components.peek().is_none() {
-                break;
-            }
-            prefix.push(component);
-            self.ensure_component(&prefix, member, true)?;
-        }
-        Ok(())
+        self.walk_parents(relative, member, true)
     }
 
     /// Checks (without creating) that every ancestor of `relative` is a safe directory.
     fn check_parents(&self, relative: &Path, member: &str) -> Result<(), Error> {
+        self.walk_parents(relative, member, false)
+    }
+
+    fn walk_parents(&self, relative: &Path, member: &str, create: bool) -> Result<(), Error> {
         let mut prefix = PathBuf::new();
         let mut components = relative.components().peekable();
         while let Some(component) = components.next() {
@@ -480,7 +475,7 @@ impl Extractor {
                 break;
             }
             prefix.push(component);
-            self.ensure_component(&prefix, member, false)?;
+            self.ensure_component(&prefix, member, create)?;
         }
         Ok(())
     }
