@@ -126,6 +126,14 @@ pub enum Command {
     WalFetch(WalFetchArgs),
     /// Run the background prefetcher for a WAL directory (wal-fetch starts it itself).
     WalPrefetch(WalPrefetchArgs),
+    /// Restore a backup into a ready-to-start server: checks, fetch, layout, configuration,
+    /// recovery settings; --standby for a hot standby following the archive, --start to
+    /// start it.
+    Restore(Box<RestoreArgs>),
+    /// Where a restored server stands against the archive: replay position, lag, caught up.
+    Status(StatusArgs),
+    /// Promote a caught-up standby to a writable primary.
+    Promote(PromoteArgs),
     /// Print wale's version.
     Version,
 }
@@ -169,6 +177,117 @@ pub struct BackupFetchArgs {
     /// files are kept).
     #[arg(long)]
     pub overwrite: bool,
+}
+
+/// `restore PGDATA [BACKUP_NAME|LATEST] [options]`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The data directory to create (absent or empty).
+    pub pgdata: PathBuf,
+
+    /// A backup name, or LATEST [default: LATEST, or with --target-time the newest backup
+    /// that finished before it].
+    pub backup_name: Option<String>,
+
+    /// Make a hot standby that follows the archive (standby.signal) instead of recovering
+    /// to the end of the archive (or the target) and stopping there.
+    #[arg(long)]
+    pub standby: bool,
+
+    /// Start the server once restored, as the data directory's owner, and wait until it
+    /// accepts connections.
+    #[arg(long)]
+    pub start: bool,
+
+    /// The port the restored server listens on.
+    #[arg(long, default_value_t = 5432, value_name = "N")]
+    pub port: u16,
+
+    /// The directory of the server binaries (postgres, pg_ctl, psql) to use [default:
+    /// /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, then PATH].
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// Restore tablespace OID into PATH instead of the default beside PGDATA; repeat for
+    /// several.
+    #[arg(long = "tablespace", value_name = "OID=PATH")]
+    pub tablespaces: Vec<String>,
+
+    /// Add or override a setting in the postgresql.conf wale writes; repeat for several.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub settings: Vec<String>,
+
+    /// Register the restored server as Debian cluster N/NAME (postgresql-common), with
+    /// its configuration under /etc/postgresql/N/NAME.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// When running as root: the user who will own the data directory and run the server.
+    #[arg(long, default_value = "postgres", value_name = "USER")]
+    pub owner: String,
+
+    /// How many partitions to download and extract at once.
+    #[arg(short = 'p', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pool_size: Option<u16>,
+
+    /// Recover up to this time (recovery_target_time), e.g. '2026-11-30 10:00:00+00'.
+    #[arg(long, value_name = "T", group = "target")]
+    pub target_time: Option<String>,
+
+    /// Recover up to this WAL position (recovery_target_lsn), e.g. 0/3000060.
+    #[arg(long, value_name = "L", group = "target")]
+    pub target_lsn: Option<String>,
+
+    /// Recover up to this restore point (recovery_target_name), made with
+    /// pg_create_restore_point().
+    #[arg(long, value_name = "N", group = "target")]
+    pub target_name: Option<String>,
+
+    /// Recover up to this transaction id (recovery_target_xid).
+    #[arg(long, value_name = "X", group = "target")]
+    pub target_xid: Option<String>,
+
+    /// Recover only until the backup is consistent (recovery_target = 'immediate').
+    #[arg(long, group = "target")]
+    pub target_immediate: bool,
+
+    /// What to do at the target: pause (PostgreSQL's default), promote or shutdown.
+    #[arg(long, value_name = "ACTION", value_parser = ["pause", "promote", "shutdown"])]
+    pub target_action: Option<String>,
+
+    /// Which timeline to follow: latest (default), current, or a number.
+    #[arg(long, default_value = "latest", value_name = "TLI")]
+    pub target_timeline: String,
+}
+
+/// `status PGDATA [--json]`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The data directory of the restored server.
+    pub pgdata: PathBuf,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The directory of the server binaries (psql) [default: found as for restore].
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// `promote PGDATA [--force]`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The data directory of the standby.
+    pub pgdata: PathBuf,
+
+    /// Promote even when the standby has not caught up with the archive.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The directory of the server binaries (pg_ctl, psql) [default: found as for restore].
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
 }
 
 /// `backup-list [QUERY] [--detail] [--json]`.
@@ -262,5 +381,34 @@ mod tests {
             Cli::try_parse_from(["wale", "-k", "K", "--aws-instance-profile", "version"]).is_err()
         );
         assert!(Cli::try_parse_from(["wale", "wal-fetch", "A"]).is_err());
+        let cli = Cli::try_parse_from([
+            "wale",
+            "restore",
+            "/d",
+            "--standby",
+            "--set",
+            "a=b",
+            "--tablespace",
+            "1=/t",
+        ])
+        .unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.standby && args.backup_name.is_none());
+        assert_eq!(args.target_timeline, "latest");
+        assert!(
+            Cli::try_parse_from([
+                "wale",
+                "restore",
+                "/d",
+                "--target-name",
+                "x",
+                "--target-lsn",
+                "0/1"
+            ])
+            .is_err(),
+            "one recovery target at most"
+        );
     }
 }

@@ -445,6 +445,40 @@ impl Config {
     }
 }
 
+/// The variables that give a child `wale` (a restored server's `restore_command`) this
+/// same configuration from an envdir: the chosen prefix under its variable name (a prefix
+/// flag becomes its variable; other prefixes are left out so precedence cannot change),
+/// every other `WALE_*` and `AWS_*` variable, and the credential flags. Sorted by name.
+pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, String)>, Error> {
+    let (source_name, prefix) = choose_prefix(flags, env)?;
+    let prefix_var = match source_name {
+        "--file-prefix" => "WALE_FILE_PREFIX",
+        "--gs-prefix" => "WALE_GS_PREFIX",
+        "--s3-prefix" => "WALE_S3_PREFIX",
+        "--wabs-prefix" => "WALE_WABS_PREFIX",
+        env_name => env_name,
+    };
+    let mut settings: Vec<(String, String)> = env
+        .vars
+        .iter()
+        .filter(|(name, _)| {
+            (name.starts_with("WALE_") || name.starts_with("AWS_")) && !name.ends_with("_PREFIX")
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    settings.push((prefix_var.to_string(), prefix.to_string()));
+    if let Some(key) = &flags.aws_access_key_id {
+        settings.retain(|(name, _)| name != "AWS_ACCESS_KEY_ID");
+        settings.push(("AWS_ACCESS_KEY_ID".into(), key.clone()));
+    }
+    if flags.aws_instance_profile {
+        settings.retain(|(name, _)| name != "AWS_INSTANCE_PROFILE");
+        settings.push(("AWS_INSTANCE_PROFILE".into(), "true".into()));
+    }
+    settings.sort();
+    Ok(settings)
+}
+
 /// The first non-empty prefix in WAL-E's order, with the name of where it came from.
 fn choose_prefix<'a>(
     flags: &'a GlobalFlags,
@@ -879,6 +913,34 @@ mod tests {
         ] {
             assert!(!bucket_is_subdomain_compatible(b), "{b}");
         }
+    }
+
+    #[test]
+    fn envdir_settings_keep_the_chosen_prefix_and_credentials() {
+        let env = env(&[
+            ("WALE_FILE_PREFIX", "file:///a"),
+            ("WALE_S3_PREFIX", "s3://b/p"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("WALE_RETRIES", "3"),
+            ("HOME", "/root"),
+        ]);
+        let flags = GlobalFlags {
+            s3_prefix: Some("s3://flag/p".into()),
+            aws_access_key_id: Some("K".into()),
+            ..GlobalFlags::default()
+        };
+        assert_eq!(
+            envdir_settings(&flags, &env).unwrap(),
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), "K".to_string()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+                ("WALE_RETRIES".into(), "3".into()),
+                ("WALE_S3_PREFIX".into(), "s3://flag/p".into()),
+            ]
+        );
+        let from_env = envdir_settings(&GlobalFlags::default(), &env).unwrap();
+        assert!(from_env.contains(&("WALE_FILE_PREFIX".into(), "file:///a".into())));
+        assert!(!from_env.iter().any(|(n, _)| n == "WALE_S3_PREFIX"));
     }
 
     #[test]

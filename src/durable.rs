@@ -85,7 +85,7 @@ impl StagedFile {
             }
             None => self.link_anonymous()?,
         }
-        File::open(parent_dir(&self.dest))?.sync_all()
+        sync_dir(parent_dir(&self.dest))
     }
 
     /// Gives the anonymous file its name: directly when the name is free, else through a
@@ -111,6 +111,40 @@ impl Drop for StagedFile {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Makes a directory's entries durable (a new or renamed name in it survives a crash).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Flushes the whole file system holding `place` (`syncfs`): one call for a restore's
+/// thousands of files instead of one fsync each.
+pub fn sync_file_system(place: &Path) -> io::Result<()> {
+    let dir = File::open(place)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
+}
+
+/// Writes a whole small file durably: absent or complete with `mode` (and, when given,
+/// owned by `owner`'s uid and gid), never half-written, replacing what was there. For
+/// configuration and control files (`postgresql.conf`, `tablespace_map`, an envdir).
+pub fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut staged = StagedFile::create(path)?;
+    staged.file().write_all(bytes)?;
+    staged
+        .file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(staged.file(), Some(uid), Some(gid))?;
+    }
+    staged.commit()
 }
 
 /// `linkat(…, AT_SYMLINK_FOLLOW)`, which links the file behind a `/proc/self/fd` entry.
@@ -296,6 +330,19 @@ mod tests {
         assert!(writer.written - writer.submitted < WRITEBACK_STRETCH + 100_000);
         staged.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+
+    #[test]
+    fn whole_files_get_their_mode_and_replace() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postgresql.conf");
+        write_file(&path, b"a = 1\n", 0o640, None).unwrap();
+        write_file(&path, b"a = 2\n", 0o600, None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a = 2\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

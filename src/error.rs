@@ -27,6 +27,9 @@ pub mod exit {
     pub const CORRUPT: u8 = 202;
     /// A local file or directory could not be read or written.
     pub const LOCAL: u8 = 203;
+    /// A usage or configuration error under `wal-fetch`: above 125, so that a broken
+    /// envdir stops archive recovery instead of ending it and promoting the server.
+    pub const WAL_FETCH_USAGE: u8 = 204;
 }
 
 /// Everything a command can fail with, each naming the object or path at fault.
@@ -62,6 +65,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A PostgreSQL server wale started or asked did not do what it should.
+    #[error("PostgreSQL: {detail} (log: {})", log.display())]
+    Server {
+        /// What went wrong, in one line.
+        detail: String,
+        /// The server's log.
+        log: PathBuf,
+    },
     /// A failure inside wale itself (a worker task died).
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,6 +88,11 @@ impl Error {
         }
     }
 
+    /// Whether this is the archive saying "no such object" (the one failure that exits 1).
+    pub fn is_not_found(&self) -> bool {
+        self.exit_code() == exit::NOT_FOUND
+    }
+
     /// The process exit status for this error (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -87,7 +103,7 @@ impl Error {
                 storage::Error::AccessDenied { .. } | storage::Error::Permanent { .. },
             ) => exit::STORE_REFUSED,
             Error::Corrupt { .. } => exit::CORRUPT,
-            Error::Local { .. } | Error::Internal(_) => exit::LOCAL,
+            Error::Local { .. } | Error::Server { .. } | Error::Internal(_) => exit::LOCAL,
         }
     }
 }

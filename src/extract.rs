@@ -16,7 +16,7 @@
 //! flushed with `syncfs`.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -431,9 +431,7 @@ impl Extractor {
         self.finish_file(&file, &path, &header)?;
         file.sync_all().map_err(io_err(&path, "cannot fsync"))?;
         let dir = self.root.join("global");
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir, "cannot fsync"))?;
+        crate::durable::sync_dir(&dir).map_err(io_err(&dir, "cannot fsync"))?;
         Ok(Some(data.len() as u64))
     }
 
@@ -442,11 +440,7 @@ impl Extractor {
         let mut places = vec![self.root.clone()];
         places.extend(self.options.trusted_links.iter().map(|l| self.root.join(l)));
         for place in places {
-            let dir = File::open(&place).map_err(io_err(&place, "cannot open to sync"))?;
-            // SAFETY: the descriptor is valid for the duration of the call.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-                return Err(io_err(&place, "cannot sync")(io::Error::last_os_error()));
-            }
+            crate::durable::sync_file_system(&place).map_err(io_err(&place, "cannot sync"))?;
         }
         Ok(())
     }
@@ -546,8 +540,8 @@ impl Extractor {
         if let Some(owner) = state.owners.get(&key) {
             return Some(*owner);
         }
-        let uid = lookup_user(&header.uname).unwrap_or(header.uid as u32);
-        let gid = lookup_group(&header.gname).unwrap_or(header.gid as u32);
+        let uid = crate::users::uid_of(&header.uname).unwrap_or(header.uid as u32);
+        let gid = crate::users::gid_of(&header.gname).unwrap_or(header.gid as u32);
         state.owners.insert(key, (uid, gid));
         Some((uid, gid))
     }
@@ -630,46 +624,6 @@ fn set_times_fd(file: &File, mtime: (i64, u32)) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-fn lookup_user(name: &str) -> Option<u32> {
-    lookup_id(name, libc::getpwnam_r, |user: &libc::passwd| user.pw_uid)
-}
-
-fn lookup_group(name: &str) -> Option<u32> {
-    lookup_id(name, libc::getgrnam_r, |group: &libc::group| group.gr_gid)
-}
-
-/// The shared part of `getpwnam_r` and `getgrnam_r`: a C string, a buffer, a record to
-/// fill, and the id read from it when the name exists.
-fn lookup_id<T>(
-    name: &str,
-    call: unsafe extern "C" fn(
-        *const libc::c_char,
-        *mut T,
-        *mut libc::c_char,
-        libc::size_t,
-        *mut *mut T,
-    ) -> libc::c_int,
-    id: impl FnOnce(&T) -> u32,
-) -> Option<u32> {
-    let c = CString::new(name).ok().filter(|_| !name.is_empty())?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: T is a plain C record (passwd or group); all-zero is a valid value.
-    let mut record: T = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call, which writes only into `record`, `buf`
-    // and `result`.
-    let rc = unsafe {
-        call(
-            c.as_ptr(),
-            &mut record,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then(|| id(&record))
 }
 
 #[cfg(test)]

@@ -33,6 +33,21 @@ impl Layout {
         format!("{}{}/tar_partitions/", self.basebackups(), backup.as_str())
     }
 
+    /// `<prefix>basebackups_005/<backup>/extended_version.txt`: the source server's
+    /// `select version()`, which names its major version.
+    pub fn extended_version_key(&self, backup: &BackupName) -> String {
+        format!(
+            "{}{}/extended_version.txt",
+            self.basebackups(),
+            backup.as_str()
+        )
+    }
+
+    /// `<prefix>wal_005/`.
+    pub fn wal_dir(&self) -> String {
+        format!("{}wal_{VERSION}/", self.path_prefix)
+    }
+
     /// The sentinel object whose existence marks `backup` complete.
     pub fn sentinel_key(&self, backup: &BackupName) -> String {
         format!("{}{}{SENTINEL_SUFFIX}", self.basebackups(), backup.as_str())

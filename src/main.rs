@@ -16,20 +16,41 @@ use wale::config::{Config, Env};
 use wale::error::{Error, exit};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     init_logging(cli.terse);
     match run(&cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            let code = err.exit_code();
             let line = err.to_string().replace('\n', " ");
-            if code == exit::NOT_FOUND {
+            // The end of the archive is routine for restore_command; for anything else a
+            // missing object is the command failing.
+            if err.is_not_found() && matches!(cli.command, Command::WalFetch(_)) {
                 tracing::info!("{line}");
             } else {
                 tracing::error!("{line}");
             }
-            ExitCode::from(code)
+            match &cli.command {
+                Command::WalFetch(args) => ExitCode::from(commands::settle_wal_fetch(args, &err)),
+                _ => ExitCode::from(err.exit_code()),
+            }
         }
+    }
+}
+
+/// A command line clap refused. Under `wal-fetch` the status is above 125: PostgreSQL
+/// would read 2 as "not available", end archive recovery and promote.
+fn usage_error(err: clap::Error) -> ExitCode {
+    let _ = err.print();
+    if !err.use_stderr() {
+        return ExitCode::from(exit::OK); // --help, --version
+    }
+    if std::env::args().any(|arg| arg == "wal-fetch") {
+        ExitCode::from(exit::WAL_FETCH_USAGE)
+    } else {
+        ExitCode::from(exit::USAGE)
     }
 }
 
@@ -42,11 +63,16 @@ fn run(cli: &Cli) -> Result<(), Error> {
     if let Some(dir) = &cli.envdir {
         env.apply_envdir(dir)?;
     }
-    let config = Config::resolve(&cli.global_flags(), &env)?;
+    let flags = cli.global_flags();
+    let config = Config::resolve(&flags, &env)?;
     let mut options = Options {
         relaunch: cli.relaunch_args(),
+        envdir: cli.envdir.clone(),
         ..Options::default()
     };
+    if let Command::Restore(_) = cli.command {
+        options.envdir_settings = wale::config::envdir_settings(&flags, &env)?;
+    }
     options.lzop.allow_concatenated = cli.allow_concatenated_lzop;
     // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
     // starts faster (decoding still runs on a blocking thread). The others work in

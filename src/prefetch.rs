@@ -27,9 +27,6 @@ pub struct PrefetchDir {
     root: PathBuf,
 }
 
-/// PostgreSQL's default WAL segment size, assumed until a fetched segment says otherwise.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
-
 impl PrefetchDir {
     /// The area of the WAL directory `base` (PostgreSQL's `pg_wal`, resolved):
     /// `base/.wal-e/prefetch` as WAL-E had it, or `override_dir` (`WALE_PREFETCH_DIR`,
@@ -111,7 +108,7 @@ impl PrefetchDir {
         let size = size.parse().ok().filter(|&s| wal::is_valid_segment_size(s));
         Some((
             SegmentName::parse(name)?,
-            size.unwrap_or(DEFAULT_SEGMENT_SIZE),
+            size.unwrap_or(wal::DEFAULT_SEGMENT_SIZE),
         ))
     }
 
@@ -209,63 +206,8 @@ pub fn check_segment_file(path: &Path, segment: &SegmentName) -> io::Result<u64>
     }
     let mut header = [0u8; 16];
     file.read_exact(&mut header)?;
-    check_page_header(&header, segment, size).map_err(io::Error::other)?;
+    wal::check_page_header(&header, segment, size).map_err(io::Error::other)?;
     Ok(size)
-}
-
-/// The long page header at the start of a segment (`XLogLongPageHeaderData`):
-/// `xlp_magic` u16, `xlp_info` u16, `xlp_tli` u32, `xlp_pageaddr` u64, little-endian.
-pub fn check_page_header(
-    header: &[u8; 16],
-    segment: &SegmentName,
-    size: u64,
-) -> Result<(), String> {
-    let magic = u16::from_le_bytes([header[0], header[1]]);
-    let info = u16::from_le_bytes([header[2], header[3]]);
-    let tli = u32::from_le_bytes(header[4..8].try_into().unwrap());
-    let pageaddr = u64::from_le_bytes(header[8..16].try_into().unwrap());
-    if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
-        return Err(format!("no WAL page magic (found {magic:#06x})"));
-    }
-    if info & 0x0002 == 0 {
-        return Err("the first page has no long header".into());
-    }
-    if tli != segment.timeline {
-        return Err(format!(
-            "page header says timeline {tli}, the name {}",
-            segment.timeline
-        ));
-    }
-    let expected = segment_start(segment, size);
-    if pageaddr != expected {
-        return Err(format!(
-            "page header address {pageaddr:#x} is not the segment's start {expected:#x}"
-        ));
-    }
-    Ok(())
-}
-
-/// The LSN where a segment starts.
-pub fn segment_start(segment: &SegmentName, size: u64) -> u64 {
-    let per_log = 0x1_0000_0000 / size;
-    (u64::from(segment.log) * per_log + u64::from(segment.seg)) * size
-}
-
-/// The segment after `segment`, for segments of `size` bytes.
-pub fn next_segment(segment: &SegmentName, size: u64) -> SegmentName {
-    let per_log = (0x1_0000_0000 / size) as u32;
-    if segment.seg + 1 >= per_log {
-        SegmentName {
-            timeline: segment.timeline,
-            log: segment.log + 1,
-            seg: 0,
-        }
-    } else {
-        SegmentName {
-            seg: segment.seg + 1,
-            ..*segment
-        }
-    }
 }
 
 /// Makes a finished download visible under its name.
@@ -275,7 +217,7 @@ pub fn publish(partial: &Path, mut file: File, ready: &Path) -> io::Result<()> {
     drop(file);
     fs::rename(partial, ready)?;
     if let Some(dir) = ready.parent() {
-        File::open(dir)?.sync_all()?;
+        crate::durable::sync_dir(dir)?;
     }
     Ok(())
 }
@@ -290,33 +232,6 @@ mod tests {
             log,
             seg,
         }
-    }
-
-    #[test]
-    fn next_names_follow_the_segment_size() {
-        assert_eq!(next_segment(&seg(1, 0, 0xFE), 16 << 20), seg(1, 0, 0xFF));
-        assert_eq!(next_segment(&seg(1, 0, 0xFF), 16 << 20), seg(1, 1, 0));
-        assert_eq!(next_segment(&seg(2, 3, 0x3F), 64 << 20), seg(2, 4, 0));
-        // 1 MiB segments go past 0xFF, which WAL-E asserted against.
-        assert_eq!(next_segment(&seg(1, 0, 0xFF), 1 << 20), seg(1, 0, 0x100));
-        assert_eq!(
-            segment_start(&seg(1, 1, 2), 16 << 20),
-            (0x100 + 2) * (16 << 20)
-        );
-    }
-
-    #[test]
-    fn page_headers_are_checked() {
-        let s = seg(1, 0, 3);
-        let mut h = [0u8; 16];
-        h[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        h[2..4].copy_from_slice(&2u16.to_le_bytes());
-        h[4..8].copy_from_slice(&1u32.to_le_bytes());
-        h[8..16].copy_from_slice(&(3u64 * (16 << 20)).to_le_bytes());
-        assert!(check_page_header(&h, &s, 16 << 20).is_ok());
-        assert!(check_page_header(&h, &seg(2, 0, 3), 16 << 20).is_err());
-        assert!(check_page_header(&h, &seg(1, 0, 4), 16 << 20).is_err());
-        assert!(check_page_header(&[0u8; 16], &s, 16 << 20).is_err());
     }
 
     #[test]

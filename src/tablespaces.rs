@@ -277,9 +277,14 @@ pub fn fix_tablespace_map(target: &Path) -> Result<Option<String>, Error> {
     let result = if kept.is_empty() {
         std::fs::remove_file(&path)
     } else {
-        let temp = target.join(".tablespace_map.wale");
-        let _ = std::fs::remove_file(&temp);
-        std::fs::write(&temp, kept).and_then(|()| std::fs::rename(&temp, &path))
+        // Keep the restored file's mode and owner (the archive's, applied as root).
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(&path);
+        let mode = meta
+            .as_ref()
+            .map_or(0o600, |m| m.permissions().mode() & 0o7777);
+        let owner = meta.ok().map(|m| (m.uid(), m.gid()));
+        crate::durable::write_file(&path, kept.as_bytes(), mode, owner)
     };
     result.map_err(|e| Error::local(&path, "cannot rewrite", e))?;
     Ok(Some(changes.join("; ")))

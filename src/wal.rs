@@ -1,7 +1,36 @@
-//! PostgreSQL WAL file names as `restore_command` receives them (`%f`): segments,
-//! timeline history files, backup history labels and `.partial` segments. Pure code.
+//! PostgreSQL's WAL names and arithmetic, the one place for both: file names as
+//! `restore_command` receives them (`%f`: segments, timeline history files, backup
+//! history labels, `.partial` segments), log sequence numbers, segment sizes, which
+//! segment holds a position, and the page header that starts every segment. Pure code.
 
 use std::fmt;
+
+/// PostgreSQL's default WAL segment size, assumed until a segment or `pg_control` says
+/// otherwise.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+/// A position in WAL (`pg_lsn`), printed as PostgreSQL prints it: `16/B374D848`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses `X/Y` (one to eight hex digits each, either case), as `pg_lsn` accepts.
+    pub fn parse(text: &str) -> Option<Lsn> {
+        let (hi, lo) = text.trim().split_once('/')?;
+        let half = |s: &str| {
+            (!s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        Some(Lsn((u64::from(half(hi)?) << 32) | u64::from(half(lo)?)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
 
 /// A 24-hex-digit WAL segment name: timeline, log and segment number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,6 +55,49 @@ impl SegmentName {
             log: parse_hex8(&name[8..16])?,
             seg: parse_hex8(&name[16..24])?,
         })
+    }
+}
+
+impl SegmentName {
+    /// Segments per "log" (the middle eight hex digits) for this segment size.
+    fn per_log(size: u64) -> u64 {
+        0x1_0000_0000 / size
+    }
+
+    /// The segment's number counted from the start of WAL (`XLogSegNo`).
+    pub fn number(&self, size: u64) -> u64 {
+        u64::from(self.log) * Self::per_log(size) + u64::from(self.seg)
+    }
+
+    /// The segment with number `number` on `timeline`.
+    pub fn from_number(timeline: u32, number: u64, size: u64) -> SegmentName {
+        let per_log = Self::per_log(size);
+        SegmentName {
+            timeline,
+            log: (number / per_log) as u32,
+            seg: (number % per_log) as u32,
+        }
+    }
+
+    /// The segment holding the byte at `lsn` (`XLByteToSeg`).
+    pub fn containing(timeline: u32, lsn: Lsn, size: u64) -> SegmentName {
+        Self::from_number(timeline, lsn.0 / size, size)
+    }
+
+    /// The segment `pg_walfile_name()` names for `lsn`: a position exactly at a segment
+    /// boundary is the end of the segment before it (`XLByteToPrevSeg`).
+    pub fn ending_at(timeline: u32, lsn: Lsn, size: u64) -> SegmentName {
+        Self::from_number(timeline, lsn.0.saturating_sub(1) / size, size)
+    }
+
+    /// The LSN where the segment starts.
+    pub fn start_lsn(&self, size: u64) -> Lsn {
+        Lsn(self.number(size) * size)
+    }
+
+    /// The segment after this one on the same timeline.
+    pub fn next(&self, size: u64) -> SegmentName {
+        Self::from_number(self.timeline, self.number(size) + 1, size)
     }
 }
 
@@ -97,6 +169,90 @@ pub fn is_valid_segment_size(size: u64) -> bool {
     size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
 }
 
+/// The long page header that starts every WAL segment (`XLogLongPageHeaderData`,
+/// little-endian): `xlp_magic` u16, `xlp_info` u16, `xlp_tli` u32, `xlp_pageaddr` u64,
+/// `xlp_rem_len` u32 and padding to 24 bytes, then `xlp_sysid` u64, `xlp_seg_size` u32,
+/// `xlp_xlog_blcksz` u32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    /// WAL page magic: one value per PostgreSQL major version.
+    pub magic: u16,
+    /// The timeline the page was written on.
+    pub timeline: u32,
+    /// The LSN of the page's first byte.
+    pub page_address: Lsn,
+    /// The database system identifier (as in `pg_control`).
+    pub system_identifier: u64,
+    /// The segment size the cluster was initialised with.
+    pub segment_size: u32,
+    /// The WAL block size.
+    pub block_size: u32,
+}
+
+/// Bytes of a long page header.
+pub const LONG_PAGE_HEADER_SIZE: usize = 40;
+
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+impl LongPageHeader {
+    /// Parses the first bytes of a segment; refuses anything without WAL's magic range
+    /// and the long-header flag.
+    pub fn parse(bytes: &[u8]) -> Result<LongPageHeader, String> {
+        let Some(bytes) = bytes.get(..LONG_PAGE_HEADER_SIZE) else {
+            return Err(format!(
+                "{} bytes is too short for a WAL page header",
+                bytes.len()
+            ));
+        };
+        let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+        let magic = u16_at(0);
+        if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
+            return Err(format!("no WAL page magic (found {magic:#06x})"));
+        }
+        if u16_at(2) & XLP_LONG_HEADER == 0 {
+            return Err("the first page has no long header".into());
+        }
+        Ok(LongPageHeader {
+            magic,
+            timeline: u32_at(4),
+            page_address: Lsn(u64_at(8)),
+            system_identifier: u64_at(24),
+            segment_size: u32_at(32),
+            block_size: u32_at(36),
+        })
+    }
+}
+
+/// Checks that the first bytes of a file are the long page header of `segment`: WAL's
+/// magic, the long-header flag, the name's timeline and the segment's own start address.
+pub fn check_page_header(header: &[u8], segment: &SegmentName, size: u64) -> Result<(), String> {
+    let magic = u16::from_le_bytes([header[0], header[1]]);
+    let info = u16::from_le_bytes([header[2], header[3]]);
+    let tli = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let pageaddr = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
+        return Err(format!("no WAL page magic (found {magic:#06x})"));
+    }
+    if info & XLP_LONG_HEADER == 0 {
+        return Err("the first page has no long header".into());
+    }
+    if tli != segment.timeline {
+        return Err(format!(
+            "page header says timeline {tli}, the name {}",
+            segment.timeline
+        ));
+    }
+    let expected = segment.start_lsn(size).0;
+    if pageaddr != expected {
+        return Err(format!(
+            "page header address {pageaddr:#x} is not the segment's start {expected:#x}"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that a `%f` name is one plain path component, so it cannot address anything
 /// outside `wal_005/`.
 pub fn check_archive_name(name: &str) -> Result<(), &'static str> {
@@ -155,6 +311,73 @@ mod tests {
             WalFileKind::of("ééééééééééééééééééééééé.backup"),
             WalFileKind::Other
         );
+    }
+
+    fn seg(tli: u32, log: u32, seg: u32) -> SegmentName {
+        SegmentName {
+            timeline: tli,
+            log,
+            seg,
+        }
+    }
+
+    #[test]
+    fn next_names_follow_the_segment_size() {
+        assert_eq!(seg(1, 0, 0xFE).next(16 << 20), seg(1, 0, 0xFF));
+        assert_eq!(seg(1, 0, 0xFF).next(16 << 20), seg(1, 1, 0));
+        assert_eq!(seg(2, 3, 0x3F).next(64 << 20), seg(2, 4, 0));
+        // 1 MiB segments go past 0xFF, which WAL-E asserted against.
+        assert_eq!(seg(1, 0, 0xFF).next(1 << 20), seg(1, 0, 0x100));
+        assert_eq!(
+            seg(1, 1, 2).start_lsn(16 << 20),
+            Lsn((0x100 + 2) * (16 << 20))
+        );
+    }
+
+    #[test]
+    fn positions_name_segments_as_postgres_does() {
+        let size = 16 << 20;
+        let lsn = Lsn::parse("0/C000000").unwrap();
+        assert_eq!(lsn, Lsn(0xC00_0000));
+        assert_eq!(lsn.to_string(), "0/C000000");
+        assert_eq!(
+            Lsn::parse("16/b374d848").unwrap().to_string(),
+            "16/B374D848"
+        );
+        for bad in ["", "0", "/1", "1/", "123456789/0", "g/0", "0/0/0"] {
+            assert_eq!(Lsn::parse(bad), None, "{bad}");
+        }
+        // A boundary belongs to the segment before it for pg_walfile_name.
+        assert_eq!(SegmentName::ending_at(1, lsn, size), seg(1, 0, 0xB));
+        assert_eq!(SegmentName::containing(1, lsn, size), seg(1, 0, 0xC));
+        let inside = Lsn(0x1_0000_0000 + 5);
+        assert_eq!(SegmentName::ending_at(3, inside, size), seg(3, 1, 0));
+        assert_eq!(seg(1, 1, 0).number(size), 256);
+        assert_eq!(SegmentName::from_number(1, 256, size), seg(1, 1, 0));
+    }
+
+    #[test]
+    fn page_headers_are_checked_and_parsed() {
+        let s = seg(1, 0, 3);
+        let mut h = [0u8; LONG_PAGE_HEADER_SIZE];
+        h[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        h[2..4].copy_from_slice(&2u16.to_le_bytes());
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..16].copy_from_slice(&(3u64 * (16 << 20)).to_le_bytes());
+        h[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
+        h[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        h[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        assert!(check_page_header(&h, &s, 16 << 20).is_ok());
+        assert!(check_page_header(&h, &seg(2, 0, 3), 16 << 20).is_err());
+        assert!(check_page_header(&h, &seg(1, 0, 4), 16 << 20).is_err());
+        assert!(check_page_header(&[0u8; 16], &s, 16 << 20).is_err());
+        let long = LongPageHeader::parse(&h).unwrap();
+        assert_eq!(long.system_identifier, 7_000_000_000_000_000_001);
+        assert_eq!(long.segment_size, 16 << 20);
+        assert_eq!(long.page_address, s.start_lsn(16 << 20));
+        assert!(LongPageHeader::parse(&h[..20]).is_err());
+        h[2] = 0;
+        assert!(LongPageHeader::parse(&h).is_err());
     }
 
     #[test]

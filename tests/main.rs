@@ -18,6 +18,8 @@ mod prefetch;
 mod reliability;
 /// Full, read-only and cross-device destinations.
 mod resources;
+/// `restore`, `status`, `promote`: from a Heroku-like archive to a standby and cutover.
+mod restore;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
 /// The storage contract, run against both backends.

@@ -50,49 +50,87 @@ pub async fn run(
     lzop_options: lzop::Options,
     args: &BackupFetchArgs,
 ) -> Result<(), Error> {
-    let started = Instant::now();
-    let target = args.pg_cluster_directory.clone();
     // Flags are checked before anything is fetched.
     let mappings = args
         .tablespaces
         .iter()
         .map(|m| tablespaces::parse_mapping(m))
         .collect::<Result<Vec<_>, _>>()?;
-    prepare_target(&target, args.overwrite)?;
-
+    prepare_target(&args.pg_cluster_directory, args.overwrite)?;
     let store = Arc::new(Store::open(&config.store).await?);
     let layout = Layout::new(config.store.path_prefix());
     let backup = choose_backup(&store, &layout, config, &args.backup_name).await?;
+    let request = FetchRequest {
+        target: args.pg_cluster_directory.clone(),
+        backup,
+        pool_size: args.pool_size,
+        blind_restore: args.blind_restore,
+        restore_spec: args.restore_spec.clone(),
+        mappings,
+        keep_wal_link: args.keep_wal_link,
+    };
+    fetch(config, &store, lzop_options, &request).await
+}
+
+/// One restore of a chosen backup into a prepared target (see [`prepare_target`]).
+pub struct FetchRequest {
+    /// The data directory.
+    pub target: PathBuf,
+    /// The backup.
+    pub backup: BackupName,
+    /// Partitions at once (`None`: the default pool).
+    pub pool_size: Option<u16>,
+    /// `--blind-restore`.
+    pub blind_restore: bool,
+    /// `--restore-spec`.
+    pub restore_spec: Option<String>,
+    /// `--tablespace OID=PATH` mappings.
+    pub mappings: Vec<(String, PathBuf)>,
+    /// `--keep-wal-link`.
+    pub keep_wal_link: bool,
+}
+
+/// Fetches the backup: GET → lzop → tar → extraction for every partition, then the
+/// layout fix-ups, `pg_control` last, everything flushed.
+pub async fn fetch(
+    config: &Config,
+    store: &Arc<Store>,
+    lzop_options: lzop::Options,
+    request: &FetchRequest,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let (target, backup) = (&request.target, &request.backup);
+    let layout = Layout::new(config.store.path_prefix());
     let detail = crate::retry::with_retries(&config.retry, "read the sentinel", || {
-        backups::read_detail(&store, &layout, &backup)
+        backups::read_detail(store, &layout, backup)
     })
     .await?;
-    let partitions = list_partitions(&store, &layout, &backup, &config.retry).await?;
+    let partitions = list_partitions(store, &layout, backup, &config.retry).await?;
 
     let backup_tablespaces =
         tablespaces::from_spec(detail.spec.as_ref()).map_err(|reason| Error::Corrupt {
-            url: store.url(&layout.sentinel_key(&backup)),
+            url: store.url(&layout.sentinel_key(backup)),
             reason,
         })?;
     let choices = Choices {
-        blind: args.blind_restore,
-        restore_spec: args
+        blind: request.blind_restore,
+        restore_spec: request
             .restore_spec
             .as_deref()
             .map(|arg| tablespaces::load_restore_spec(arg, detail.spec.as_ref()))
             .transpose()?,
-        mappings,
+        mappings: request.mappings.clone(),
     };
-    let trusted_links = tablespaces::prepare(&target, &backup_tablespaces, &choices)?;
+    let trusted_links = tablespaces::prepare(target, &backup_tablespaces, &choices)?;
 
-    write_marker(&target, &backup)?;
+    write_marker(target, backup)?;
     let extractor = Arc::new(
         Extractor::new(
-            &target,
+            target,
             extract::Options {
                 // SAFETY: geteuid has no preconditions and cannot fail.
                 set_owner: unsafe { libc::geteuid() } == 0,
-                keep_wal_link: args.keep_wal_link,
+                keep_wal_link: request.keep_wal_link,
                 trusted_links,
                 reserved: vec![PathBuf::from(MARKER)],
             },
@@ -108,14 +146,14 @@ pub async fn run(
             .map(human_bytes)
             .unwrap_or_else(|| "size unknown".into())
     );
-    let pool = pool_size(args.pool_size, partitions.len());
+    let pool = pool_size(request.pool_size, partitions.len());
     let progress = Progress::start(
         extractor.clone(),
         partitions.len(),
         detail.expanded_size_bytes,
     );
     let result = restore_partitions(
-        &store,
+        store,
         &extractor,
         &partitions,
         pool,
@@ -132,7 +170,7 @@ pub async fn run(
     let mut summary = tokio::task::spawn_blocking(move || finisher.finish())
         .await?
         .map_err(|e| extract_error(&place, e))?;
-    finish_layout(&target, &summary)?;
+    finish_layout(target, &summary)?;
     // Last: pg_control makes the directory startable, then the marker goes.
     if let Some(bytes) = extractor
         .write_pg_control()
@@ -144,7 +182,7 @@ pub async fn run(
     check_size(summary.bytes, detail.expanded_size_bytes);
     std::fs::remove_file(target.join(MARKER))
         .map_err(|e| Error::local(target.join(MARKER), "cannot remove", e))?;
-    sync_dir(&target)?;
+    sync_dir(target)?;
 
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -161,7 +199,7 @@ pub async fn run(
 }
 
 /// Creates the target if needed (0700) and refuses a live or non-empty one.
-fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
+pub fn prepare_target(target: &Path, overwrite: bool) -> Result<(), Error> {
     if target.join("postmaster.pid").exists() {
         return Err(Error::Usage(format!(
             "{} holds postmaster.pid: attempting to overwrite a live data directory",
@@ -469,9 +507,7 @@ fn read_major_version(target: &Path) -> Option<u32> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::local(dir, "cannot sync", e))
+    crate::durable::sync_dir(dir).map_err(|e| Error::local(dir, "cannot sync", e))
 }
 
 fn human_bytes(bytes: u64) -> String {

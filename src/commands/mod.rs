@@ -3,8 +3,13 @@
 
 mod backup_fetch;
 mod backup_list;
+mod promote;
+mod restore;
+mod status;
 mod wal_fetch;
 mod wal_prefetch;
+
+pub use wal_fetch::settle as settle_wal_fetch;
 
 use crate::cli::Command;
 use crate::config::Config;
@@ -18,6 +23,10 @@ pub struct Options {
     pub lzop: lzop::Options,
     /// Global arguments for a child `wale` (the prefetcher).
     pub relaunch: Vec<std::ffi::OsString>,
+    /// `--envdir`, as given: a restored server's `restore_command` reads it.
+    pub envdir: Option<std::path::PathBuf>,
+    /// The archive settings in effect, for the envdir `restore` writes when none was given.
+    pub envdir_settings: Vec<(String, String)>,
 }
 
 /// Runs one subcommand. `version` never gets here: it needs no configuration.
@@ -27,6 +36,9 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
         Command::BackupFetch(args) => backup_fetch::run(config, options.lzop, args).await,
+        Command::Restore(args) => restore::run(config, &options, args).await,
+        Command::Status(args) => status::run(config, args).await,
+        Command::Promote(args) => promote::run(config, args).await,
         Command::Version => Ok(()),
     }
 }

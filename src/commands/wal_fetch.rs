@@ -13,10 +13,11 @@ use crate::cli::WalFetchArgs;
 use crate::commands::Options;
 use crate::config::Config;
 use crate::durable::StagedFile;
-use crate::error::Error;
+use crate::error::{Error, exit};
+use crate::fetch_state::FetchState;
 use crate::layout::Layout;
 use crate::lzop::{self, DecodeToError};
-use crate::prefetch::{self, PrefetchDir};
+use crate::prefetch::PrefetchDir;
 use crate::storage::{self, ObjectReader, Storage, Store};
 use crate::wal::{self, SegmentName, WalFileKind};
 
@@ -46,6 +47,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
             .take(&args.wal_destination, options, args.prefetch)
             .await
     {
+        state_of(args).clear_error();
         tracing::info!(
             "restored {name} from the prefetch area ({size} bytes in {} ms)",
             started.elapsed().as_millis()
@@ -63,12 +65,53 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     if let Some(prefetching) = &prefetching {
         prefetching.learned_size(bytes);
     }
+    state_of(args).clear_error();
     tracing::info!(
         "restored {name} from {} ({bytes} bytes in {} ms)",
         store.url(&key),
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The exit status for a failed `wal-fetch`, and what `wale status` will read about it.
+///
+/// "Not found" is 1, and for a segment it is recorded: recovery has read everything
+/// before it. Any other failure is recorded, and then:
+/// * in standby mode (`standby.signal` in the working directory, which PostgreSQL makes
+///   the data directory) it exits 1 as well, loudly: a standby tries again a few seconds
+///   later, whereas a status above 125 would shut it down;
+/// * otherwise it exits above 125, usage and configuration errors included, so that
+///   archive recovery stops rather than ends and promotes at the wrong point.
+pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
+    let state = state_of(args);
+    if err.is_not_found() {
+        if let WalFileKind::Segment(segment) = WalFileKind::of(&args.wal_segment) {
+            state.record_not_found(&segment);
+        }
+        return exit::NOT_FOUND;
+    }
+    state.record_error(&err.to_string().replace('\n', " "));
+    if in_standby_mode() {
+        tracing::error!(
+            "standby mode: exiting 1 so that PostgreSQL asks again in a few seconds (the failure above would otherwise shut the standby down)"
+        );
+        return exit::NOT_FOUND;
+    }
+    match err.exit_code() {
+        exit::USAGE => exit::WAL_FETCH_USAGE,
+        code => code,
+    }
+}
+
+/// Whether PostgreSQL runs this `restore_command` for a standby: it runs it in the data
+/// directory, which then holds `standby.signal`.
+fn in_standby_mode() -> bool {
+    Path::new("standby.signal").is_file() && Path::new("PG_VERSION").is_file()
+}
+
+fn state_of(args: &WalFetchArgs) -> FetchState {
+    FetchState::for_wal_dir(&base_directory(&args.wal_destination))
 }
 
 /// The prefetch side of one `wal-fetch` of a segment.
@@ -118,7 +161,7 @@ impl Prefetching {
             let size = self
                 .area
                 .next()
-                .map_or(prefetch::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
+                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
             self.announce(self.segment, size, options, window);
             if wal_prefetch::wait_for(&self.area, &self.segment).await {
                 taken = take();
@@ -127,14 +170,9 @@ impl Prefetching {
         let size = taken.unwrap_or_else(|| {
             self.area
                 .next()
-                .map_or(prefetch::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
+                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
         });
-        self.announce(
-            prefetch::next_segment(&self.segment, size),
-            size,
-            options,
-            window,
-        );
+        self.announce(self.segment.next(size), size, options, window);
         taken
     }
 
@@ -157,9 +195,7 @@ impl Prefetching {
     /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
     fn learned_size(&self, size: u64) {
         if wal::is_valid_segment_size(size) && self.area.next().map(|(_, s)| s) != Some(size) {
-            let _ = self
-                .area
-                .set_next(&prefetch::next_segment(&self.segment, size), size);
+            let _ = self.area.set_next(&self.segment.next(size), size);
         }
     }
 }

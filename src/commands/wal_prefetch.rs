@@ -25,7 +25,7 @@ use crate::layout::Layout;
 use crate::lzop;
 use crate::prefetch::{self, PrefetchDir};
 use crate::storage::{self, Storage, Store};
-use crate::wal::SegmentName;
+use crate::wal::{self, SegmentName};
 
 /// How often the hint is read.
 const POLL: Duration = Duration::from_millis(20);
@@ -41,7 +41,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalPrefetchArgs) -> 
     area.create()
         .map_err(|e| Error::local(area.root(), "cannot create the prefetch directory", e))?;
     if area.next().is_none() {
-        area.set_next(&first, prefetch::DEFAULT_SEGMENT_SIZE)
+        area.set_next(&first, wal::DEFAULT_SEGMENT_SIZE)
             .map_err(|e| Error::local(area.root(), "cannot write", e))?;
     }
     let Some(_lock) = area
@@ -141,7 +141,7 @@ fn window_from(next: &SegmentName, size: u64, window: u32) -> Vec<SegmentName> {
     let mut segment = *next;
     for _ in 0..window {
         out.push(segment);
-        segment = prefetch::next_segment(&segment, size);
+        segment = segment.next(size);
     }
     out
 }

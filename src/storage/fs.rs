@@ -99,6 +99,51 @@ impl FileStore {
         Ok(listing)
     }
 
+    /// Files of one directory level after `start_after`, in key order; only names past
+    /// it are looked at closely.
+    fn list_after_blocking(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, Error> {
+        let (dir_key, name_start) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        let dir = self.path_of(dir_key)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_error(dir_key, e)),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error(dir_key, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let key = format!("{dir_key}{name}");
+            if name.starts_with(name_start) && key.as_str() > start_after {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        let mut objects = Vec::new();
+        for key in keys {
+            if objects.len() >= limit {
+                break;
+            }
+            match std::fs::metadata(Path::new("/").join(&key)) {
+                Ok(meta) if meta.is_file() => objects.push(Self::meta_of(key, &meta)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_error(&key, e)),
+            }
+        }
+        Ok(objects)
+    }
+
     /// One directory level: files become objects, subdirectories common prefixes.
     fn list_level(
         &self,
@@ -197,6 +242,23 @@ impl Storage for FileStore {
                 url: "file:///".into(),
                 detail: format!("listing task failed: {e}"),
             })?
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, Error> {
+        let (prefix, start_after) = (prefix.to_string(), start_after.to_string());
+        tokio::task::spawn_blocking(move || {
+            FileStore.list_after_blocking(&prefix, &start_after, limit)
+        })
+        .await
+        .map_err(|e| Error::Permanent {
+            url: "file:///".into(),
+            detail: format!("listing task failed: {e}"),
+        })?
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, Error> {

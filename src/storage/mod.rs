@@ -257,6 +257,15 @@ pub trait Storage {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> impl Future<Output = Result<Listing, Error>> + Send;
+    /// One page of a flat listing: at most `limit` objects directly under `prefix` whose
+    /// keys sort after `start_after`, in key order. Walking a long listing (all of
+    /// `wal_005/`) page by page from a known key keeps its cost to what is read.
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ObjectMeta>, Error>> + Send;
     /// Size and modification time of one object.
     fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, Error>> + Send;
     /// A URL naming `key`, for messages.
@@ -303,6 +312,18 @@ impl Storage for Store {
         match self {
             Store::S3(s) => s.list(prefix, delimiter).await,
             Store::File(s) => s.list(prefix, delimiter).await,
+        }
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, Error> {
+        match self {
+            Store::S3(s) => s.list_after(prefix, start_after, limit).await,
+            Store::File(s) => s.list_after(prefix, start_after, limit).await,
         }
     }
 

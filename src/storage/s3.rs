@@ -151,6 +151,45 @@ impl Storage for S3Store {
         Ok(listing)
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, Error> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .start_after(start_after)
+            .max_keys(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| self.classify(prefix, e))?;
+        let mut objects: Vec<ObjectMeta> = page
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                let key = object.key()?;
+                let modified = object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Some(ObjectMeta {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    last_modified_text: s3_listing_time(modified),
+                    modified,
+                })
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects.truncate(limit);
+        Ok(objects)
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, Error> {
         let output = self
             .client

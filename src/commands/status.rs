@@ -1,0 +1,354 @@
+//! `status PGDATA [--json]`: where a restored server stands against the archive.
+//!
+//! The server is found through `postmaster.pid` and asked, over its socket and as the
+//! data directory's owner, for its replay position; the archive is asked for its newest
+//! segment on that timeline with one listing that starts at the replay segment (so the
+//! cost follows the lag, not the archive's length) and for the next timeline's history
+//! file. "Caught up" needs proof that the newest segment was read to its end: `wal-fetch`
+//! recorded "not found" for the segment after it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::config::Config;
+use crate::error::Error;
+use crate::fetch_state::FetchState;
+use crate::layout::Layout;
+use crate::pg::control::ControlData;
+use crate::pg::server::{self, Binaries, Connection, PidFile};
+use crate::retry::with_retries;
+use crate::storage::{self, Storage, Store};
+use crate::wal::{Lsn, SegmentName};
+
+/// What `wale status` reports; also what `wale promote` decides on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The data directory.
+    pub pgdata: PathBuf,
+    /// Whether a server runs on it.
+    pub running: bool,
+    /// Whether it is in recovery (`None`: not running).
+    pub in_recovery: Option<bool>,
+    /// Whether it is a standby (`standby.signal`).
+    pub standby: bool,
+    /// The timeline being replayed.
+    pub timeline: Option<u32>,
+    /// The last replayed position.
+    pub replay_lsn: Option<String>,
+    /// The segment holding it, named as `pg_walfile_name()` would.
+    pub replay_segment: Option<String>,
+    /// When the last replayed transaction committed on the primary.
+    pub replay_timestamp: Option<String>,
+    /// The archive's newest segment on that timeline.
+    pub archive_last_segment: Option<String>,
+    /// A newer timeline in the archive (its history file exists).
+    pub newer_timeline: Option<u32>,
+    /// Segments between the replay segment and the archive's newest.
+    pub lag_segments: Option<u64>,
+    /// Bytes of WAL from the replay position to the end of the archive's newest segment.
+    pub lag_bytes: Option<u64>,
+    /// Whether replay is paused (by request, at a target, or for settings too low).
+    pub paused: bool,
+    /// The last segment `wal-fetch` was told is not in the archive.
+    pub last_not_found: Option<String>,
+    /// The last `wal-fetch` failure, if none succeeded since.
+    pub last_error: Option<String>,
+    /// Everything the archive holds on this timeline has been replayed.
+    pub caught_up: bool,
+    /// Why not, in words.
+    pub reason: String,
+}
+
+/// Runs `wale status`.
+pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
+    let report = gather(config, &args.pgdata, args.pg_bin.as_deref()).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::Internal(format!("cannot print JSON: {e}")))?
+        );
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+/// What the server replays, read once.
+struct Replay {
+    in_recovery: bool,
+    lsn: Option<Lsn>,
+    timeline: u32,
+    paused: bool,
+    timestamp: Option<String>,
+}
+
+/// Asks the server and the archive.
+pub async fn gather(
+    config: &Config,
+    pgdata: &Path,
+    pg_bin: Option<&Path>,
+) -> Result<Report, Error> {
+    let control = read_control(pgdata)?;
+    let standby = pgdata.join("standby.signal").is_file();
+    let wal_dir =
+        std::fs::canonicalize(pgdata.join("pg_wal")).unwrap_or_else(|_| pgdata.join("pg_wal"));
+    let state = FetchState::for_wal_dir(&wal_dir);
+    let mut report = Report {
+        pgdata: pgdata.to_path_buf(),
+        running: false,
+        in_recovery: None,
+        standby,
+        timeline: None,
+        replay_lsn: None,
+        replay_segment: None,
+        replay_timestamp: None,
+        archive_last_segment: None,
+        newer_timeline: None,
+        lag_segments: None,
+        lag_bytes: None,
+        paused: false,
+        last_not_found: state.last_not_found().map(|(_, s)| s.to_string()),
+        last_error: state.last_error().map(|r| r.text),
+        caught_up: false,
+        reason: String::new(),
+    };
+    let pid = PidFile::read(pgdata)
+        .map_err(|e| Error::local(pgdata.join("postmaster.pid"), "cannot read", e))?
+        .filter(PidFile::is_alive);
+    let Some(pid) = pid else {
+        report.reason = "no server is running on this data directory".into();
+        return Ok(report);
+    };
+    report.running = true;
+    let binaries =
+        Binaries::find(control.major_version, pg_bin).map_err(|e| Error::Usage(e.to_string()))?;
+    let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
+    let connection = Connection::new(&binaries, &owner, &pid).ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: the server listens on no Unix socket; wale status needs one",
+            pgdata.display()
+        ))
+    })?;
+    let replay = ask_server(&connection, control.major_version, &state)?;
+    report.in_recovery = Some(replay.in_recovery);
+    report.timeline = Some(replay.timeline);
+    report.paused = replay.paused;
+    report.replay_timestamp = replay.timestamp.clone();
+    if !replay.in_recovery {
+        report.reason = "the server is not in recovery (promoted, or a primary)".into();
+        return Ok(report);
+    }
+    let Some(lsn) = replay.lsn else {
+        report.reason = "the server has not replayed anything yet".into();
+        return Ok(report);
+    };
+    let size = u64::from(control.segment_size);
+    let replay_segment = SegmentName::ending_at(replay.timeline, lsn, size);
+    report.replay_lsn = Some(lsn.to_string());
+    report.replay_segment = Some(replay_segment.to_string());
+
+    let store = Store::open(&config.store).await?;
+    let layout = Layout::new(config.store.path_prefix());
+    let last = newest_segment_from(config, &store, &layout, &replay_segment).await?;
+    report.newer_timeline = newer_timeline(config, &store, &layout, replay.timeline).await?;
+    report.archive_last_segment = last.map(|s| s.to_string());
+    if let Some(last) = last {
+        let behind = last
+            .number(size)
+            .saturating_sub(replay_segment.number(size));
+        report.lag_segments = Some(behind);
+        report.lag_bytes = Some(last.next(size).start_lsn(size).0.saturating_sub(lsn.0));
+    }
+    let read_to_end = last.is_some_and(|last| {
+        last == replay_segment
+            && state
+                .last_not_found()
+                .is_some_and(|(_, missing)| missing == last.next(size))
+    });
+    report.reason = if report.paused {
+        "replay is paused (pg_wal_replay_resume(), or raise the settings the log names)".into()
+    } else if let Some(timeline) = report.newer_timeline {
+        format!("the archive has a newer timeline {timeline} to follow")
+    } else if last.is_none() {
+        format!(
+            "the archive has no segment on timeline {} from {replay_segment} on",
+            replay.timeline
+        )
+    } else if last != Some(replay_segment) {
+        format!(
+            "{} segments behind the archive",
+            report.lag_segments.unwrap_or_default()
+        )
+    } else if !read_to_end {
+        "in the archive's newest segment; not yet read to its end (wal-fetch has not asked for the next one)".into()
+    } else {
+        String::new()
+    };
+    report.caught_up = report.reason.is_empty();
+    if report.caught_up {
+        report.reason = "replayed everything the archive holds".into();
+    }
+    Ok(report)
+}
+
+/// `pg_control` of the data directory (read twice if a restartpoint was writing it).
+fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
+    let path = pgdata.join("global/pg_control");
+    let mut last = None;
+    for _ in 0..2 {
+        let bytes = std::fs::read(&path).map_err(|e| Error::local(&path, "cannot read", e))?;
+        match ControlData::parse(&bytes) {
+            Ok(control) => return Ok(control),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(Error::Corrupt {
+        url: path.display().to_string(),
+        reason: last.map(|e| e.to_string()).unwrap_or_default(),
+    })
+}
+
+fn ask_server(connection: &Connection, major: u32, state: &FetchState) -> Result<Replay, Error> {
+    let pause = if major >= 14 {
+        "pg_get_wal_replay_pause_state() <> 'not paused'"
+    } else {
+        "pg_is_wal_replay_paused()"
+    };
+    let sql = format!(
+        "select pg_is_in_recovery(), \
+         case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end, \
+         case when pg_is_in_recovery() then {pause} else false end, \
+         (select timeline_id from pg_control_checkpoint()), \
+         (select min_recovery_end_timeline from pg_control_recovery()), \
+         pg_last_xact_replay_timestamp()"
+    );
+    let row = connection
+        .query(&sql)
+        .map_err(|detail| Error::Server {
+            detail,
+            log: PathBuf::from("(the server's log)"),
+        })?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let field = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+    let lsn = Lsn::parse(field(1));
+    // The checkpoint's and minimum recovery point's timelines lag behind a switch until
+    // the next restartpoint; wal-fetch's last "not found" is asked on the timeline
+    // recovery follows.
+    let mut timeline = [field(3), field(4)]
+        .iter()
+        .filter_map(|t| t.parse::<u32>().ok())
+        .max()
+        .unwrap_or(1);
+    if let Some((_, missing)) = state.last_not_found()
+        && missing.timeline > timeline
+    {
+        timeline = missing.timeline;
+    }
+    Ok(Replay {
+        in_recovery: field(0) == "t",
+        lsn,
+        timeline,
+        paused: field(2) == "t",
+        timestamp: Some(field(5).to_string()).filter(|s| !s.is_empty()),
+    })
+}
+
+/// The newest segment on `from`'s timeline, listing from `from` itself on.
+async fn newest_segment_from(
+    config: &Config,
+    store: &Store,
+    layout: &Layout,
+    from: &SegmentName,
+) -> Result<Option<SegmentName>, Error> {
+    let prefix = layout.wal_dir();
+    let mut after = format!("{prefix}{from}");
+    let mut newest = None;
+    loop {
+        let page = with_retries(&config.retry, "list WAL", || {
+            store.list_after(&prefix, &after, 1000)
+        })
+        .await?;
+        let Some(last) = page.last() else {
+            return Ok(newest);
+        };
+        after = last.key.clone();
+        for object in &page {
+            let Some(segment) = object.key[prefix.len()..]
+                .strip_suffix(".lzo")
+                .and_then(SegmentName::parse)
+            else {
+                continue;
+            };
+            if segment.timeline != from.timeline {
+                return Ok(newest);
+            }
+            newest = Some(segment);
+        }
+    }
+}
+
+/// The next timeline, when its history file is in the archive.
+async fn newer_timeline(
+    config: &Config,
+    store: &Store,
+    layout: &Layout,
+    timeline: u32,
+) -> Result<Option<u32>, Error> {
+    let next = timeline + 1;
+    let key = layout.wal_key(&format!("{next:08X}.history"));
+    match with_retries(&config.retry, "look for a newer timeline", || {
+        store.head(&key)
+    })
+    .await
+    {
+        Ok(_) => Ok(Some(next)),
+        Err(storage::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_human(report: &Report) {
+    let what = match (report.running, report.in_recovery, report.standby) {
+        (false, _, _) => "not running".to_string(),
+        (true, Some(true), true) => "hot standby following the archive".to_string(),
+        (true, Some(true), false) => "recovering from the archive".to_string(),
+        _ => "running, not in recovery".to_string(),
+    };
+    println!("{}: {what}", report.pgdata.display());
+    if let Some(timeline) = report.timeline {
+        println!("  timeline:        {timeline}");
+    }
+    if let (Some(lsn), Some(segment)) = (&report.replay_lsn, &report.replay_segment) {
+        println!("  replayed to:     {lsn} (segment {segment})");
+    }
+    if let Some(time) = &report.replay_timestamp {
+        println!("  last commit:     {time}");
+    }
+    if let Some(last) = &report.archive_last_segment {
+        println!(
+            "  archive newest:  {last} ({} segments, {} bytes behind)",
+            report.lag_segments.unwrap_or_default(),
+            report.lag_bytes.unwrap_or_default()
+        );
+    }
+    if let Some(error) = &report.last_error {
+        println!("  last error:      {error}");
+    }
+    println!(
+        "  caught up:       {} ({})",
+        if report.caught_up { "yes" } else { "no" },
+        report.reason
+    );
+    if report.caught_up && report.standby {
+        println!(
+            "  next:            wale promote {} at cutover",
+            report.pgdata.display()
+        );
+    }
+}

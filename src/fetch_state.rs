@@ -1,0 +1,108 @@
+//! What `wal-fetch` remembers between calls for `wale status`: the last segment the
+//! archive answered "not found" for (proof that recovery has read everything before it),
+//! and the last failure (which a standby otherwise only shows in its log).
+//!
+//! Both live beside the prefetch area, in `<pg_wal>/.wal-e/`, one small file each,
+//! replaced by rename so a reader never sees half a record. They are hints for a
+//! human-facing report, not data: a failure to write them is logged and ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::wal::SegmentName;
+
+const NOT_FOUND_FILE: &str = "last-not-found";
+const ERROR_FILE: &str = "last-error";
+
+/// The state files of one WAL directory.
+#[derive(Debug, Clone)]
+pub struct FetchState {
+    dir: PathBuf,
+}
+
+/// One recorded event: when, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Seconds since the epoch.
+    pub unix_time: u64,
+    /// A segment name, or an error line.
+    pub text: String,
+}
+
+impl FetchState {
+    /// The state of the WAL directory `wal_dir` (PostgreSQL's `pg_wal`, resolved).
+    pub fn for_wal_dir(wal_dir: &Path) -> FetchState {
+        FetchState {
+            dir: wal_dir.join(".wal-e"),
+        }
+    }
+
+    /// The archive has no `segment`: recovery has read everything before it.
+    pub fn record_not_found(&self, segment: &SegmentName) {
+        self.write(NOT_FOUND_FILE, &segment.to_string());
+    }
+
+    /// A fetch failed for a reason other than absence.
+    pub fn record_error(&self, line: &str) {
+        self.write(ERROR_FILE, line);
+    }
+
+    /// A fetch succeeded: an earlier failure is history.
+    pub fn clear_error(&self) {
+        let _ = std::fs::remove_file(self.dir.join(ERROR_FILE));
+    }
+
+    /// The last "not found" segment.
+    pub fn last_not_found(&self) -> Option<(Record, SegmentName)> {
+        let record = self.read(NOT_FOUND_FILE)?;
+        let segment = SegmentName::parse(&record.text)?;
+        Some((record, segment))
+    }
+
+    /// The last failure, if none succeeded since.
+    pub fn last_error(&self) -> Option<Record> {
+        self.read(ERROR_FILE)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let temp = self.dir.join(format!(".{name}.{}", std::process::id()));
+        let result = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&temp, format!("{now} {text}\n")))
+            .and_then(|()| std::fs::rename(&temp, self.dir.join(name)));
+        if let Err(err) = result {
+            let _ = std::fs::remove_file(&temp);
+            tracing::debug!("cannot record {name} in {}: {err}", self.dir.display());
+        }
+    }
+
+    fn read(&self, name: &str) -> Option<Record> {
+        let text = std::fs::read_to_string(self.dir.join(name)).ok()?;
+        let (time, rest) = text.trim_end().split_once(' ')?;
+        Some(Record {
+            unix_time: time.parse().ok()?,
+            text: rest.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_errors_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = FetchState::for_wal_dir(dir.path());
+        assert_eq!(state.last_not_found(), None);
+        let segment = SegmentName::parse("00000002000000000000000C").unwrap();
+        state.record_not_found(&segment);
+        assert_eq!(state.last_not_found().unwrap().1, segment);
+        state.record_error("s3://b/k: access denied");
+        assert_eq!(state.last_error().unwrap().text, "s3://b/k: access denied");
+        state.clear_error();
+        assert_eq!(state.last_error(), None);
+    }
+}

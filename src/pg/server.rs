@@ -1,0 +1,356 @@
+//! The PostgreSQL server on this machine: finding the binaries of a major version, the
+//! data directory's owner, a running server through `postmaster.pid`, and running
+//! `pg_ctl` and `psql` as the owner (PostgreSQL refuses to run as root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::users::{self, User};
+
+/// Server binaries of one major version.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The directory holding `postgres`, `pg_ctl`, `psql`.
+    pub dir: PathBuf,
+    /// The major version `postgres --version` reported.
+    pub major: u32,
+    /// Its whole version line, e.g. `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+    pub version_line: String,
+}
+
+/// Why no suitable binaries were found.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PostgreSQL {major} server binaries not found (looked in {looked}); install postgresql-{major} (Debian/Ubuntu) or postgresql{major}-server (PGDG on RHEL), or pass --pg-bin DIR"
+)]
+pub struct NotFound {
+    /// The major version wanted.
+    pub major: u32,
+    /// Where wale looked, and what it found there.
+    pub looked: String,
+}
+
+impl Binaries {
+    /// Finds `postgres` of major version `major`: `pg_bin` when given, then Debian's
+    /// `/usr/lib/postgresql/N/bin`, PGDG's `/usr/pgsql-N/bin`, then `PATH`; each checked
+    /// with `postgres --version`.
+    pub fn find(major: u32, pg_bin: Option<&Path>) -> Result<Binaries, NotFound> {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = pg_bin {
+            candidates.push(dir.to_path_buf());
+        } else {
+            candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
+            candidates.push(PathBuf::from(format!("/usr/pgsql-{major}/bin")));
+            if let Some(path) = std::env::var_os("PATH") {
+                candidates.extend(std::env::split_paths(&path));
+            }
+        }
+        let mut looked = Vec::new();
+        for dir in candidates {
+            let postgres = dir.join("postgres");
+            if !postgres.is_file() {
+                if pg_bin.is_some() {
+                    looked.push(format!("{} (no postgres there)", dir.display()));
+                }
+                continue;
+            }
+            match version_of(&postgres) {
+                Some((found, line)) if found == major => {
+                    return Ok(Binaries {
+                        dir,
+                        major,
+                        version_line: line,
+                    });
+                }
+                Some((found, _)) => looked.push(format!("{} (PostgreSQL {found})", dir.display())),
+                None => looked.push(format!("{} (postgres --version failed)", dir.display())),
+            }
+        }
+        if pg_bin.is_none() {
+            looked.insert(
+                0,
+                format!("/usr/lib/postgresql/{major}/bin, /usr/pgsql-{major}/bin, PATH"),
+            );
+        }
+        Err(NotFound {
+            major,
+            looked: looked.join("; "),
+        })
+    }
+
+    /// The path of one of the binaries.
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Where this server loads libraries from (`pg_config --pkglibdir`, or `../lib`).
+    pub fn pkglibdir(&self) -> PathBuf {
+        let pg_config = self.program("pg_config");
+        if let Ok(out) = Command::new(&pg_config).arg("--pkglibdir").output()
+            && out.status.success()
+        {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !text.is_empty() {
+                return PathBuf::from(text);
+            }
+        }
+        self.dir
+            .parent()
+            .map_or_else(|| self.dir.join("../lib"), |p| p.join("lib"))
+    }
+}
+
+/// Runs `postgres --version` and reads the major version from
+/// `postgres (PostgreSQL) 15.18 (...)`.
+fn version_of(postgres: &Path) -> Option<(u32, String)> {
+    let out = Command::new(postgres).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = line.split_whitespace().nth(2)?;
+    let major = version.split(['.', 'b', 'r', 'd']).next()?.parse().ok()?;
+    Some((major, line))
+}
+
+/// The major version a `PG_VERSION` file or `extended_version.txt` names: `15`, or
+/// `PostgreSQL 15.18 (Debian …) on x86_64 …`.
+pub fn major_of_version_text(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let version = text.strip_prefix("PostgreSQL ").unwrap_or(text);
+    let number = version.split(|c: char| !c.is_ascii_digit()).next()?;
+    number.parse().ok().filter(|&m| m >= 9)
+}
+
+/// The owner of a data directory: who the server must run as.
+pub fn owner_of(pgdata: &Path) -> std::io::Result<User> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(pgdata)?;
+    Ok(users::user_by_uid(meta.uid()).unwrap_or(User {
+        name: meta.uid().to_string(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        home: "/".into(),
+    }))
+}
+
+/// A command that runs as `user`: as is when that is who we are, otherwise (only
+/// possible as root) with its ids, its groups only, and its home.
+pub fn command_as(program: &Path, user: &User) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    if users::effective_uid() != user.uid {
+        // std drops the supplementary groups when root switches user.
+        command.uid(user.uid).gid(user.gid);
+        command.env("HOME", &user.home).env("USER", &user.name);
+    }
+    command.env_remove("PGDATA").env("LC_ALL", "C");
+    command
+}
+
+/// `postmaster.pid` of a data directory: the server's process id, port, socket
+/// directory and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidFile {
+    /// The postmaster's process id.
+    pub pid: i32,
+    /// The port it listens on.
+    pub port: u16,
+    /// The first Unix-socket directory, if it listens on one.
+    pub socket_dir: Option<PathBuf>,
+    /// `starting`, `stopping`, `ready`, `standby` (PostgreSQL 10+ writes it).
+    pub status: String,
+}
+
+impl PidFile {
+    /// Reads it; `None` when there is no such file.
+    pub fn read(pgdata: &Path) -> std::io::Result<Option<PidFile>> {
+        let text = match std::fs::read_to_string(pgdata.join("postmaster.pid")) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let field = |i: usize| lines.get(i).map(|l| l.trim()).unwrap_or("");
+        Ok(Some(PidFile {
+            pid: field(0).parse().unwrap_or(0),
+            port: field(3).parse().unwrap_or(5432),
+            socket_dir: Some(field(4)).filter(|s| !s.is_empty()).map(PathBuf::from),
+            status: field(7).to_string(),
+        }))
+    }
+
+    /// Whether its process still exists.
+    pub fn is_alive(&self) -> bool {
+        self.pid > 0
+            && rustix::process::Pid::from_raw(self.pid).is_some_and(|pid| {
+                matches!(
+                    rustix::process::test_kill_process(pid),
+                    Ok(()) | Err(rustix::io::Errno::PERM)
+                )
+            })
+    }
+}
+
+/// A running server reached over its Unix socket with `psql`, as the data directory's
+/// owner.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    psql: PathBuf,
+    owner: User,
+    socket_dir: PathBuf,
+    port: u16,
+}
+
+impl Connection {
+    /// The server described by `pid`, through the `psql` of `binaries`.
+    pub fn new(binaries: &Binaries, owner: &User, pid: &PidFile) -> Option<Connection> {
+        Some(Connection {
+            psql: binaries.program("psql"),
+            owner: owner.clone(),
+            socket_dir: pid.socket_dir.clone()?,
+            port: pid.port,
+        })
+    }
+
+    /// Runs one query; returns its rows, fields separated by `|`.
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let out = self.psql(sql)?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// Runs one query that returns one value.
+    pub fn value(&self, sql: &str) -> Result<String, String> {
+        self.query(sql)?
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next())
+            .ok_or_else(|| format!("no result for {sql}"))
+    }
+
+    fn psql(&self, sql: &str) -> Result<Output, String> {
+        let out = command_as(&self.psql, &self.owner)
+            .args(["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", &self.owner.name, "-d", "postgres", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env_remove("PGSERVICE")
+            .env_remove("PGOPTIONS")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.psql.display()))?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "psql as {} on {}:{}: {}",
+                self.owner.name,
+                self.socket_dir.display(),
+                self.port,
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace('\n', " ")
+            ))
+        }
+    }
+}
+
+/// The one line that explains why a server did not start, from the end of its log: the
+/// usual causes in words an operator can act on, else the last FATAL or PANIC line.
+pub fn explain_startup_failure(log: &str) -> Option<String> {
+    let fatal = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))?;
+    let message = fatal
+        .split_once("FATAL:")
+        .or_else(|| fatal.split_once("PANIC:"))
+        .map_or(fatal, |(_, m)| m)
+        .trim();
+    let detail = if message.starts_with("could not access file") {
+        format!("{message}: a preload library is not installed here (shared_preload_libraries)")
+    } else if message.contains("insufficient parameter settings")
+        || message.contains("lower setting than on the")
+    {
+        let hint = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("is a lower setting than on the"))
+            .map(|l| {
+                l.split_once("DETAIL:")
+                    .map_or(l, |(_, h)| h)
+                    .trim()
+                    .to_string()
+            });
+        format!(
+            "hot standby needs settings at least as high as the primary's: {}",
+            hint.unwrap_or_else(|| message.to_string())
+        )
+    } else if message.contains("database files are incompatible with server") {
+        format!("{message}: these binaries are of another major version")
+    } else if message.contains("is not a child of this server's history") {
+        format!("{message}: the archive's timeline history does not contain this backup")
+    } else if message.contains("WAL file is from different database system") {
+        format!("{message}: the archive prefix belongs to another cluster")
+    } else {
+        message.to_string()
+    };
+    Some(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_read_from_files_and_banners() {
+        assert_eq!(major_of_version_text("15\n"), Some(15));
+        assert_eq!(
+            major_of_version_text("PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64"),
+            Some(15)
+        );
+        assert_eq!(major_of_version_text("PostgreSQL 9.6.3"), Some(9));
+        assert_eq!(major_of_version_text("nonsense"), None);
+    }
+
+    #[test]
+    fn pid_files_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(PidFile::read(dir.path()).unwrap(), None);
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!(
+                "{}\n/data\n1700000000\n5433\n/run/postgresql\nlocalhost\n  1234  5678\nstandby\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        let pid = PidFile::read(dir.path()).unwrap().unwrap();
+        assert_eq!(pid.port, 5433);
+        assert_eq!(
+            pid.socket_dir.as_deref(),
+            Some(Path::new("/run/postgresql"))
+        );
+        assert_eq!(pid.status, "standby");
+        assert!(pid.is_alive());
+    }
+
+    #[test]
+    fn startup_failures_are_explained() {
+        let log = "2026-11-30 LOG:  starting\n2026-11-30 FATAL:  could not access file \"heroku_gatekeeper\": No such file or directory\n";
+        assert!(
+            explain_startup_failure(log)
+                .unwrap()
+                .contains("preload library is not installed")
+        );
+        let log = "WARNING:  hot standby is not possible because of insufficient parameter settings\nDETAIL:  max_connections = 100 is a lower setting than on the primary server, where its value was 500.\nFATAL:  recovery aborted because of insufficient parameter settings\n";
+        let line = explain_startup_failure(log).unwrap();
+        assert!(line.contains("hot standby needs"), "{line}");
+        assert_eq!(explain_startup_failure("LOG: fine\n"), None);
+    }
+}

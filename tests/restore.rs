@@ -1,0 +1,529 @@
+//! `wale restore`, `status` and `promote` on a Heroku-like archive made by real WAL-E from
+//! a real PostgreSQL 15 (`fixtures/wale-heroku`: settings above the defaults, a vendor
+//! preload library and GUC, `pg_wal` a symlink, a temp tablespace holding a table, two
+//! timelines, a named restore point), run against a real PostgreSQL.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::pg::*;
+use crate::common::*;
+
+fn heroku() -> PathBuf {
+    repo().join("fixtures/wale-heroku")
+}
+
+fn heroku_meta(key: &str) -> String {
+    let text = std::fs::read_to_string(heroku().join("meta.env")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing from wale-heroku/meta.env"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// A scratch area readable by the `postgres` user: the archive (file://), the data
+/// directory and whatever wale puts beside it.
+struct Site {
+    work: tempfile::TempDir,
+}
+
+impl Site {
+    /// The Heroku-like archive with only the WAL objects `keep` accepts.
+    fn new(keep: impl Fn(&str) -> bool) -> Site {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let site = Site { work };
+        copy_tree(
+            &heroku().join("archive/basebackups_005"),
+            &site.archive().join("basebackups_005"),
+        );
+        std::fs::create_dir_all(site.archive().join("wal_005")).unwrap();
+        for name in wal_objects() {
+            if keep(&name) {
+                site.add_wal(&name);
+            }
+        }
+        std::fs::create_dir_all(site.sock()).unwrap();
+        give_to_postgres(&site.sock());
+        site
+    }
+
+    fn add_wal(&self, name: &str) {
+        let file = format!("{name}.lzo");
+        std::fs::copy(
+            heroku().join("archive/wal_005").join(&file),
+            self.archive().join("wal_005").join(&file),
+        )
+        .unwrap();
+    }
+
+    fn archive(&self) -> PathBuf {
+        self.work.path().join("archive")
+    }
+
+    fn pgdata(&self) -> PathBuf {
+        self.work.path().join("main")
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.work.path().join("sock")
+    }
+
+    /// `wale` with the archive as its file:// prefix.
+    fn wale(&self) -> std::process::Command {
+        let mut cmd = wale();
+        cmd.env(
+            "WALE_FILE_PREFIX",
+            format!("file://{}", self.archive().display()),
+        );
+        cmd
+    }
+
+    /// `wale restore PGDATA …` with a private socket directory and `port`.
+    fn restore(&self, port: u16, args: &[&str]) -> Run {
+        let mut cmd = self.wale();
+        cmd.arg("restore").arg(self.pgdata()).args(args);
+        cmd.args(["--port", &port.to_string(), "--set"])
+            .arg(format!("unix_socket_directories={}", self.sock().display()));
+        Run::of(cmd)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut cmd = self.wale();
+        cmd.arg("status").arg(self.pgdata()).arg("--json");
+        let run = Run::of(cmd).expect_code(0);
+        serde_json::from_slice(&run.stdout).unwrap()
+    }
+
+    fn psql(&self, port: u16, sql_args: &[&str]) -> String {
+        let mut cmd = as_postgres(&pg_bin().join("psql"));
+        cmd.args(["-X", "-q", "-h"]).arg(self.sock());
+        cmd.args(["-p", &port.to_string(), "-d", "postgres"])
+            .args(sql_args);
+        run_ok(cmd, "psql")
+    }
+
+    fn checks(&self, port: u16) -> String {
+        let checks = self.work.path().join("checks.sql");
+        std::fs::copy(heroku().join("checks.sql"), &checks).unwrap();
+        std::fs::set_permissions(&checks, std::fs::Permissions::from_mode(0o644)).unwrap();
+        self.psql(port, &["-f", checks.to_str().unwrap()])
+    }
+
+    fn wait_for_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what}: not reached in {limit:?}; status {status:#}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.pgdata().join("log/startup.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if self.pgdata().join("postmaster.pid").exists() {
+            let mut stop = as_postgres(&pg_bin().join("pg_ctl"));
+            stop.arg("-D")
+                .arg(self.pgdata())
+                .args(["-m", "immediate", "-w", "stop"]);
+            let _ = stop.output();
+        }
+    }
+}
+
+/// The archive's WAL objects (without `.lzo`) in the order WAL-E wrote them.
+fn wal_objects() -> Vec<String> {
+    std::fs::read_to_string(heroku().join("wal-segments.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect()
+}
+
+fn port_for(slot: u16) -> u16 {
+    30000 + (std::process::id() % 8000) as u16 * 3 + slot
+}
+
+fn expected(name: &str) -> String {
+    std::fs::read_to_string(heroku().join(name)).unwrap()
+}
+
+/// Lines of a configuration file that are not comments.
+fn live_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promotes() {
+    // The archive as it stood when timeline 1 ended; timeline 2 arrives later.
+    let tl1_last = heroku_meta("TL1_LAST_WAL_SEGMENT");
+    let site = Site::new(|name| {
+        name.starts_with("00000001") && name.len() == 24 && name <= tl1_last.as_str()
+    });
+    let port = port_for(0);
+    let run = site
+        .restore(port, &["LATEST", "--standby", "--start"])
+        .expect_code(0);
+    assert!(run.stderr.contains("heroku_gatekeeper"), "{}", run.stderr);
+    assert!(run.stderr.contains("heroku.vendor_flag"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("relation files"),
+        "the ephemeral tablespace holds a table: {}",
+        run.stderr
+    );
+
+    let pgdata = site.pgdata();
+    // Layout: a real pg_wal, the tablespace outside PGDATA, the envdir outside too.
+    assert!(
+        std::fs::symlink_metadata(pgdata.join("pg_wal"))
+            .unwrap()
+            .is_dir()
+    );
+    let oid = heroku_meta("TABLESPACE_OID");
+    let link = std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap();
+    assert!(!link.starts_with(&pgdata), "{}", link.display());
+    let envdir = PathBuf::from(format!("{}.wale-env", pgdata.display()));
+    let mode = std::fs::metadata(&envdir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(envdir.join("WALE_FILE_PREFIX").is_file());
+    // Configuration: the primary's settings, no archiving, nothing of the vendor's paths.
+    let conf = live_lines(&pgdata.join("postgresql.conf")).join("\n");
+    for (name, key) in [
+        ("max_connections", "MAX_CONNECTIONS"),
+        ("max_worker_processes", "MAX_WORKER_PROCESSES"),
+        ("max_wal_senders", "MAX_WAL_SENDERS"),
+        ("max_prepared_transactions", "MAX_PREPARED_TRANSACTIONS"),
+        ("max_locks_per_transaction", "MAX_LOCKS_PER_TRANSACTION"),
+    ] {
+        assert!(
+            conf.contains(&format!("{name} = {}", heroku_meta(key))),
+            "{name}: {conf}"
+        );
+    }
+    assert!(conf.contains("archive_mode = off"));
+    let auto = live_lines(&pgdata.join("postgresql.auto.conf")).join("\n");
+    assert!(
+        !auto.contains("heroku_gatekeeper") && auto.contains("pg_stat_statements"),
+        "{auto}"
+    );
+    assert!(auto.contains("heroku.vendor_flag"), "{auto}");
+    assert!(pgdata.join("postgresql.auto.conf.wale-original").is_file());
+    for source_path in heroku_meta("SOURCE_PATHS").split_whitespace() {
+        for live in [&conf, &auto] {
+            assert!(!live.contains(source_path), "{source_path} in {live}");
+        }
+        let map = std::fs::read_to_string(pgdata.join("tablespace_map")).unwrap_or_default();
+        assert!(!map.contains(source_path), "tablespace_map: {map}");
+    }
+
+    // Caught up with timeline 1, and a hot standby answers with the recorded data.
+    let status = site.wait_for_status("caught up on timeline 1", Duration::from_secs(120), |s| {
+        s["caught_up"] == true
+    });
+    assert_eq!(status["in_recovery"], true);
+    assert_eq!(status["standby"], true);
+    assert_eq!(status["timeline"], 1);
+    assert_eq!(status["archive_last_segment"], tl1_last.as_str());
+    assert_eq!(status["replay_segment"], tl1_last.as_str());
+    assert_eq!(status["lag_segments"], 0);
+    assert_eq!(status["paused"], false);
+    assert_eq!(site.checks(port), expected("expected-tl1-end.txt"));
+
+    // The archive grows: the new timeline and its segments. At once status says behind.
+    for name in wal_objects() {
+        if !site
+            .archive()
+            .join("wal_005")
+            .join(format!("{name}.lzo"))
+            .exists()
+        {
+            site.add_wal(&name);
+        }
+    }
+    let behind = site.status();
+    assert_eq!(behind["caught_up"], false, "{behind:#}");
+    let status = site.wait_for_status("caught up on timeline 2", Duration::from_secs(120), |s| {
+        s["caught_up"] == true && s["timeline"] == 2
+    });
+    assert_eq!(
+        status["archive_last_segment"],
+        heroku_meta("END_WAL_SEGMENT").as_str()
+    );
+    assert_eq!(site.checks(port), expected("expected.txt"));
+
+    // Cutover.
+    let mut promote = site.wale();
+    promote.arg("promote").arg(&pgdata);
+    let run = Run::of(promote).expect_code(0);
+    assert!(
+        run.stdout_text().contains("fresh base backup"),
+        "{}",
+        run.stdout_text()
+    );
+    site.psql(
+        port,
+        &[
+            "-c",
+            "create table after_cutover (id int); insert into after_cutover values (1)",
+        ],
+    );
+    let after = site.checks(port);
+    assert!(
+        after.starts_with("tables|accounts,after_cutover,events,rounds,scratch\n"),
+        "{after}"
+    );
+    assert_eq!(
+        after.lines().skip(1).collect::<Vec<_>>(),
+        expected("expected.txt").lines().skip(1).collect::<Vec<_>>()
+    );
+    assert!(
+        !live_lines(&pgdata.join("postgresql.conf"))
+            .iter()
+            .any(|l| l.starts_with("restore_command")),
+        "restore_command must be gone after promotion"
+    );
+    let status = site.status();
+    assert_eq!(status["in_recovery"], false);
+    assert_eq!(status["caught_up"], false);
+}
+
+#[test]
+fn a_point_in_time_restore_reaches_a_named_restore_point_on_the_second_timeline() {
+    let site = Site::new(|_| true);
+    let port = port_for(1);
+    let name = heroku_meta("RESTORE_POINT_NAME");
+    site.restore(
+        port,
+        &[
+            "--target-name",
+            &name,
+            "--target-action",
+            "promote",
+            "--start",
+        ],
+    )
+    .expect_code(0);
+    let started = Instant::now();
+    while site
+        .psql(port, &["-A", "-t", "-c", "select pg_is_in_recovery()"])
+        .trim()
+        != "f"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not promoted; log:\n{}",
+            site.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(site.checks(port), expected("expected-restore-point.txt"));
+    assert!(site.log().contains("recovery stopping"), "{}", site.log());
+}
+
+/// Refusals that need no server: each a clear one-line error, nothing written.
+#[test]
+fn restore_refuses_with_one_clear_line() {
+    let start = heroku_meta("BACKUP_START_WAL_SEGMENT");
+    let port = port_for(2);
+    let check = |site: &Site, args: &[&str], code: i32, needle: &str| {
+        let run = site.restore(port, args).expect_code(code);
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(
+            errors[0].contains(needle),
+            "wanted {needle:?}: {}",
+            run.stderr
+        );
+    };
+    let nothing_written = |site: &Site| {
+        assert!(
+            !site.pgdata().exists() || std::fs::read_dir(site.pgdata()).unwrap().next().is_none(),
+            "{} was written",
+            site.pgdata().display()
+        );
+    };
+
+    let site = Site::new(|_| true);
+    check(
+        &site,
+        &["base_000000010000000000000009_00000040"],
+        1,
+        "no complete backup named",
+    );
+    check(
+        &site,
+        &["--pg-bin", "/nonexistent"],
+        2,
+        "install postgresql-15",
+    );
+    check(
+        &site,
+        &["--target-timeline", "sideways"],
+        2,
+        "--target-timeline",
+    );
+    check(
+        &site,
+        &["--standby", "--target-name", "x"],
+        2,
+        "makes no sense",
+    );
+    check(
+        &site,
+        &["--tablespace", "99999=/tmp/x"],
+        2,
+        "has no tablespace 99999",
+    );
+    let inside = format!(
+        "{}={}/ts",
+        heroku_meta("TABLESPACE_OID"),
+        site.pgdata().display()
+    );
+    check(
+        &site,
+        &["--tablespace", &inside],
+        2,
+        "outside the data directory",
+    );
+    check(
+        &site,
+        &["--target-time", "1999-01-01 00:00:00+00"],
+        1,
+        "finished before",
+    );
+    nothing_written(&site);
+
+    std::fs::create_dir_all(site.pgdata()).unwrap();
+    std::fs::write(site.pgdata().join("PG_VERSION"), "15\n").unwrap();
+    check(&site, &[], 2, "not empty");
+    std::fs::write(
+        site.pgdata().join("postmaster.pid"),
+        format!(
+            "{}\n{}\n0\n5432\n/tmp\n",
+            std::process::id(),
+            site.pgdata().display()
+        ),
+    )
+    .unwrap();
+    check(&site, &[], 2, "is running on it");
+    std::fs::remove_dir_all(site.pgdata()).unwrap();
+
+    // The archive lacks the segment the backup starts in.
+    let site = Site::new(|name| name != start);
+    check(&site, &[], 1, "cannot be made consistent");
+    nothing_written(&site);
+
+    // An incomplete backup (no sentinel).
+    let site = Site::new(|_| true);
+    let backup = heroku_meta("BACKUP_NAME");
+    std::fs::remove_file(
+        site.archive()
+            .join("basebackups_005")
+            .join(format!("{backup}_backup_stop_sentinel.json")),
+    )
+    .unwrap();
+    check(&site, &[&backup], 1, "no complete backups");
+    nothing_written(&site);
+
+    // Another segment under the start segment's name: caught before anything is written.
+    let site = Site::new(|_| true);
+    let other = fixture().join("archive/wal_005/000000010000000000000006.lzo");
+    std::fs::copy(
+        &other,
+        site.archive().join("wal_005").join(format!("{start}.lzo")),
+    )
+    .unwrap();
+    check(&site, &[], 202, "is another segment");
+    nothing_written(&site);
+
+    // WAL of another cluster at the right address (a wrong prefix): caught from the page
+    // header's system identifier against pg_control, before any replay.
+    let site = Site::new(|_| true);
+    let mut segment = lzop_decompress(&other);
+    let start_lsn = u64::from_str_radix(&start[16..], 16).unwrap() * (16 << 20);
+    segment[8..16].copy_from_slice(&start_lsn.to_le_bytes());
+    std::fs::write(
+        site.archive().join("wal_005").join(format!("{start}.lzo")),
+        lzop_compress(&segment, &[]),
+    )
+    .unwrap();
+    check(&site, &[], 202, "belongs to another cluster");
+
+    // A hot-standby setting below the primary's.
+    let site = Site::new(|_| true);
+    check(
+        &site,
+        &["--set", "max_connections=100"],
+        2,
+        "the primary ran with max_connections = 500",
+    );
+}
+
+/// Under a standby, a store failure exits 1 (PostgreSQL retries) and is recorded for
+/// `status`; in archive recovery it stays above 125; configuration errors too.
+#[test]
+fn wal_fetch_in_standby_mode_keeps_the_standby_alive_and_records_why() {
+    let site = Site::new(|_| true);
+    let data = site.work.path().join("data");
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    let segment = heroku_meta("BACKUP_START_WAL_SEGMENT");
+    std::fs::write(
+        site.archive()
+            .join("wal_005")
+            .join(format!("{segment}.lzo")),
+        b"not lzop",
+    )
+    .unwrap();
+    let fetch = |cwd: &Path| {
+        let mut cmd = site.wale();
+        cmd.current_dir(cwd).args([
+            "wal-fetch",
+            "--prefetch",
+            "0",
+            &segment,
+            "pg_wal/RECOVERYXLOG",
+        ]);
+        Run::of(cmd)
+    };
+    fetch(&data).expect_code(202);
+    std::fs::write(data.join("standby.signal"), "").unwrap();
+    let run = fetch(&data).expect_code(1);
+    assert!(run.stderr.contains("standby mode"), "{}", run.stderr);
+    let recorded = std::fs::read_to_string(data.join("pg_wal/.wal-e/last-error")).unwrap();
+    assert!(recorded.contains(&segment), "{recorded}");
+
+    let mut broken = wale();
+    broken
+        .current_dir(site.work.path())
+        .args(["wal-fetch", &segment, "x"]);
+    Run::of(broken).expect_code(204);
+    let mut usage = wale();
+    usage.args(["wal-fetch", "--no-such-flag", &segment, "x"]);
+    Run::of(usage).expect_code(204);
+}
