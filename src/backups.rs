@@ -1,5 +1,5 @@
 //! The catalogue of base backups: complete backups found through their sentinels, which
-//! one `LATEST` means, and what a sentinel records (`../shared/wal-e-format.md` §2.2, §9).
+//! one `LATEST` means, and what a sentinel records.
 
 use std::io::Read;
 

@@ -3,7 +3,7 @@
 //!
 //! This is the only module that reads environment variables. It turns them into a
 //! validated [`Config`] without touching the network, so a `restore_command` pays nothing
-//! here but a few map look-ups. See `../shared/wal-e-format.md` §1.
+//! here but a few map look-ups.
 
 use std::collections::HashMap;
 use std::fmt;

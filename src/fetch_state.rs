@@ -2,9 +2,11 @@
 //! archive answered "not found" for (proof that recovery has read everything before it),
 //! and the last failure (which a standby otherwise only shows in its log).
 //!
-//! Both live beside the prefetch area, in `<pg_wal>/.wal-e/`, one small file each,
-//! replaced by rename so a reader never sees half a record. They are hints for a
-//! human-facing report, not data: a failure to write them is logged and ignored.
+//! Both live in `<pg_wal>/.wale-status/` (inside `pg_wal`, which base backups leave out),
+//! one small file each, replaced by rename so a reader never sees half a record. They
+//! are written only when `wal-fetch` runs in a data directory (PostgreSQL runs
+//! `restore_command` there), and they are hints for a human-facing report, not data: a
+//! failure to write them is logged and ignored.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,7 +35,7 @@ impl FetchState {
     /// The state of the WAL directory `wal_dir` (PostgreSQL's `pg_wal`, resolved).
     pub fn for_wal_dir(wal_dir: &Path) -> FetchState {
         FetchState {
-            dir: wal_dir.join(".wal-e"),
+            dir: wal_dir.join(".wale-status"),
         }
     }
 

@@ -1,4 +1,4 @@
-//! WAL-E's key grammar under a prefix (`../shared/wal-e-format.md` §1.2, §2): where WAL
+//! WAL-E's key grammar under a prefix (as WAL-E 1.1 writes it): where WAL
 //! files, base backups and their sentinels live, and how backup names are spelled. Pure.
 
 /// The storage format version WAL-E 0.5+ writes; older ones cannot be restored.

@@ -5,20 +5,26 @@
 //!
 //! Data flows one way: command line → configuration → storage → decoding → sink.
 //!
-//! * [`cli`]: WAL-E's subcommands and flags (parsing only).
+//! * [`cli`]: WAL-E's subcommands and flags, and wale's `restore`/`status`/`promote`
+//!   (parsing only).
 //! * [`config`]: the only reader of the environment and envdir; prefixes, S3 settings,
 //!   retry limits, validated.
 //! * [`storage`]: the [`storage::Storage`] trait and its S3 and `file://` backends, with
 //!   errors classified once (not found / refused / transient / permanent).
-//! * [`layout`] and [`wal`]: WAL-E's key grammar and PostgreSQL's WAL file names (pure).
+//! * [`layout`] and [`wal`]: WAL-E's key grammar, and PostgreSQL's WAL names and
+//!   arithmetic (LSNs, segments, page headers). Pure.
 //! * [`lzop`]: the streaming lzop decoder, every checksum verified, with its own LZO1X
 //!   block decoder.
 //! * [`tar`] and [`extract`]: the streaming tar reader and safe extraction.
 //! * [`tablespaces`]: where tablespaces go on restore.
-//! * [`durable`]: files that appear complete and fsynced, or not at all.
+//! * [`durable`]: files that appear complete and fsynced, or not at all; directory and
+//!   file-system flushes.
 //! * [`prefetch`]: the prefetch area shared by `wal-fetch` and the background prefetcher.
+//! * [`fetch_state`]: what `wal-fetch` records for `wale status`.
+//! * [`pg`]: PostgreSQL's control data, configuration files, binaries and running server.
+//! * [`users`]: operating-system users and groups.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
-//! * [`retry`]: backoff within `WALE_RETRIES` and a deadline.
+//! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`commands`]: one module per subcommand.
 //! * [`error`]: the error type and the exit-status policy.
 

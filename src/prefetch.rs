@@ -71,6 +71,38 @@ impl PrefetchDir {
         self.running().join(format!("{segment}.part"))
     }
 
+    /// Why the prefetcher could not deliver a segment (its logs go nowhere): the next
+    /// `wal-fetch` of that segment reports it, as pgBackRest's async `archive-get` does
+    /// with its `.error` files.
+    fn failure_path(&self, segment: &SegmentName) -> PathBuf {
+        self.root.join(format!("{segment}.error"))
+    }
+
+    /// Records why `segment` failed (replacing an older reason).
+    pub fn record_failure(&self, segment: &SegmentName, reason: &str) {
+        let temp = self
+            .root
+            .join(format!(".{segment}.error.{}", std::process::id()));
+        let written = fs::write(&temp, format!("{reason}\n"))
+            .and_then(|()| fs::rename(&temp, self.failure_path(segment)));
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+    }
+
+    /// The prefetcher's last failure for `segment`, removed as it is read.
+    pub fn take_failure(&self, segment: &SegmentName) -> Option<String> {
+        let path = self.failure_path(segment);
+        let reason = fs::read_to_string(&path).ok()?;
+        let _ = fs::remove_file(&path);
+        Some(reason.trim_end().to_string())
+    }
+
+    /// Forgets a failure once the segment was delivered.
+    pub fn clear_failure(&self, segment: &SegmentName) {
+        let _ = fs::remove_file(self.failure_path(segment));
+    }
+
     fn next_path(&self) -> PathBuf {
         self.root.join(".next")
     }
@@ -181,6 +213,9 @@ impl PrefetchDir {
                 let name = name.to_string_lossy();
                 let ours = name.ends_with(".part")
                     || SegmentName::parse(&name).is_some()
+                    || name
+                        .strip_suffix(".error")
+                        .is_some_and(|s| SegmentName::parse(s).is_some())
                     || name == ".next";
                 if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
                     let _ = fs::remove_file(entry.path());
@@ -232,6 +267,27 @@ mod tests {
             log,
             seg,
         }
+    }
+
+    #[test]
+    fn failures_are_kept_until_read_or_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = PrefetchDir::for_base(dir.path(), None);
+        area.create().unwrap();
+        let s = seg(1, 0, 9);
+        assert_eq!(area.take_failure(&s), None);
+        area.record_failure(&s, "s3://b/k: access denied");
+        assert_eq!(
+            area.take_failure(&s).as_deref(),
+            Some("s3://b/k: access denied")
+        );
+        assert_eq!(area.take_failure(&s), None);
+        area.record_failure(&s, "x");
+        area.clear_failure(&s);
+        assert_eq!(area.take_failure(&s), None);
+        area.record_failure(&s, "x");
+        area.remove_all();
+        assert!(!dir.path().join(".wal-e").exists());
     }
 
     #[test]

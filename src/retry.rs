@@ -24,27 +24,68 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
-    let mut failures = 0u32;
+    let mut budget = Backoff::new(policy);
     loop {
         let err = match attempt().await {
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        failures += 1;
-        if !err.is_retryable() || failures >= policy.max_attempts {
+        if !err.is_retryable() {
             return Err(err);
         }
-        let delay = backoff(policy, failures);
-        if started.elapsed() + delay > policy.deadline {
+        let Some(delay) = budget.next_delay() else {
             return Err(err);
-        }
+        };
         tracing::warn!(
-            "{what}: attempt {failures} of {} failed, retrying in {:.1}s: {err}",
+            "{what}: attempt {} of {} failed, retrying in {:.1}s: {err}",
+            budget.failures(),
             policy.max_attempts,
             delay.as_secs_f64()
         );
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// The retry budget of one operation under a policy: how long to wait after each failure,
+/// until the attempts or the deadline run out. Shared by async callers
+/// ([`with_retries`]) and blocking ones (a body resumed by range), so both back off alike.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    failures: u32,
+    started: Instant,
+}
+
+impl Backoff {
+    /// A fresh budget, starting now.
+    pub fn new(policy: &RetryPolicy) -> Backoff {
+        Backoff {
+            policy: *policy,
+            failures: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a failure; the pause before the next attempt, or `None` when the attempts
+    /// or the deadline are used up.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        self.failures += 1;
+        if self.failures >= self.policy.max_attempts {
+            return None;
+        }
+        let delay = backoff(&self.policy, self.failures);
+        (self.started.elapsed() + delay <= self.policy.deadline).then_some(delay)
+    }
+
+    /// Failures counted so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Progress was made: the budget starts afresh.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+        self.started = Instant::now();
     }
 }
 
@@ -118,11 +159,32 @@ mod tests {
 
     #[tokio::test]
     async fn stops_at_the_deadline() {
+        // Pauses of 10-20 ms within a 100 ms deadline: between 5 and 11 attempts, far
+        // below the attempt limit, so only the deadline can have stopped it.
         let mut policy = fast(1000);
-        policy.deadline = Duration::from_millis(30);
+        policy.base_delay = Duration::from_millis(20);
+        policy.max_delay = Duration::from_millis(20);
+        policy.deadline = Duration::from_millis(100);
+        let calls = Cell::new(0);
         let started = Instant::now();
-        let _: Result<(), E> = with_retries(&policy, "t", || async { Err(E(true)) }).await;
+        let _: Result<(), E> = with_retries(&policy, "t", || {
+            calls.set(calls.get() + 1);
+            async { Err(E(true)) }
+        })
+        .await;
         assert!(started.elapsed() < Duration::from_secs(2));
+        assert!((5..=11).contains(&calls.get()), "{} attempts", calls.get());
+    }
+
+    #[test]
+    fn a_budget_resets_after_progress() {
+        let mut budget = Backoff::new(&fast(3));
+        assert!(budget.next_delay().is_some());
+        assert!(budget.next_delay().is_some());
+        assert_eq!(budget.next_delay(), None);
+        budget.reset();
+        assert_eq!(budget.failures(), 0);
+        assert!(budget.next_delay().is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Tablespaces of a base backup: where each one's files go on restore, and the
 //! `tablespace_map` fix-up that keeps PostgreSQL from re-pointing them at the source
-//! machine's paths (WAL-E #354). See `../shared/wal-e-format.md` §2.2 and §8.4.
+//! machine's paths (WAL-E #354).
 //!
 //! Per tablespace OID, in order of precedence:
 //! * `--tablespace OID=PATH`: `PATH` is created if needed and `pg_tblspc/OID` links to it;

@@ -107,6 +107,15 @@ struct Overrides {
 }
 
 impl Overrides {
+    /// Later global records replace earlier ones key by key.
+    fn merge_over(self, earlier: &mut Overrides) {
+        earlier.mtime = self.mtime.or(earlier.mtime);
+        earlier.uid = self.uid.or(earlier.uid);
+        earlier.gid = self.gid.or(earlier.gid);
+        earlier.uname = self.uname.or(earlier.uname.take());
+        earlier.gname = self.gname.or(earlier.gname.take());
+    }
+
     fn merge_into(&self, h: &mut Header) {
         if let Some(p) = &self.path {
             h.path = p.clone();
@@ -168,12 +177,20 @@ impl<R: Read> Archive<R> {
         }
         self.skip_rest()?;
         let mut local = Overrides::default();
+        // Extension members (pax `x`, GNU `L`, `K`) waiting for the member they describe.
+        let mut pending: Vec<u8> = Vec::new();
         loop {
             let mut block = [0u8; BLOCK];
             if !self.read_block(&mut block)? {
                 return Err(Error::Truncated("the end-of-archive marker"));
             }
             if block.iter().all(|&b| b == 0) {
+                if !pending.is_empty() {
+                    return Err(self.corrupt(format!(
+                        "an extension header ({}) at the end of the archive describes no member",
+                        describe_types(&pending)
+                    )));
+                }
                 // One zero block marks the end; WAL-E's writer adds a second and padding,
                 // which are left unread like WAL-E does.
                 self.finished = true;
@@ -181,15 +198,30 @@ impl<R: Read> Archive<R> {
             }
             let raw = self.parse_block(&block)?;
             let type_flag = block[156];
+            if matches!(type_flag, b'x' | b'L' | b'K') {
+                if pending.contains(&type_flag) {
+                    return Err(self.corrupt(format!(
+                        "two extension headers of type {:?} for one member",
+                        type_flag as char
+                    )));
+                }
+                pending.push(type_flag);
+            }
             match type_flag {
-                b'x' | b'g' => {
+                b'x' => {
                     let data = self.read_meta(raw.size, "a pax header")?;
-                    let target = if type_flag == b'g' {
-                        &mut self.global
-                    } else {
-                        &mut local
-                    };
-                    parse_pax(&data, target).map_err(|reason| self.corrupt(reason))?;
+                    parse_pax(&data, &mut local).map_err(|reason| self.corrupt(reason))?;
+                }
+                b'g' => {
+                    // As tar-rs and GNU tar: a global record never renames, relinks or
+                    // resizes every later member; only attributes carry over.
+                    let data = self.read_meta(raw.size, "a pax header")?;
+                    let mut global = Overrides::default();
+                    parse_pax(&data, &mut global).map_err(|reason| self.corrupt(reason))?;
+                    global.path = None;
+                    global.link = None;
+                    global.size = None;
+                    global.merge_over(&mut self.global);
                 }
                 b'L' | b'K' => {
                     let mut data = self.read_meta(raw.size, "a GNU long name")?;
@@ -430,6 +462,15 @@ fn verify_checksum(block: &[u8; BLOCK]) -> Result<(), String> {
             "header checksum mismatch (stored {stored}, computed {unsigned})"
         ))
     }
+}
+
+/// Names extension member types for a message: `x`, `L`, `K`.
+fn describe_types(types: &[u8]) -> String {
+    types
+        .iter()
+        .map(|&t| format!("{:?}", t as char))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses pax records (`<len> <key>=<value>\n`) into overrides.

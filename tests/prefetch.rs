@@ -207,3 +207,55 @@ fn a_download_under_way_is_waited_for_instead_of_fetched_twice() {
     );
     assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(&name)));
 }
+
+/// A prefetcher the store refuses backs off per segment (1 s, doubling, capped at 30 s)
+/// instead of asking every 20 ms, and the next `wal-fetch` of that segment says why
+/// before fetching it itself.
+#[test]
+fn a_refused_prefetch_backs_off_and_its_reason_reaches_the_next_fetch() {
+    let archive = Archive::fixture_copy();
+    let server = S3Server::start(&archive.s3_root());
+    let names = segments();
+    let (first, second) = (&names[0], &names[1]);
+    for _ in 0..1000 {
+        server.inject(&format!("{second}.lzo"), Fault::Status(403, "AccessDenied"));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let pg_wal = work.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let mut cmd = wale_for(&archive, Backend::S3, Some(&server));
+    cmd.env("WALE_PREFETCH_IDLE_SECONDS", "8")
+        .args(["wal-fetch", "--prefetch", "1"])
+        .arg(first)
+        .arg(&dest);
+    Run::of(cmd).expect_code(0);
+    std::thread::sleep(Duration::from_secs(6));
+    let asked = server
+        .requests()
+        .iter()
+        .filter(|r| r.contains(second.as_str()))
+        .count();
+    // Attempts at 0 s and after pauses of 0.5-1, 1-2 and 2-4 s: at most 4 in 6 s
+    // (polling every 20 ms would have made about 300).
+    assert!(
+        (1..=4).contains(&asked),
+        "{asked} requests for {second} in 6 s"
+    );
+
+    server.clear_faults();
+    let mut cmd = wale_for(&archive, Backend::S3, Some(&server));
+    cmd.args(["wal-fetch", "--prefetch", "1"])
+        .arg(second)
+        .arg(&dest);
+    let run = Run::of(cmd).expect_code(0);
+    assert!(
+        run.stderr
+            .contains(&format!("the prefetcher could not fetch {second}"))
+            && run.stderr.contains("denied"),
+        "{}",
+        run.stderr
+    );
+    assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(second)));
+    assert_prefetchers_leave(pg_wal.to_str().unwrap(), Some(&pg_wal.join(".wal-e")));
+}

@@ -13,12 +13,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(size: &str, read_only: bool) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
+    /// Mounts a tmpfs (the tests that call this are ignored unless built as root).
+    fn mount(size: &str, read_only: bool) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
@@ -27,11 +23,12 @@ impl Tmpfs {
             .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
             .arg(&path)
             .status();
-        if !mounted.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot mount a tmpfs here");
-            return None;
-        }
-        Some(Tmpfs { path, _dir: dir })
+        assert!(
+            mounted.is_ok_and(|s| s.success()),
+            "cannot mount a tmpfs at {} as root",
+            path.display()
+        );
+        Tmpfs { path, _dir: dir }
     }
 }
 
@@ -55,6 +52,7 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(wale_tests_as_root), ignore = "needs root to mount a tmpfs")]
 fn a_full_or_read_only_wal_directory_is_a_clear_local_error_leaving_nothing() {
     let archive = Archive::fixture_copy();
     let name = fixture_meta("END_WAL_SEGMENT");
@@ -62,9 +60,7 @@ fn a_full_or_read_only_wal_directory_is_a_clear_local_error_leaving_nothing() {
         ("full", "1m", false, "No space left"),
         ("read-only", "1m", true, "Read-only"),
     ] {
-        let Some(fs) = Tmpfs::mount(size, read_only) else {
-            return;
-        };
+        let fs = Tmpfs::mount(size, read_only);
         let dest = fs.path.join("RECOVERYXLOG");
         let mut cmd = wale_for(&archive, Backend::File, None);
         cmd.args(["wal-fetch", "--prefetch", "0"])
@@ -85,11 +81,10 @@ fn a_full_or_read_only_wal_directory_is_a_clear_local_error_leaving_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(wale_tests_as_root), ignore = "needs root to mount a tmpfs")]
 fn backup_fetch_into_a_full_disk_fails_clearly_and_is_not_startable() {
     let archive = Archive::fixture_copy();
-    let Some(fs) = Tmpfs::mount("8m", false) else {
-        return;
-    };
+    let fs = Tmpfs::mount("8m", false);
     let target = fs.path.join("pgdata");
     let mut cmd = wale_for(&archive, Backend::File, None);
     cmd.arg("backup-fetch")
@@ -106,11 +101,10 @@ fn backup_fetch_into_a_full_disk_fails_clearly_and_is_not_startable() {
 }
 
 #[test]
+#[cfg_attr(not(wale_tests_as_root), ignore = "needs root to mount a tmpfs")]
 fn a_prefetch_directory_on_another_file_system_still_delivers_and_says_why_it_cannot_help() {
     let archive = Archive::fixture_copy();
-    let Some(fs) = Tmpfs::mount("256m", false) else {
-        return;
-    };
+    let fs = Tmpfs::mount("256m", false);
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("RECOVERYXLOG");
     let names: Vec<String> = fixture_wal_names()

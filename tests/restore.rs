@@ -515,7 +515,7 @@ fn wal_fetch_in_standby_mode_keeps_the_standby_alive_and_records_why() {
     std::fs::write(data.join("standby.signal"), "").unwrap();
     let run = fetch(&data).expect_code(1);
     assert!(run.stderr.contains("standby mode"), "{}", run.stderr);
-    let recorded = std::fs::read_to_string(data.join("pg_wal/.wal-e/last-error")).unwrap();
+    let recorded = std::fs::read_to_string(data.join("pg_wal/.wale-status/last-error")).unwrap();
     assert!(recorded.contains(&segment), "{recorded}");
 
     let mut broken = wale();

@@ -202,18 +202,20 @@ fn restore_command_runs_through_sh_with_a_relative_destination_and_envdir() {
     assert!(got == lzop_decompress(&archive.wal_object(&name)));
 }
 
+/// Usage and configuration errors under wal-fetch exit above 125 (204): with 2,
+/// PostgreSQL would read "not available", end archive recovery and promote.
 #[test]
-fn bad_names_and_configuration_are_usage_errors() {
+fn bad_names_and_configuration_are_usage_errors_that_stop_recovery() {
     let archive = Archive::fixture_copy();
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("x");
-    let run = fetch(&archive, Backend::File, None, "../../etc/passwd", &dest).expect_code(2);
+    let run = fetch(&archive, Backend::File, None, "../../etc/passwd", &dest).expect_code(204);
     assert!(run.stderr.contains("plain file name"), "{}", run.stderr);
     let mut cmd = wale();
     cmd.env("WALE_GS_PREFIX", "gs://bucket/x")
         .args(["wal-fetch", "000000010000000000000003"])
         .arg(&dest);
-    let run = Run::of(cmd).expect_code(2);
+    let run = Run::of(cmd).expect_code(204);
     assert!(
         run.stderr.contains("WALE_GS_PREFIX") && run.stderr.contains("not supported yet"),
         "{}",
@@ -222,8 +224,12 @@ fn bad_names_and_configuration_are_usage_errors() {
     let mut cmd = wale();
     cmd.args(["wal-fetch", "000000010000000000000003"])
         .arg(&dest);
-    let run = Run::of(cmd).expect_code(2);
+    let run = Run::of(cmd).expect_code(204);
     assert!(run.stderr.contains("no storage prefix"), "{}", run.stderr);
+    // Other commands keep 2.
+    let mut cmd = wale();
+    cmd.args(["backup-list"]);
+    Run::of(cmd).expect_code(2);
 }
 
 #[test]

@@ -47,7 +47,9 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
             .take(&args.wal_destination, options, args.prefetch)
             .await
     {
-        state_of(args).clear_error();
+        if let Some(state) = state_of(args) {
+            state.clear_error();
+        }
         tracing::info!(
             "restored {name} from the prefetch area ({size} bytes in {} ms)",
             started.elapsed().as_millis()
@@ -65,7 +67,9 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     if let Some(prefetching) = &prefetching {
         prefetching.learned_size(bytes);
     }
-    state_of(args).clear_error();
+    if let Some(state) = state_of(args) {
+        state.clear_error();
+    }
     tracing::info!(
         "restored {name} from {} ({bytes} bytes in {} ms)",
         store.url(&key),
@@ -86,12 +90,16 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
 pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
     let state = state_of(args);
     if err.is_not_found() {
-        if let WalFileKind::Segment(segment) = WalFileKind::of(&args.wal_segment) {
+        if let (Some(state), WalFileKind::Segment(segment)) =
+            (&state, WalFileKind::of(&args.wal_segment))
+        {
             state.record_not_found(&segment);
         }
         return exit::NOT_FOUND;
     }
-    state.record_error(&err.to_string().replace('\n', " "));
+    if let Some(state) = &state {
+        state.record_error(&err.to_string().replace('\n', " "));
+    }
     if in_standby_mode() {
         tracing::error!(
             "standby mode: exiting 1 so that PostgreSQL asks again in a few seconds (the failure above would otherwise shut the standby down)"
@@ -110,8 +118,12 @@ fn in_standby_mode() -> bool {
     Path::new("standby.signal").is_file() && Path::new("PG_VERSION").is_file()
 }
 
-fn state_of(args: &WalFetchArgs) -> FetchState {
-    FetchState::for_wal_dir(&base_directory(&args.wal_destination))
+/// The records for `wale status`, kept only when PostgreSQL runs us (in its data
+/// directory).
+fn state_of(args: &WalFetchArgs) -> Option<FetchState> {
+    Path::new("PG_VERSION")
+        .is_file()
+        .then(|| FetchState::for_wal_dir(&base_directory(&args.wal_destination)))
 }
 
 /// The prefetch side of one `wal-fetch` of a segment.
@@ -166,6 +178,14 @@ impl Prefetching {
             if wal_prefetch::wait_for(&self.area, &self.segment).await {
                 taken = take();
             }
+        }
+        if taken.is_none()
+            && let Some(reason) = self.area.take_failure(&self.segment)
+        {
+            tracing::warn!(
+                "the prefetcher could not fetch {}: {reason}; fetching it directly",
+                self.segment
+            );
         }
         let size = taken.unwrap_or_else(|| {
             self.area

@@ -4,9 +4,12 @@
 //! keeps the next `--prefetch` segments after the one PostgreSQL last asked for (the
 //! `.next` hint `wal-fetch` leaves) downloaded, decoded, verified and fsynced in the
 //! prefetch area, a few at a time over one storage client, bounded by count and bytes. It
-//! follows the timeline PostgreSQL asks for, drops segments recovery has passed, backs off
-//! after a "not found" at the end of the archive instead of asking again and again, and
-//! exits, cleaning up, after an idle period with no request. `wal-fetch` starts it; WAL-E's
+//! follows the timeline PostgreSQL asks for, drops segments recovery has passed, and
+//! exits, cleaning up, after an idle period with no request. A segment that fails is not
+//! asked for again at once: after "not found" (the end of the archive) for
+//! [`MISSING_BACKOFF`], after any other failure (denied, unavailable, corrupt) for an
+//! exponential backoff capped at [`FAILURE_BACKOFF_CAP`]; the failure is recorded in the
+//! area, where the next `wal-fetch` of that segment reports it to PostgreSQL's log. `wal-fetch` starts it; WAL-E's
 //! `wal-prefetch BASE SEGMENT` command line starts it too.
 
 use std::collections::{HashMap, HashSet};
@@ -24,13 +27,17 @@ use crate::error::Error;
 use crate::layout::Layout;
 use crate::lzop;
 use crate::prefetch::{self, PrefetchDir};
-use crate::storage::{self, Storage, Store};
+use crate::storage::{Storage, Store};
 use crate::wal::{self, SegmentName};
 
 /// How often the hint is read.
 const POLL: Duration = Duration::from_millis(20);
 /// After "not found", the same name is not asked for again before this.
 const MISSING_BACKOFF: Duration = Duration::from_secs(2);
+/// The first pause after another failure of a segment; doubles per failure.
+const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest pause between two attempts at a failing segment.
+const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Downloads at once.
 const CONCURRENCY: usize = 4;
 
@@ -78,7 +85,13 @@ async fn serve(
     let layout = Layout::new(config.store.path_prefix());
     let mut tasks: JoinSet<(SegmentName, Result<(), Error>)> = JoinSet::new();
     let mut in_flight: HashSet<SegmentName> = HashSet::new();
-    let mut missing: HashMap<SegmentName, Instant> = HashMap::new();
+    // Segments not to ask for before the instant given, and how often each failed.
+    let mut resting: HashMap<SegmentName, (Instant, u32)> = HashMap::new();
+    let backoff_policy = crate::config::RetryPolicy {
+        base_delay: FAILURE_BACKOFF_BASE,
+        max_delay: FAILURE_BACKOFF_CAP,
+        ..crate::config::RetryPolicy::default()
+    };
     let mut last_hint = area.next();
     let mut last_change = Instant::now();
     loop {
@@ -86,11 +99,22 @@ async fn serve(
             let (segment, result) = done?;
             in_flight.remove(&segment);
             match result {
-                Ok(()) => {}
-                Err(Error::Storage(storage::Error::NotFound { .. })) => {
-                    missing.insert(segment, Instant::now());
+                Ok(()) => {
+                    resting.remove(&segment);
+                    area.clear_failure(&segment);
                 }
-                Err(err) => tracing::warn!("prefetch of {segment} failed: {err}"),
+                Err(err) if err.is_not_found() => {
+                    resting.insert(segment, (Instant::now() + MISSING_BACKOFF, 0));
+                }
+                Err(err) => {
+                    let failures = resting.get(&segment).map_or(0, |&(_, n)| n) + 1;
+                    let pause = crate::retry::backoff(&backoff_policy, failures);
+                    tracing::warn!(
+                        "prefetch of {segment} failed (attempt {failures}; next in {pause:.1?}): {err}"
+                    );
+                    area.record_failure(&segment, &err.to_string().replace('\n', " "));
+                    resting.insert(segment, (Instant::now() + pause, failures));
+                }
             }
         }
         let hint = area.next();
@@ -110,13 +134,20 @@ async fn serve(
                 window.min(by_bytes.min(u32::MAX as u64) as u32),
             );
             drop_unwanted(area, &wanted);
-            missing.retain(|_, when| when.elapsed() < MISSING_BACKOFF);
+            let now = Instant::now();
+            resting.retain(|segment, (until, failures)| {
+                // A segment that kept failing stays known (its count sets the next pause)
+                // while it is still wanted.
+                *until > now || (*failures > 0 && wanted.contains(segment))
+            });
             for segment in wanted {
                 if tasks.len() >= CONCURRENCY {
                     break;
                 }
-                if missing.contains_key(&segment) {
-                    // The archive ends here for now: nothing after it either.
+                if resting.get(&segment).is_some_and(|&(until, _)| until > now) {
+                    // Not before its pause is over, and nothing after it either: at the
+                    // end of the archive there is nothing after it, and a failing store
+                    // is not asked for more.
                     break;
                 }
                 if in_flight.contains(&segment) || area.ready(&segment).exists() {

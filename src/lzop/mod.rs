@@ -1,7 +1,7 @@
 //! Streaming decoder for the lzop container that wraps every WAL-E object.
 //!
 //! WAL-E pipes each WAL file and each tar partition through `lzop -c`, so every object is
-//! one lzop member: a header (see `../shared/wal-e-format.md` §4.2), then blocks of at most
+//! one lzop member: a header (lzop 1.04's format), then blocks of at most
 //! 256 KiB of output each, each with an Adler-32 of its decompressed bytes, then a zero
 //! end marker. This module reads that container from any [`Read`] and hands out the
 //! decompressed bytes, verifying every checksum the header's flags announce before a byte

@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -352,9 +352,7 @@ pub struct ResumingReader {
     url: String,
     inner: Box<dyn Read + Send>,
     offset: u64,
-    retry: RetryPolicy,
-    failures: u32,
-    started: Instant,
+    budget: crate::retry::Backoff,
     runtime: tokio::runtime::Handle,
 }
 
@@ -367,9 +365,7 @@ impl ResumingReader {
             url: first.url.clone(),
             inner: first.into_blocking_read(),
             offset: 0,
-            retry,
-            failures: 0,
-            started: Instant::now(),
+            budget: crate::retry::Backoff::new(&retry),
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -377,13 +373,9 @@ impl ResumingReader {
     /// Reopens the object at the current offset after `err`, or gives up with it.
     fn resume(&mut self, mut err: io::Error) -> io::Result<()> {
         loop {
-            self.failures += 1;
-            let delay = crate::retry::backoff(&self.retry, self.failures);
-            if self.failures >= self.retry.max_attempts
-                || self.started.elapsed() + delay > self.retry.deadline
-            {
+            let Some(delay) = self.budget.next_delay() else {
                 return Err(err);
-            }
+            };
             tracing::warn!(
                 "{}: read failed at byte {} ({err}); resuming from there in {:.1}s",
                 self.url,
@@ -414,10 +406,9 @@ impl Read for ResumingReader {
             match self.inner.read(buf) {
                 Ok(n) => {
                     self.offset += n as u64;
-                    if n > 0 && self.failures > 0 {
+                    if n > 0 && self.budget.failures() > 0 {
                         // Progress since the last failure: the budget starts afresh.
-                        self.failures = 0;
-                        self.started = Instant::now();
+                        self.budget.reset();
                     }
                     return Ok(n);
                 }

@@ -136,6 +136,79 @@ fn pax_records_override_the_header() {
 }
 
 #[test]
+fn global_records_never_rename_relink_or_resize_later_members() {
+    let mut t = Vec::new();
+    let global = pax(&[
+        ("path", "evil"),
+        ("linkpath", "/etc"),
+        ("size", "99"),
+        ("uname", "g"),
+    ]);
+    member(
+        &mut t,
+        header("pax_global_header", b'g', global.len() as u64, "", true),
+        &global,
+    );
+    member(&mut t, header("a", b'0', 1, "", true), b"1");
+    member(&mut t, header("b", b'2', 0, "target", true), b"");
+    end(&mut t);
+    let members = read_all(&t).unwrap();
+    assert_eq!(members[0].0.display_path(), "a");
+    assert_eq!(members[0].1, b"1");
+    assert_eq!(members[0].0.uname, "g");
+    assert_eq!(members[1].0.link.as_deref(), Some(&b"target"[..]));
+}
+
+#[test]
+fn duplicate_and_dangling_extension_headers_are_refused() {
+    let records = pax(&[("path", "p")]);
+    let x = || header("././@PaxHeader", b'x', records.len() as u64, "", true);
+    let mut twice = Vec::new();
+    member(&mut twice, x(), &records);
+    member(&mut twice, x(), &records);
+    member(&mut twice, header("a", b'0', 0, "", true), b"");
+    end(&mut twice);
+    let err = read_all(&twice).unwrap_err().to_string();
+    assert!(err.contains("two extension headers"), "{err}");
+
+    let mut long_twice = Vec::new();
+    for _ in 0..2 {
+        member(
+            &mut long_twice,
+            header("././@LongLink", b'L', 5, "", false),
+            b"name\0",
+        );
+    }
+    member(&mut long_twice, header("a", b'0', 0, "", false), b"");
+    end(&mut long_twice);
+    assert!(read_all(&long_twice).is_err());
+
+    let mut dangling = Vec::new();
+    member(&mut dangling, header("a", b'0', 0, "", true), b"");
+    member(&mut dangling, x(), &records);
+    end(&mut dangling);
+    let err = read_all(&dangling).unwrap_err().to_string();
+    assert!(err.contains("describes no member"), "{err}");
+
+    // One of each kind before a member is fine (GNU tar writes L and K together).
+    let mut both = Vec::new();
+    member(
+        &mut both,
+        header("././@LongLink", b'L', 5, "", false),
+        b"name\0",
+    );
+    member(
+        &mut both,
+        header("././@LongLink", b'K', 5, "", false),
+        b"link\0",
+    );
+    member(&mut both, header("a", b'2', 0, "", false), b"");
+    end(&mut both);
+    let members = read_all(&both).unwrap();
+    assert_eq!(members[0].0.display_path(), "name");
+}
+
+#[test]
 fn gnu_long_names_and_links() {
     let long = "x".repeat(300);
     let target = "y".repeat(200);
