@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-
-use crate::config::GlobalFlags;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Restore PostgreSQL from WAL-E archives: a native, drop-in replacement for WAL-E's
 /// restore side (`wal-fetch`, `backup-list`).
@@ -21,6 +19,19 @@ from an envdir directory with --envdir.\n\nExit status: 0 success; 1 not in the 
 (credentials, bucket, region); 202 corrupt object; 203 local file error."
 )]
 pub struct Cli {
+    /// The options every subcommand takes, before or after it.
+    #[command(flatten)]
+    pub globals: GlobalFlags,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The global options, declared once: parsing, `Config::resolve` and the prefetcher's
+/// relaunch ([`relaunch_args`]) all read this one declaration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct GlobalFlags {
     /// Read environment variables from DIR first, one variable per file, the way
     /// daemontools `envdir DIR wale …` would (so restore_command needs no daemontools).
     #[arg(long, global = true, value_name = "DIR")]
@@ -63,56 +74,46 @@ pub struct Cli {
     /// warns about them and WAL-E refuses them).
     #[arg(long, global = true)]
     pub allow_concatenated_lzop: bool,
-
-    /// The subcommand.
-    #[command(subcommand)]
-    pub command: Command,
 }
 
-impl Cli {
-    /// The global options, as arguments for a child `wale` (the prefetcher), so it reads
-    /// the same configuration.
-    pub fn relaunch_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        if let Some(dir) = &self.envdir {
-            args.push("--envdir".into());
-            args.push(dir.into());
-        }
-        let valued = [
-            ("--file-prefix", &self.file_prefix),
-            ("--gs-prefix", &self.gs_prefix),
-            ("--s3-prefix", &self.s3_prefix),
-            ("--wabs-prefix", &self.wabs_prefix),
-            ("--aws-access-key-id", &self.aws_access_key_id),
-        ];
-        for (flag, value) in valued {
-            if let Some(value) = value {
-                args.push(format!("{flag}={value}").into());
-            }
-        }
-        for (flag, on) in [
-            ("--terse", self.terse),
-            ("--aws-instance-profile", self.aws_instance_profile),
-            ("--allow-concatenated-lzop", self.allow_concatenated_lzop),
-        ] {
-            if on {
-                args.push(flag.into());
-            }
-        }
-        args
-    }
+/// Parses the process's command line, keeping the matches for [`relaunch_args`].
+pub fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
+    parse_from(std::env::args_os())
+}
 
-    /// The flags that feed [`crate::config::Config::resolve`].
-    pub fn global_flags(&self) -> GlobalFlags {
-        GlobalFlags {
-            file_prefix: self.file_prefix.clone(),
-            gs_prefix: self.gs_prefix.clone(),
-            s3_prefix: self.s3_prefix.clone(),
-            wabs_prefix: self.wabs_prefix.clone(),
-            aws_access_key_id: self.aws_access_key_id.clone(),
-            aws_instance_profile: self.aws_instance_profile,
+/// Parses a command line (tests), keeping the matches.
+pub fn parse_from<I, T>(args: I) -> Result<(Cli, ArgMatches), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches))
+}
+
+/// Every global option given on the command line, as arguments for a child `wale` (the
+/// prefetcher) so it reads the same configuration. Derived from the declaration: a new
+/// global option is passed on without being listed anywhere.
+pub fn relaunch_args(matches: &ArgMatches) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    for arg in Cli::command().get_arguments().filter(|a| a.is_global_set()) {
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let long = arg.get_long().expect("global options have a long name");
+        if arg.get_action().takes_values() {
+            for value in matches.get_raw(id).into_iter().flatten() {
+                let mut flag = std::ffi::OsString::from(format!("--{long}="));
+                flag.push(value);
+                args.push(flag);
+            }
+        } else {
+            args.push(format!("--{long}").into());
         }
     }
+    args
 }
 
 /// WAL-E's restore-side subcommands.
@@ -343,6 +344,43 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every global option, given alone before or after the subcommand, reaches the
+    /// relaunched prefetcher with the same value.
+    #[test]
+    fn every_global_option_survives_the_relaunch() {
+        let globals: Vec<_> = Cli::command()
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .cloned()
+            .collect();
+        assert!(globals.len() >= 10);
+        for arg in globals {
+            let long = arg.get_long().unwrap();
+            let given: Vec<String> = if arg.get_action().takes_values() {
+                vec![format!("--{long}"), format!("value of {long}")]
+            } else {
+                vec![format!("--{long}")]
+            };
+            for after in [false, true] {
+                let mut line = vec!["wale".to_string()];
+                if after {
+                    line.extend(["wal-fetch", "A", "B"].map(String::from));
+                    line.extend(given.iter().cloned());
+                } else {
+                    line.extend(given.iter().cloned());
+                    line.extend(["wal-fetch", "A", "B"].map(String::from));
+                }
+                let (cli, matches) = parse_from(&line).unwrap();
+                assert_ne!(cli.globals, GlobalFlags::default(), "{long} was not parsed");
+                let mut child: Vec<std::ffi::OsString> = vec!["wale".into()];
+                child.extend(relaunch_args(&matches));
+                child.extend(["wal-prefetch", "B", "A"].map(Into::into));
+                let (relaunched, _) = parse_from(&child).unwrap();
+                assert_eq!(relaunched.globals, cli.globals, "{long}");
+            }
+        }
+    }
+
     #[test]
     fn wal_e_command_lines_parse() {
         let cli = Cli::try_parse_from([
@@ -354,8 +392,8 @@ mod tests {
             "pg_wal/RECOVERYXLOG",
         ])
         .unwrap();
-        assert!(cli.terse);
-        assert_eq!(cli.s3_prefix.as_deref(), Some("s3://b/p"));
+        assert!(cli.globals.terse);
+        assert_eq!(cli.globals.s3_prefix.as_deref(), Some("s3://b/p"));
         let Command::WalFetch(args) = cli.command else {
             panic!()
         };
@@ -371,7 +409,10 @@ mod tests {
             "/e",
         ])
         .unwrap();
-        assert_eq!(cli.envdir.as_deref(), Some(std::path::Path::new("/e")));
+        assert_eq!(
+            cli.globals.envdir.as_deref(),
+            Some(std::path::Path::new("/e"))
+        );
         let cli = Cli::try_parse_from(["wale", "backup-list", "LATEST", "--detail"]).unwrap();
         assert!(matches!(
             cli.command,

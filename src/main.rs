@@ -4,7 +4,6 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -16,12 +15,12 @@ use wale::config::{Config, Env};
 use wale::error::{Error, exit};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, matches) = match wale::cli::parse() {
+        Ok(parsed) => parsed,
         Err(err) => return usage_error(err),
     };
-    init_logging(cli.terse);
-    match run(&cli) {
+    init_logging(cli.globals.terse);
+    match run(&cli, &matches) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
             let line = err.to_string().replace('\n', " ");
@@ -54,26 +53,26 @@ fn usage_error(err: clap::Error) -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<(), Error> {
+fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
     if let Command::Version = cli.command {
         println!("{}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    let flags = &cli.globals;
     let mut env = Env::from_process();
-    if let Some(dir) = &cli.envdir {
+    if let Some(dir) = &flags.envdir {
         env.apply_envdir(dir)?;
     }
-    let flags = cli.global_flags();
-    let config = Config::resolve(&flags, &env)?;
+    let config = Config::resolve(flags, &env)?;
     let mut options = Options {
-        relaunch: cli.relaunch_args(),
-        envdir: cli.envdir.clone(),
+        relaunch: wale::cli::relaunch_args(matches),
+        envdir: flags.envdir.clone(),
         ..Options::default()
     };
     if let Command::Restore(_) = cli.command {
-        options.envdir_settings = wale::config::envdir_settings(&flags, &env)?;
+        options.envdir_settings = wale::config::envdir_settings(flags, &env)?;
     }
-    options.lzop.allow_concatenated = cli.allow_concatenated_lzop;
+    options.lzop.allow_concatenated = flags.allow_concatenated_lzop;
     // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
     // starts faster (decoding still runs on a blocking thread). The others work in
     // parallel.

@@ -1,0 +1,384 @@
+//! Configuration exactly as WAL-E reads it: the storage prefix, S3 settings and retry
+//! limits, from command-line flags, the process environment and an envdir directory.
+//!
+//! This is the only module that reads environment variables. It turns them into a
+//! validated [`Config`] without touching the network, so a `restore_command` pays nothing
+//! here but a few map look-ups.
+//!
+//! By concept: [`Env`] (the environment and envdir, in `env`), the prefix and backend
+//! choice (here), S3's endpoint grammar, credentials and addressing (`s3`), and retry and
+//! prefetch tuning (`tuning`).
+
+use std::path::PathBuf;
+
+/// A configuration problem, always naming the variable or flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No prefix flag or variable is set.
+    #[error(
+        "no storage prefix defined: set WALE_S3_PREFIX or WALE_FILE_PREFIX (or pass --s3-prefix/--file-prefix)"
+    )]
+    NoPrefix,
+    /// The prefix uses a scheme WAL-E knows but wale does not implement yet.
+    #[error(
+        "{source_name}={value}: {scheme}:// storage is not supported yet (only s3:// and file://)"
+    )]
+    UnsupportedScheme {
+        /// The flag or variable that held the prefix.
+        source_name: String,
+        /// The prefix as given.
+        value: String,
+        /// The URL scheme.
+        scheme: String,
+    },
+    /// The prefix is not a URL with a known scheme.
+    #[error("{source_name}={value}: {reason}")]
+    BadPrefix {
+        /// The flag or variable that held the prefix.
+        source_name: String,
+        /// The prefix as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `WALE_S3_ENDPOINT` does not follow WAL-E's `<proto>+<convention>://host[:port]`.
+    #[error("WALE_S3_ENDPOINT={value}: {reason}")]
+    BadEndpoint {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A variable holds a value of the wrong shape.
+    #[error("{name}={value}: {reason}")]
+    BadValue {
+        /// The variable name.
+        name: &'static str,
+        /// Its value (never a secret).
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// S3 credentials are missing.
+    #[error(
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_INSTANCE_PROFILE=true"
+    )]
+    NoCredentials,
+    /// The envdir directory or one of its files could not be read.
+    #[error("envdir {path}: {source}")]
+    Envdir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+mod env;
+mod s3;
+mod tuning;
+
+pub use env::Env;
+pub use s3::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
+pub use tuning::{PrefetchSettings, RetryPolicy};
+
+use s3::s3_config;
+use tuning::{prefetch_settings, retry_policy};
+
+pub use crate::cli::GlobalFlags;
+
+/// Everything a command needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the archive lives.
+    pub store: StoreConfig,
+    /// How hard to retry transient storage failures.
+    pub retry: RetryPolicy,
+    /// Where and how long the prefetcher works.
+    pub prefetch: PrefetchSettings,
+}
+
+/// The backend selected by the prefix's URL scheme, with its settings.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// `s3://bucket/path`.
+    S3(S3Config),
+    /// `file:///path` (the netloc is ignored, as WAL-E does).
+    File(FileConfig),
+}
+
+impl StoreConfig {
+    /// The archive's key prefix inside the bucket or root: empty, or ending in `/`.
+    pub fn path_prefix(&self) -> &str {
+        match self {
+            StoreConfig::S3(s3) => &s3.path_prefix,
+            StoreConfig::File(file) => &file.path_prefix,
+        }
+    }
+}
+
+/// The local-file backend: keys are paths under `/`.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    /// The prefix path without its leading `/`, with a trailing `/` (or empty).
+    pub path_prefix: String,
+}
+
+/// Where a prefix came from, in WAL-E's order of precedence.
+const PREFIX_SOURCES: [&str; 9] = [
+    "--file-prefix",
+    "--gs-prefix",
+    "--s3-prefix",
+    "--wabs-prefix",
+    "WALE_FILE_PREFIX",
+    "WALE_GS_PREFIX",
+    "WALE_S3_PREFIX",
+    "WALE_SWIFT_PREFIX",
+    "WALE_WABS_PREFIX",
+];
+
+impl Config {
+    /// Resolves flags and environment into a validated configuration.
+    pub fn resolve(flags: &GlobalFlags, env: &Env) -> Result<Config, Error> {
+        let (source_name, prefix) = choose_prefix(flags, env)?;
+        let store = parse_prefix(source_name, prefix, flags, env)?;
+        let retry = retry_policy(env)?;
+        let prefetch = prefetch_settings(env)?;
+        Ok(Config {
+            store,
+            retry,
+            prefetch,
+        })
+    }
+}
+
+/// The variables that give a child `wale` (a restored server's `restore_command`) this
+/// same configuration from an envdir: the chosen prefix under its variable name (a prefix
+/// flag becomes its variable; other prefixes are left out so precedence cannot change),
+/// every other `WALE_*` and `AWS_*` variable, and the credential flags. Sorted by name.
+pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, String)>, Error> {
+    let (source_name, prefix) = choose_prefix(flags, env)?;
+    let prefix_var = match source_name {
+        "--file-prefix" => "WALE_FILE_PREFIX",
+        "--gs-prefix" => "WALE_GS_PREFIX",
+        "--s3-prefix" => "WALE_S3_PREFIX",
+        "--wabs-prefix" => "WALE_WABS_PREFIX",
+        env_name => env_name,
+    };
+    let mut settings: Vec<(String, String)> = env
+        .vars()
+        .filter(|(name, _)| {
+            (name.starts_with("WALE_") || name.starts_with("AWS_")) && !name.ends_with("_PREFIX")
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    settings.push((prefix_var.to_string(), prefix.to_string()));
+    if let Some(key) = &flags.aws_access_key_id {
+        settings.retain(|(name, _)| name != "AWS_ACCESS_KEY_ID");
+        settings.push(("AWS_ACCESS_KEY_ID".into(), key.clone()));
+    }
+    if flags.aws_instance_profile {
+        settings.retain(|(name, _)| name != "AWS_INSTANCE_PROFILE");
+        settings.push(("AWS_INSTANCE_PROFILE".into(), "true".into()));
+    }
+    settings.sort();
+    Ok(settings)
+}
+
+/// The first non-empty prefix in WAL-E's order, with the name of where it came from.
+fn choose_prefix<'a>(
+    flags: &'a GlobalFlags,
+    env: &'a Env,
+) -> Result<(&'static str, &'a str), Error> {
+    let from_flags = [
+        &flags.file_prefix,
+        &flags.gs_prefix,
+        &flags.s3_prefix,
+        &flags.wabs_prefix,
+    ];
+    let candidates = from_flags
+        .into_iter()
+        .map(|v| v.as_deref())
+        .chain(PREFIX_SOURCES[4..].iter().map(|name| env.get(name)));
+    PREFIX_SOURCES
+        .iter()
+        .zip(candidates)
+        .find_map(|(name, value)| Some((*name, value.filter(|v| !v.is_empty())?)))
+        .ok_or(Error::NoPrefix)
+}
+
+fn parse_prefix(
+    source_name: &str,
+    value: &str,
+    flags: &GlobalFlags,
+    env: &Env,
+) -> Result<StoreConfig, Error> {
+    let bad = |reason: &str| Error::BadPrefix {
+        source_name: source_name.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or_else(|| bad("expected a URL such as s3://bucket/path or file:///path"))?;
+    let (netloc, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path_prefix = normalize_path_prefix(path);
+    match scheme {
+        "s3" => {
+            if netloc.is_empty() {
+                return Err(bad("the bucket name is missing"));
+            }
+            Ok(StoreConfig::S3(s3_config(netloc, path_prefix, flags, env)?))
+        }
+        "file" => Ok(StoreConfig::File(FileConfig { path_prefix })),
+        "gs" | "wabs" | "swift" => Err(Error::UnsupportedScheme {
+            source_name: source_name.to_string(),
+            value: value.to_string(),
+            scheme: scheme.to_string(),
+        }),
+        _ => Err(bad("unknown scheme: expected s3:// or file://")),
+    }
+}
+
+/// WAL-E strips every leading `/` and adds one trailing `/` when the rest is not empty.
+fn normalize_path_prefix(path: &str) -> String {
+    let trimmed = path.trim_start_matches('/');
+    if trimmed.is_empty() || trimmed.ends_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+/// WAL-E's `parse_boolean_envvar`: empty, `false`, `0` are off; `true`, `1` are on.
+pub(super) fn parse_bool(name: &'static str, value: Option<&str>) -> Result<bool, Error> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(Error::BadValue {
+            name,
+            value: value.unwrap_or_default().to_string(),
+            reason: "expected true, false, 1 or 0",
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Env;
+
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    pub(crate) fn s3_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("WALE_S3_PREFIX", "s3://bucket/some/prefix"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "sEcReTvAlUe"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::*;
+
+    #[test]
+    fn prefix_precedence_follows_wal_e() {
+        let e = env(&[
+            ("WALE_S3_PREFIX", "s3://b/p"),
+            ("WALE_FILE_PREFIX", "file:///tmp/x"),
+        ]);
+        let c = Config::resolve(&GlobalFlags::default(), &e).unwrap();
+        assert!(matches!(c.store, StoreConfig::File(_)));
+        let flags = GlobalFlags {
+            s3_prefix: Some("file:///from/flag".into()),
+            ..Default::default()
+        };
+        // The backend follows the URL scheme, not the variable's name.
+        let c = Config::resolve(&flags, &e).unwrap();
+        assert_eq!(c.store.path_prefix(), "from/flag/");
+        // Empty values are skipped.
+        let e = env(&[("WALE_FILE_PREFIX", ""), ("WALE_S3_PREFIX", "file:///y")]);
+        assert_eq!(
+            Config::resolve(&GlobalFlags::default(), &e)
+                .unwrap()
+                .store
+                .path_prefix(),
+            "y/"
+        );
+    }
+
+    #[test]
+    fn path_prefix_is_normalized_like_wal_e() {
+        for (url, want) in [
+            ("s3://b/foo", "foo/"),
+            ("s3://b/foo/", "foo/"),
+            ("s3://b", ""),
+            ("s3://b/", ""),
+            ("s3://b//a/b", "a/b/"),
+            ("file://localhost/x/y", "x/y/"),
+            ("file:///x/y", "x/y/"),
+        ] {
+            let mut pairs = s3_env();
+            pairs[0] = ("WALE_S3_PREFIX", url);
+            let c = Config::resolve(&GlobalFlags::default(), &env(&pairs)).unwrap();
+            assert_eq!(c.store.path_prefix(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn other_backends_are_named_as_unsupported() {
+        let err = Config::resolve(
+            &GlobalFlags::default(),
+            &env(&[("WALE_GS_PREFIX", "gs://b/p")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("WALE_GS_PREFIX") && msg.contains("not supported yet"),
+            "{msg}"
+        );
+        assert!(matches!(
+            Config::resolve(&GlobalFlags::default(), &env(&[])),
+            Err(Error::NoPrefix)
+        ));
+        assert!(
+            Config::resolve(
+                &GlobalFlags::default(),
+                &env(&[("WALE_S3_PREFIX", "ftp://x")])
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn envdir_settings_keep_the_chosen_prefix_and_credentials() {
+        let env = env(&[
+            ("WALE_FILE_PREFIX", "file:///a"),
+            ("WALE_S3_PREFIX", "s3://b/p"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("WALE_RETRIES", "3"),
+            ("HOME", "/root"),
+        ]);
+        let flags = GlobalFlags {
+            s3_prefix: Some("s3://flag/p".into()),
+            aws_access_key_id: Some("K".into()),
+            ..GlobalFlags::default()
+        };
+        assert_eq!(
+            envdir_settings(&flags, &env).unwrap(),
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), "K".to_string()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+                ("WALE_RETRIES".into(), "3".into()),
+                ("WALE_S3_PREFIX".into(), "s3://flag/p".into()),
+            ]
+        );
+        let from_env = envdir_settings(&GlobalFlags::default(), &env).unwrap();
+        assert!(from_env.contains(&("WALE_FILE_PREFIX".into(), "file:///a".into())));
+        assert!(!from_env.iter().any(|(n, _)| n == "WALE_S3_PREFIX"));
+    }
+}
