@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Restore PostgreSQL from WAL-E archives: a native, drop-in replacement for WAL-E's
-/// restore side (`wal-fetch`, `backup-list`).
+/// restore side (`wal-fetch`, `backup-fetch`, `backup-list`), and `restore`, `status`,
+/// `promote` from an archive to a running standby and cutover.
 #[derive(Debug, Parser)]
 #[command(
     name = "wale",
@@ -16,7 +17,9 @@ WALE_FILE_PREFIX, WALE_S3_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_AC
 AWS_SESSION_TOKEN/AWS_SECURITY_TOKEN, AWS_INSTANCE_PROFILE, WALE_RETRIES), optionally read \
 from an envdir directory with --envdir.\n\nExit status: 0 success; 1 not in the archive; \
 2 usage or configuration error; 200 storage unavailable after retries; 201 storage refused \
-(credentials, bucket, region); 202 corrupt object; 203 local file error."
+(credentials, bucket, region); 202 corrupt object; 203 local file error or server failure; \
+204 usage or configuration error under wal-fetch (2 would let PostgreSQL promote). Under a \
+standby (standby.signal), wal-fetch failures exit 1 so that the standby retries."
 )]
 pub struct Cli {
     /// The options every subcommand takes, before or after it.
@@ -137,6 +140,9 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Print wale's version.
     Version,
+    /// Write the man page and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// `backup-fetch PG_CLUSTER_DIRECTORY BACKUP_NAME|LATEST [options]`.
@@ -259,6 +265,29 @@ pub struct RestoreArgs {
     /// Which timeline to follow: latest (default), current, or a number.
     #[arg(long, default_value = "latest", value_name = "TLI")]
     pub target_timeline: String,
+}
+
+/// `generate DIR`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where to write `wale.1` and `completions/` (bash, zsh, fish).
+    pub out_dir: PathBuf,
+}
+
+/// Writes the man page (`wale.1`) and bash, zsh and fish completions, all from the one
+/// clap definition, into `dir`.
+pub fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    let command = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    std::fs::write(dir.join("wale.1"), page)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut command.clone(), "wale", &completions)?;
+    }
+    Ok(())
 }
 
 /// `status PGDATA [--json]`.

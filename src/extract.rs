@@ -21,7 +21,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -608,22 +607,12 @@ fn remove_non_dir(path: &Path) -> Result<(), Error> {
     }
 }
 
-fn timespecs((secs, nanos): (i64, u32)) -> [libc::timespec; 2] {
-    let t = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: nanos as libc::c_long,
-    };
-    [t, t]
-}
-
-fn set_times_fd(file: &File, mtime: (i64, u32)) -> io::Result<()> {
-    let times = timespecs(mtime);
-    // SAFETY: valid descriptor and a pointer to two timespecs.
-    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// Sets a file's or directory's access and modification times to `mtime` (seconds and
+/// nanoseconds since the epoch), as tar restores them.
+fn set_times_fd(file: &File, (secs, nanos): (i64, u32)) -> io::Result<()> {
+    let since_epoch = std::time::Duration::new(secs.max(0) as u64, nanos);
+    let time = std::time::UNIX_EPOCH + since_epoch;
+    file.set_times(fs::FileTimes::new().set_accessed(time).set_modified(time))
 }
 
 #[cfg(test)]

@@ -19,12 +19,14 @@
 //! * [`tablespaces`]: where tablespaces go on restore.
 //! * [`durable`]: files that appear complete and fsynced, or not at all; directory and
 //!   file-system flushes.
-//! * [`prefetch`]: the prefetch area shared by `wal-fetch` and the background prefetcher.
+//! * [`prefetch`]: prefetching, in one place: the area on disk, the background worker,
+//!   and `wal-fetch`'s side.
 //! * [`fetch_state`]: what `wal-fetch` records for `wale status`.
 //! * [`pg`]: PostgreSQL's control data, configuration files, binaries and running server.
 //! * [`users`]: operating-system users and groups.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
+//! * [`progress`]: the progress bar of long commands (terminals only).
 //! * [`commands`]: one module per subcommand.
 //! * [`error`]: the error type and the exit-status policy.
 
@@ -42,6 +44,7 @@ pub mod layout;
 pub mod lzop;
 pub mod pg;
 pub mod prefetch;
+pub mod progress;
 pub mod retry;
 pub mod storage;
 pub mod tablespaces;

@@ -54,9 +54,21 @@ fn usage_error(err: clap::Error) -> ExitCode {
 }
 
 fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
-    if let Command::Version = cli.command {
-        println!("{}", env!("CARGO_PKG_VERSION"));
-        return Ok(());
+    match &cli.command {
+        Command::Version => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Command::Generate(args) => {
+            return wale::cli::generate(&args.out_dir).map_err(|e| {
+                Error::local(
+                    &args.out_dir,
+                    "cannot write the man page and completions",
+                    e,
+                )
+            });
+        }
+        _ => {}
     }
     let flags = &cli.globals;
     let mut env = Env::from_process();
@@ -115,28 +127,19 @@ fn init_logging(terse: bool) {
     }
     let terminal = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
-        .with_writer(move || LogLine {
-            clear_first: terminal,
-        })
+        .with_writer(|| LogLine)
         .with_ansi(terminal)
         .with_env_filter(filter)
         .event_format(OneLine)
         .init();
 }
 
-/// Stderr for one log event; on a terminal it first clears the line, where a progress
-/// report may be standing.
-struct LogLine {
-    clear_first: bool,
-}
+/// Stderr for one log event, with any progress bar taken off the screen meanwhile.
+struct LogLine;
 
 impl std::io::Write for LogLine {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        if std::mem::take(&mut self.clear_first) {
-            err.write_all(b"\r\x1b[K")?;
-        }
-        err.write(buf)
+        wale::progress::suspend(|| std::io::stderr().write(buf))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -7,7 +7,7 @@
 //! holds a marker file and no `global/pg_control`, so PostgreSQL cannot start on a partial
 //! restore, and a rerun after a failure picks up where the failed one left the directory.
 
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,8 +128,7 @@ pub async fn fetch(
         Extractor::new(
             target,
             extract::Options {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                set_owner: unsafe { libc::geteuid() } == 0,
+                set_owner: crate::users::effective_uid() == 0,
                 keep_wal_link: request.keep_wal_link,
                 trusted_links,
                 reserved: vec![PathBuf::from(MARKER)],
@@ -525,58 +524,36 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// A progress line on a terminal: partitions, bytes, rate and ETA, five times a second.
+/// The progress bar (on a terminal only): partitions done, bytes, rate, ETA.
 struct Progress {
     partitions_done: Arc<AtomicU64>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Progress {
     fn start(extractor: Arc<Extractor>, partitions: usize, expected: Option<u64>) -> Progress {
         let partitions_done = Arc::new(AtomicU64::new(0));
-        if !std::io::stderr().is_terminal() {
-            return Progress {
-                partitions_done,
-                task: None,
-            };
-        }
         let done = partitions_done.clone();
-        let started = Instant::now();
         let task = tokio::spawn(async move {
+            let bar = crate::progress::Bar::start(expected);
             loop {
+                bar.set_position(extractor.bytes_written.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{}/{partitions} partitions",
+                    done.load(Ordering::Relaxed)
+                ));
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let bytes = extractor.bytes_written.load(Ordering::Relaxed);
-                let seconds = started.elapsed().as_secs_f64().max(1e-3);
-                let rate = bytes as f64 / seconds;
-                let eta = expected
-                    .filter(|&e| e > bytes && rate > 0.0)
-                    .map(|e| format!(", ETA {:.0} s", (e - bytes) as f64 / rate))
-                    .unwrap_or_default();
-                let total = expected
-                    .map(|e| format!(" of {}", human_bytes(e)))
-                    .unwrap_or_default();
-                let mut err = std::io::stderr().lock();
-                let _ = write!(
-                    err,
-                    "\r\x1b[Kwale: {}/{partitions} partitions, {}{total}, {:.0} MB/s{eta}",
-                    done.load(Ordering::Relaxed),
-                    human_bytes(bytes),
-                    rate / 1e6
-                );
-                let _ = err.flush();
             }
         });
         Progress {
             partitions_done,
-            task: Some(task),
+            task,
         }
     }
 
+    /// Removes the bar (dropping the task drops it).
     fn stop(&self) {
-        if let Some(task) = &self.task {
-            task.abort();
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
+        self.task.abort();
     }
 }
 

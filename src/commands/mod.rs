@@ -39,6 +39,6 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::Restore(args) => restore::run(config, &options, args).await,
         Command::Status(args) => status::run(config, args).await,
         Command::Promote(args) => promote::run(config, args).await,
-        Command::Version => Ok(()),
+        Command::Version | Command::Generate(_) => Ok(()),
     }
 }

@@ -17,11 +17,9 @@ use crate::error::{Error, exit};
 use crate::fetch_state::FetchState;
 use crate::layout::Layout;
 use crate::lzop::{self, DecodeToError};
-use crate::prefetch::PrefetchDir;
+use crate::prefetch::{Prefetching, wal_directory_of};
 use crate::storage::{self, ObjectReader, Storage, Store};
-use crate::wal::{self, SegmentName, WalFileKind};
-
-use super::wal_prefetch;
+use crate::wal::{self, WalFileKind};
 
 /// Buffer over the object: the decoder's header reads are a few bytes each, which on a
 /// `file://` object would each be a system call (network bodies are already read ahead).
@@ -38,13 +36,13 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     let started = Instant::now();
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
-            Some(Prefetching::new(config, args, segment))
+            Some(Prefetching::new(config, &args.wal_destination, segment))
         }
         _ => None,
     };
     if let Some(prefetching) = &prefetching
         && let Some(size) = prefetching
-            .take(&args.wal_destination, options, args.prefetch)
+            .take(&args.wal_destination, &options.relaunch, args.prefetch)
             .await
     {
         if let Some(state) = state_of(args) {
@@ -123,110 +121,7 @@ fn in_standby_mode() -> bool {
 fn state_of(args: &WalFetchArgs) -> Option<FetchState> {
     Path::new("PG_VERSION")
         .is_file()
-        .then(|| FetchState::for_wal_dir(&base_directory(&args.wal_destination)))
-}
-
-/// The prefetch side of one `wal-fetch` of a segment.
-struct Prefetching {
-    area: PrefetchDir,
-    /// The resolved directory of the destination (what `wal-prefetch` is given).
-    base: PathBuf,
-    segment: SegmentName,
-}
-
-impl Prefetching {
-    /// The prefetch area for this destination (nothing is touched yet; any problem with
-    /// it later only disables prefetching for this call).
-    fn new(config: &Config, args: &WalFetchArgs, segment: SegmentName) -> Prefetching {
-        let base = base_directory(&args.wal_destination);
-        let area = PrefetchDir::for_base(&base, config.prefetch.dir.as_deref());
-        Prefetching {
-            area,
-            base,
-            segment,
-        }
-    }
-
-    /// Hands over the prefetched segment (waiting for its download if one is under way,
-    /// rather than starting a second) and tells the prefetcher, starting it if none runs,
-    /// what comes next. Returns the size when the segment came from the area.
-    async fn take(&self, destination: &Path, options: &Options, window: u32) -> Option<u64> {
-        let take = || match self.area.take(&self.segment, destination) {
-            Ok(taken) => taken,
-            Err(err) => {
-                // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
-                tracing::warn!(
-                    "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",
-                    self.area.root().display(),
-                    destination.display()
-                );
-                None
-            }
-        };
-        let mut taken = take();
-        // Wait only for a download a live prefetcher has under way (one killed mid-way
-        // leaves a partial file that will never grow).
-        if taken.is_none()
-            && self.area.partial_size(&self.segment).is_some()
-            && self.area.prefetcher_running()
-        {
-            let size = self
-                .area
-                .next()
-                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
-            self.announce(self.segment, size, options, window);
-            if wal_prefetch::wait_for(&self.area, &self.segment).await {
-                taken = take();
-            }
-        }
-        if taken.is_none()
-            && let Some(reason) = self.area.take_failure(&self.segment)
-        {
-            tracing::warn!(
-                "the prefetcher could not fetch {}: {reason}; fetching it directly",
-                self.segment
-            );
-        }
-        let size = taken.unwrap_or_else(|| {
-            self.area
-                .next()
-                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
-        });
-        self.announce(self.segment.next(size), size, options, window);
-        taken
-    }
-
-    fn announce(&self, next: SegmentName, size: u64, options: &Options, window: u32) {
-        // On the hit path the area exists; it is created only when writing fails.
-        let written = self.area.set_next(&next, size).or_else(|_| {
-            self.area.create()?;
-            self.area.set_next(&next, size)
-        });
-        if let Err(err) = written {
-            tracing::warn!(
-                "prefetching off: cannot write to {}: {err}",
-                self.area.root().display()
-            );
-            return;
-        }
-        wal_prefetch::ensure_running(&self.area, &self.base, &next, window, &options.relaunch);
-    }
-
-    /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
-    fn learned_size(&self, size: u64) {
-        if wal::is_valid_segment_size(size) && self.area.next().map(|(_, s)| s) != Some(size) {
-            let _ = self.area.set_next(&self.segment.next(size), size);
-        }
-    }
-}
-
-/// The directory holding the destination, resolved (what `wal-prefetch` is given).
-fn base_directory(destination: &Path) -> PathBuf {
-    let parent = match destination.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+        .then(|| FetchState::for_wal_dir(&wal_directory_of(&args.wal_destination)))
 }
 
 /// After a failure nothing may stay at the destination, not even an older file (WAL-E

@@ -1,22 +1,9 @@
-//! The prefetch area shared by `wal-fetch` and the background prefetcher.
-//!
-//! Layout (WAL-E's, beside the WAL directory, or `WALE_PREFETCH_DIR`):
-//!
-//! ```text
-//! <pg_wal>/.wal-e/prefetch/<SEGMENT>             complete, verified, fsynced segments
-//! <pg_wal>/.wal-e/prefetch/running/<SEGMENT>.part   downloads in progress
-//! <pg_wal>/.wal-e/prefetch/.lock                 flock'ed by the one running prefetcher
-//! <pg_wal>/.wal-e/prefetch/.next                 "<first segment wanted> <segment size>"
-//! ```
-//!
-//! A segment appears under its own name only by `rename` after it was decoded with every
-//! checksum verified, its size and first page header checked, and fsynced; so `wal-fetch`
-//! can hand it to PostgreSQL with one more rename and no storage client at all.
+//! The prefetch area on disk: ready segments, downloads under way, the hint, the lock
+//! and the reasons of failures.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::wal::{self, SegmentName};
@@ -161,16 +148,10 @@ impl PrefetchDir {
             .write(true)
             .mode(0o600)
             .open(self.root.join(".lock"))?;
-        // SAFETY: a valid descriptor; flock has no memory effects.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            Ok(Some(file))
-        } else {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(err)
-            }
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(err)) => Err(err),
         }
     }
 

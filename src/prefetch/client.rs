@@ -1,0 +1,117 @@
+//! The `wal-fetch` side of prefetching: take a ready segment (or wait for one being
+//! downloaded), report what the prefetcher could not fetch, and tell it what comes next,
+//! starting it when none runs.
+
+use std::path::{Path, PathBuf};
+
+use super::{PrefetchDir, worker};
+use crate::config::Config;
+use crate::wal::{self, SegmentName};
+
+/// The prefetch side of one `wal-fetch` of a segment.
+pub struct Prefetching {
+    area: PrefetchDir,
+    /// The resolved directory of the destination (what `wal-prefetch` is given).
+    base: PathBuf,
+    segment: SegmentName,
+}
+
+impl Prefetching {
+    /// The prefetch area for this destination (nothing is touched yet; any problem with
+    /// it later only disables prefetching for this call).
+    pub fn new(config: &Config, destination: &Path, segment: SegmentName) -> Prefetching {
+        let base = wal_directory_of(destination);
+        let area = PrefetchDir::for_base(&base, config.prefetch.dir.as_deref());
+        Prefetching {
+            area,
+            base,
+            segment,
+        }
+    }
+
+    /// Hands over the prefetched segment (waiting for its download if one is under way,
+    /// rather than starting a second) and tells the prefetcher, starting it if none runs,
+    /// what comes next. Returns the size when the segment came from the area.
+    pub async fn take(
+        &self,
+        destination: &Path,
+        relaunch: &[std::ffi::OsString],
+        window: u32,
+    ) -> Option<u64> {
+        let take = || match self.area.take(&self.segment, destination) {
+            Ok(taken) => taken,
+            Err(err) => {
+                // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
+                tracing::warn!(
+                    "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",
+                    self.area.root().display(),
+                    destination.display()
+                );
+                None
+            }
+        };
+        let mut taken = take();
+        // Wait only for a download a live prefetcher has under way (one killed mid-way
+        // leaves a partial file that will never grow).
+        if taken.is_none()
+            && self.area.partial_size(&self.segment).is_some()
+            && self.area.prefetcher_running()
+        {
+            let size = self
+                .area
+                .next()
+                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
+            self.announce(self.segment, size, relaunch, window);
+            if worker::wait_for(&self.area, &self.segment).await {
+                taken = take();
+            }
+        }
+        if taken.is_none()
+            && let Some(reason) = self.area.take_failure(&self.segment)
+        {
+            tracing::warn!(
+                "the prefetcher could not fetch {}: {reason}; fetching it directly",
+                self.segment
+            );
+        }
+        let size = taken.unwrap_or_else(|| {
+            self.area
+                .next()
+                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
+        });
+        self.announce(self.segment.next(size), size, relaunch, window);
+        taken
+    }
+
+    fn announce(&self, next: SegmentName, size: u64, relaunch: &[std::ffi::OsString], window: u32) {
+        // On the hit path the area exists; it is created only when writing fails.
+        let written = self.area.set_next(&next, size).or_else(|_| {
+            self.area.create()?;
+            self.area.set_next(&next, size)
+        });
+        if let Err(err) = written {
+            tracing::warn!(
+                "prefetching off: cannot write to {}: {err}",
+                self.area.root().display()
+            );
+            return;
+        }
+        worker::ensure_running(&self.area, &self.base, &next, window, relaunch);
+    }
+
+    /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
+    pub fn learned_size(&self, size: u64) {
+        if wal::is_valid_segment_size(size) && self.area.next().map(|(_, s)| s) != Some(size) {
+            let _ = self.area.set_next(&self.segment.next(size), size);
+        }
+    }
+}
+
+/// The directory holding the destination, resolved (what `wal-prefetch` is given).
+pub fn wal_directory_of(destination: &Path) -> PathBuf {
+    let parent = match destination.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
