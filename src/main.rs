@@ -75,7 +75,20 @@ fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
     if let Some(dir) = &flags.envdir {
         env.apply_envdir(dir)?;
     }
-    let config = Config::resolve(flags, &env)?;
+    let config = match Config::resolve(flags, &env) {
+        // `status` and `promote` of a server `restore` made find the archive through the
+        // envdir it wrote beside the data directory.
+        Err(wale::config::Error::NoPrefix) if flags.envdir.is_none() => {
+            match restored_envdir(&cli.command) {
+                Some(dir) => {
+                    env.apply_envdir(&dir)?;
+                    Config::resolve(flags, &env)?
+                }
+                None => return Err(wale::config::Error::NoPrefix.into()),
+            }
+        }
+        other => other?,
+    };
     let mut options = Options {
         relaunch: wale::cli::relaunch_args(matches),
         envdir: flags.envdir.clone(),
@@ -99,6 +112,18 @@ fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
     }
     .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(commands::run(&cli.command, &config, options))
+}
+
+/// The envdir `wale restore` wrote for the data directory `status` or `promote` names.
+fn restored_envdir(command: &Command) -> Option<std::path::PathBuf> {
+    let pgdata = match command {
+        Command::Status(args) => &args.pgdata,
+        Command::Promote(args) => &args.pgdata,
+        _ => return None,
+    };
+    let mut name = std::path::absolute(pgdata).ok()?.into_os_string();
+    name.push(".wale-env");
+    Some(std::path::PathBuf::from(name)).filter(|dir| dir.is_dir())
 }
 
 /// One line per event on stderr, `wale: LEVEL: message`, fit for the PostgreSQL log.

@@ -63,8 +63,10 @@ impl Site {
         self.work.path().join("archive")
     }
 
+    /// The data directory, below directories that do not exist yet (as
+    /// `/var/lib/postgresql/15/main` on a fresh machine).
     fn pgdata(&self) -> PathBuf {
-        self.work.path().join("main")
+        self.work.path().join("srv/postgresql/main")
     }
 
     fn sock(&self) -> PathBuf {
@@ -90,8 +92,9 @@ impl Site {
         Run::of(cmd)
     }
 
+    /// `wale status --json`, with no prefix given: it finds the envdir restore wrote.
     fn status(&self) -> serde_json::Value {
-        let mut cmd = self.wale();
+        let mut cmd = wale();
         cmd.arg("status").arg(self.pgdata()).arg("--json");
         let run = Run::of(cmd).expect_code(0);
         serde_json::from_slice(&run.stdout).unwrap()
@@ -134,7 +137,7 @@ impl Site {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.pgdata().join("log/startup.log")).unwrap_or_default()
+        std::fs::read_to_string(self.pgdata().join("log/postgresql.log")).unwrap_or_default()
     }
 }
 
@@ -162,6 +165,11 @@ fn wal_objects() -> Vec<String> {
 
 fn port_for(slot: u16) -> u16 {
     30000 + (std::process::id() % 8000) as u16 * 3 + slot
+}
+
+fn users_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn expected(name: &str) -> String {
@@ -207,6 +215,15 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     let oid = heroku_meta("TABLESPACE_OID");
     let link = std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap();
     assert!(!link.starts_with(&pgdata), "{}", link.display());
+    let parent_mode = std::fs::metadata(pgdata.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        parent_mode & 0o777,
+        0o755,
+        "directories on the way let the owner through"
+    );
     let envdir = PathBuf::from(format!("{}.wale-env", pgdata.display()));
     let mode = std::fs::metadata(&envdir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
@@ -277,7 +294,7 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     assert_eq!(site.checks(port), expected("expected.txt"));
 
     // Cutover.
-    let mut promote = site.wale();
+    let mut promote = wale();
     promote.arg("promote").arg(&pgdata);
     let run = Run::of(promote).expect_code(0);
     assert!(
@@ -473,6 +490,7 @@ fn restore_refuses_with_one_clear_line() {
     )
     .unwrap();
     check(&site, &[], 202, "belongs to another cluster");
+    nothing_written(&site);
 
     // A hot-standby setting below the primary's.
     let site = Site::new(|_| true);
@@ -482,6 +500,33 @@ fn restore_refuses_with_one_clear_line() {
         2,
         "the primary ran with max_connections = 500",
     );
+    // Refusals after the fetch roll back what the run wrote, so the command can be rerun.
+    nothing_written(&site);
+    for beside in ["_tablespaces", ".wale-env"] {
+        let path = PathBuf::from(format!("{}{beside}", site.pgdata().display()));
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+
+    // An envdir the server's owner cannot read would leave a standby that fetches nothing.
+    if users_is_root() {
+        let site = Site::new(|_| true);
+        let envdir = site.work.path().join("env");
+        std::fs::create_dir(&envdir).unwrap();
+        std::fs::set_permissions(&envdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(
+            envdir.join("WALE_FILE_PREFIX"),
+            format!("file://{}\n", site.archive().display()),
+        )
+        .unwrap();
+        let mut cmd = wale();
+        cmd.arg("--envdir")
+            .arg(&envdir)
+            .arg("restore")
+            .arg(site.pgdata());
+        let run = Run::of(cmd).expect_code(2);
+        assert!(run.stderr.contains("cannot read it"), "{}", run.stderr);
+        nothing_written(&site);
+    }
 }
 
 /// Under a standby, a store failure exits 1 (PostgreSQL retries) and is recorded for

@@ -463,7 +463,7 @@ fn extract_error(place: &str, err: extract::Error) -> Error {
 fn finish_layout(target: &Path, summary: &extract::Summary) -> Result<(), Error> {
     if let Some((name, old)) = &summary.replaced_wal_link {
         tracing::warn!(
-            "{name} was a symlink to {old} on the source machine; restored an empty directory instead (--keep-wal-link keeps the link)"
+            "{name} was a symlink to {old} on the source machine; restored an empty directory instead (backup-fetch --keep-wal-link would keep the link)"
         );
     }
     let present = |name: &str| std::fs::symlink_metadata(target.join(name)).is_ok();

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
                     .trim()
                     .replace('\n', " ")
             ),
-            log: pgdata.join("log"),
+            log: server::log_path(pgdata),
         });
     }
     let pid = PidFile::read(pgdata)
@@ -79,7 +79,7 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
     let connection = Connection::new(&binaries, &owner, &pid)
         .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
-    wait_writable(&connection)?;
+    wait_writable(&connection, pgdata)?;
     disable_restore_command(pgdata)?;
     if let Err(e) = connection.value("select pg_reload_conf()") {
         tracing::warn!("could not reload the configuration: {e}");
@@ -108,7 +108,7 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
 }
 
 /// Waits until the server is out of recovery and can assign a transaction id.
-fn wait_writable(connection: &Connection) -> Result<(), Error> {
+fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Error> {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < WRITABLE_TIMEOUT {
@@ -127,7 +127,7 @@ fn wait_writable(connection: &Connection) -> Result<(), Error> {
             "not writable {} s after promotion: {last}",
             WRITABLE_TIMEOUT.as_secs()
         ),
-        log: std::path::PathBuf::from("(the server's log)"),
+        log: server::log_path(pgdata),
     })
 }
 

@@ -132,7 +132,14 @@ pub async fn gather(
             pgdata.display()
         ))
     })?;
-    let replay = ask_server(&connection, control.major_version, &state)?;
+    let replay = match ask_server(&connection, pgdata, control.major_version, &state) {
+        Err(Error::Server { detail, .. }) if detail.contains("starting up") => {
+            report.in_recovery = Some(true);
+            report.reason = "the server is starting up: it accepts no connections until it is consistent (last_error says why it may be stuck)".into();
+            return Ok(report);
+        }
+        other => other?,
+    };
     report.in_recovery = Some(replay.in_recovery);
     report.timeline = Some(replay.timeline);
     report.paused = replay.paused;
@@ -212,7 +219,12 @@ fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
     })
 }
 
-fn ask_server(connection: &Connection, major: u32, state: &FetchState) -> Result<Replay, Error> {
+fn ask_server(
+    connection: &Connection,
+    pgdata: &Path,
+    major: u32,
+    state: &FetchState,
+) -> Result<Replay, Error> {
     let pause = if major >= 14 {
         "pg_get_wal_replay_pause_state() <> 'not paused'"
     } else {
@@ -230,7 +242,7 @@ fn ask_server(connection: &Connection, major: u32, state: &FetchState) -> Result
         .query(&sql)
         .map_err(|detail| Error::Server {
             detail,
-            log: PathBuf::from("(the server's log)"),
+            log: server::log_path(pgdata),
         })?
         .into_iter()
         .next()

@@ -122,6 +122,12 @@ pub fn major_of_version_text(text: &str) -> Option<u32> {
     number.parse().ok().filter(|&m| m >= 9)
 }
 
+/// The server's log in a data directory `wale restore` made: `pg_ctl -l` writes it there
+/// (the logging collector is off), so every message about a failure is in one place.
+pub fn log_path(pgdata: &Path) -> PathBuf {
+    pgdata.join("log/postgresql.log")
+}
+
 /// The owner of a data directory: who the server must run as.
 pub fn owner_of(pgdata: &Path) -> std::io::Result<User> {
     use std::os::unix::fs::MetadataExt;
@@ -297,6 +303,20 @@ pub fn explain_startup_failure(log: &str) -> Option<String> {
         format!("{message}: the archive's timeline history does not contain this backup")
     } else if message.contains("WAL file is from different database system") {
         format!("{message}: the archive prefix belongs to another cluster")
+    } else if message.contains("could not create any TCP/IP sockets") {
+        let hint = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("could not bind"))
+            .and_then(|l| l.split_once("LOG:").map(|(_, h)| h.trim().to_string()));
+        format!(
+            "{message}: {}; choose another --port",
+            hint.unwrap_or_else(|| "the port is in use".into())
+        )
+    } else if message.contains("recovery ended before configured recovery target was reached") {
+        format!(
+            "{message}: the archive ends before the target (a restore point name, time or LSN that the WAL never reaches)"
+        )
     } else {
         message.to_string()
     };
@@ -347,6 +367,12 @@ mod tests {
             explain_startup_failure(log)
                 .unwrap()
                 .contains("preload library is not installed")
+        );
+        let log = "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use\nFATAL:  could not create any TCP/IP sockets\n";
+        assert!(
+            explain_startup_failure(log)
+                .unwrap()
+                .contains("Address already in use")
         );
         let log = "WARNING:  hot standby is not possible because of insufficient parameter settings\nDETAIL:  max_connections = 100 is a lower setting than on the primary server, where its value was 500.\nFATAL:  recovery aborted because of insufficient parameter settings\n";
         let line = explain_startup_failure(log).unwrap();

@@ -1,0 +1,319 @@
+//! The configuration `restore` writes: the vendor's `postgresql.auto.conf` neutralised,
+//! `postgresql.conf`, `pg_hba.conf`, `pg_ident.conf`, the envdir, the signal file, and
+//! optionally a Debian cluster.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{Plan, absolute, chown_tree, default_envdir};
+use crate::cli::RestoreArgs;
+use crate::commands::Options;
+use crate::config::Config;
+use crate::error::Error;
+use crate::pg::conf::{self, Finding};
+use crate::pg::control::ControlData;
+
+/// The five settings, and every other name wale writes in `postgresql.conf`: a line for
+/// any of them in `postgresql.auto.conf` would override wale's, so it is commented out.
+const OWNED_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "hot_standby",
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "wal_level",
+    "archive_mode",
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_xid",
+    "recovery_target_action",
+    "recovery_target_timeline",
+    "logging_collector",
+    "log_destination",
+];
+
+/// What `--cluster` adds to what wale writes: the Debian configuration directory names
+/// the data directory and its files.
+const CLUSTER_SETTINGS: &[&str] = &[
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "cluster_name",
+];
+
+/// Writes the configuration files, the envdir, the signal file.
+pub(super) fn configure(
+    config: &Config,
+    options: &Options,
+    args: &RestoreArgs,
+    plan: &Plan,
+    control: &ControlData,
+) -> Result<(), Error> {
+    let _ = config;
+    let pgdata = &plan.pgdata;
+    let pkglibdir = plan.binaries.pkglibdir();
+    let auto_path = pgdata.join("postgresql.auto.conf");
+    if let Some(original) = crate::tablespaces::read_small_file(&auto_path)
+        .map_err(|e| Error::local(&auto_path, "cannot read", e))?
+    {
+        let mut owned = OWNED_SETTINGS.to_vec();
+        if args.cluster.is_some() {
+            owned.extend_from_slice(CLUSTER_SETTINGS);
+        }
+        let sanitised = conf::sanitise_auto_conf(&original, &owned, &|library| {
+            conf::library_candidates(library, &pkglibdir)
+                .iter()
+                .any(|p| p.is_file())
+        });
+        write_file(
+            &pgdata.join("postgresql.auto.conf.wale-original"),
+            &original,
+            0o600,
+        )?;
+        write_file(&auto_path, &sanitised.text, 0o600)?;
+        report_findings(&sanitised.findings, &pkglibdir);
+    }
+
+    let envdir = match &options.envdir {
+        Some(dir) => absolute(dir)?,
+        None => {
+            let dir = default_envdir(pgdata);
+            write_envdir(&dir, &options.envdir_settings)?;
+            tracing::info!(
+                "the archive settings for restore_command are in {} (mode 0700, outside the data directory)",
+                dir.display()
+            );
+            dir
+        }
+    };
+    let restore_command = restore_command(&envdir, options)?;
+
+    let text = postgresql_conf(args, plan, control, &restore_command);
+    write_file(&pgdata.join("postgresql.conf"), &text, 0o600)?;
+    write_file(&pgdata.join("pg_hba.conf"), &conf::local_only_hba(), 0o600)?;
+    write_file(&pgdata.join("pg_ident.conf"), &conf::empty_ident(), 0o600)?;
+    let signal = if args.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    write_file(&pgdata.join(signal), "", 0o600)?;
+    if let Some(cluster) = &args.cluster {
+        register_cluster(cluster, plan, &text)?;
+    }
+    Ok(())
+}
+
+fn report_findings(findings: &[Finding], pkglibdir: &Path) {
+    let mut placeholders = Vec::new();
+    for finding in findings {
+        match finding {
+            Finding::Disabled { name, reason } => {
+                tracing::warn!("postgresql.auto.conf: commented out {name}: {reason}");
+            }
+            Finding::LibrariesDropped { name, dropped } => tracing::warn!(
+                "postgresql.auto.conf: {name} without {} (not installed in {})",
+                dropped.join(", "),
+                pkglibdir.display()
+            ),
+            Finding::VendorPlaceholder { name } => placeholders.push(name.as_str()),
+        }
+    }
+    if !placeholders.is_empty() {
+        tracing::info!(
+            "postgresql.auto.conf: vendor settings kept (harmless placeholders): {}",
+            placeholders.join(", ")
+        );
+    }
+}
+
+/// `<this wale> --envdir <dir> --terse wal-fetch "%f" "%p"`, paths absolute and quoted
+/// for the shell.
+fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::local("/proc/self/exe", "cannot find this executable", e))?;
+    let mut words = vec![
+        conf::shell_quote(&exe.to_string_lossy()),
+        "--envdir".to_string(),
+        conf::shell_quote(&envdir.to_string_lossy()),
+        "--terse".to_string(),
+    ];
+    if options.lzop.allow_concatenated {
+        words.push("--allow-concatenated-lzop".into());
+    }
+    words.push(r#"wal-fetch "%f" "%p""#.into());
+    Ok(words.join(" "))
+}
+
+fn postgresql_conf(
+    args: &RestoreArgs,
+    plan: &Plan,
+    control: &ControlData,
+    restore_command: &str,
+) -> String {
+    let mut text = String::new();
+    let now = crate::storage::civil_utc(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
+    let _ = writeln!(
+        text,
+        "# Written by wale restore at {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC from backup {}.",
+        now.0, now.1, now.2, now.3, now.4, now.5, plan.backup
+    );
+    text.push_str(
+        "# WAL-E backups do not hold the source's postgresql.conf; this is what this server needs.\n\
+         # postgresql.auto.conf is read after this file (its original is postgresql.auto.conf.wale-original).\n\n",
+    );
+    let mut line = |name: &str, value: String, why: &str| {
+        let _ = if why.is_empty() {
+            writeln!(text, "{name} = {value}")
+        } else {
+            writeln!(text, "{name} = {value}\t# {why}")
+        };
+    };
+    line("listen_addresses", conf::quote("localhost"), "");
+    line("port", args.port.to_string(), "");
+    line("hot_standby", "on".into(), "");
+    for (name, primary) in control.settings.named() {
+        line(
+            name,
+            primary.to_string(),
+            "the primary's value (pg_control); a hot standby needs at least this",
+        );
+    }
+    line("wal_level", control.wal_level.to_string(), "the source's");
+    line(
+        "logging_collector",
+        "off".into(),
+        "the server's log is where pg_ctl -l puts it (log/postgresql.log)",
+    );
+    line("log_destination", conf::quote("stderr"), "");
+    line(
+        "archive_mode",
+        "off".into(),
+        "a restored server must never write into the archive it reads",
+    );
+    line("restore_command", conf::quote(restore_command), "");
+    line(
+        "recovery_target_timeline",
+        conf::quote(&args.target_timeline),
+        "",
+    );
+    if let Some(time) = &args.target_time {
+        line("recovery_target_time", conf::quote(time), "");
+    }
+    if let Some(lsn) = &args.target_lsn {
+        line("recovery_target_lsn", conf::quote(lsn), "");
+    }
+    if let Some(name) = &args.target_name {
+        line("recovery_target_name", conf::quote(name), "");
+    }
+    if let Some(xid) = &args.target_xid {
+        line("recovery_target_xid", conf::quote(xid), "");
+    }
+    if args.target_immediate {
+        line("recovery_target", conf::quote("immediate"), "");
+    }
+    if let Some(action) = &args.target_action {
+        line("recovery_target_action", conf::quote(action), "");
+    }
+    if !plan.settings.is_empty() {
+        text.push_str("\n# --set\n");
+        for (name, value) in &plan.settings {
+            let _ = writeln!(text, "{name} = {}", conf::quote(value));
+        }
+    }
+    text
+}
+
+fn write_envdir(dir: &Path, settings: &[(String, String)]) -> Result<(), Error> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+        .map_err(|e| Error::local(dir, "cannot create the envdir", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::local(dir, "cannot set the mode of", e))?;
+    for (name, value) in settings {
+        write_file(&dir.join(name), &format!("{value}\n"), 0o600)?;
+    }
+    Ok(())
+}
+
+/// Writes a whole file durably (complete or absent), with `mode`.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+    crate::durable::write_file(path, text.as_bytes(), mode, None)
+        .map_err(|e| Error::local(path, "cannot write", e))
+}
+
+/// Registers the data directory as Debian cluster `N/NAME`, as `pg_restorecluster` does:
+/// the configuration under `/etc/postgresql/N/NAME` pointing at the data directory.
+fn register_cluster(cluster: &str, plan: &Plan, conf_text: &str) -> Result<(), Error> {
+    let valid = !cluster.is_empty()
+        && cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !cluster.starts_with('.');
+    if !valid {
+        return Err(Error::Usage(format!(
+            "--cluster {cluster:?}: not a cluster name"
+        )));
+    }
+    let etc = PathBuf::from(format!("/etc/postgresql/{}/{cluster}", plan.binaries.major));
+    if !Path::new("/etc/postgresql-common").is_dir() {
+        return Err(Error::Usage(
+            "--cluster needs postgresql-common (/etc/postgresql-common is missing)".into(),
+        ));
+    }
+    if etc.exists() {
+        return Err(Error::Usage(format!(
+            "--cluster {cluster}: {} already exists",
+            etc.display()
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&etc)
+        .map_err(|e| Error::local(&etc, "cannot create", e))?;
+    let pgdata = &plan.pgdata;
+    let mut text = conf_text.to_string();
+    let _ = writeln!(text, "\n# Debian cluster {}/{cluster}", plan.binaries.major);
+    for (name, value) in [
+        ("data_directory", pgdata.display().to_string()),
+        ("hba_file", etc.join("pg_hba.conf").display().to_string()),
+        (
+            "ident_file",
+            etc.join("pg_ident.conf").display().to_string(),
+        ),
+        (
+            "external_pid_file",
+            format!("/var/run/postgresql/{}-{cluster}.pid", plan.binaries.major),
+        ),
+        ("cluster_name", format!("{}/{cluster}", plan.binaries.major)),
+    ] {
+        let _ = writeln!(text, "{name} = {}", conf::quote(&value));
+    }
+    write_file(&etc.join("postgresql.conf"), &text, 0o644)?;
+    write_file(&etc.join("pg_hba.conf"), &conf::local_only_hba(), 0o640)?;
+    write_file(&etc.join("pg_ident.conf"), &conf::empty_ident(), 0o640)?;
+    write_file(&etc.join("start.conf"), "manual\n", 0o644)?;
+    chown_tree(&etc, &plan.owner)?;
+    tracing::info!(
+        "registered as cluster {}/{cluster} (configuration in {}; pg_lsclusters lists it)",
+        plan.binaries.major,
+        etc.display()
+    );
+    Ok(())
+}

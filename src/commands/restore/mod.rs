@@ -1,0 +1,414 @@
+//! `restore PGDATA [BACKUP_NAME|LATEST]`: from an archive to a server that starts.
+//!
+//! 1. Preflight, writing nothing: the backup, the target, free space, server binaries of
+//!    the backup's major version, the WAL from the backup's start to its stop segment, and
+//!    the first segment's page header (system identifier, segment size).
+//! 2. Fetch with `backup-fetch`'s pipeline; tablespaces into real directories outside
+//!    PGDATA, `pg_wal` a real directory.
+//! 3. Validate what came back: `PG_VERSION`, `backup_label`, `pg_control` (known layout,
+//!    CRC) against the binaries and the archive's WAL.
+//! 4. Configuration: the vendor's `postgresql.auto.conf` neutralised, `postgresql.conf`,
+//!    `pg_hba.conf`, `pg_ident.conf`, an envdir for `restore_command` outside PGDATA,
+//!    the signal file and recovery target.
+//! 5. `--start`: `pg_ctl start` as the owner, failures explained in one line.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cli::RestoreArgs;
+use crate::commands::Options;
+use crate::config::Config;
+use crate::error::Error;
+use crate::layout::{BackupName, Layout};
+use crate::pg::control::ControlData;
+use crate::pg::server::{self, Binaries};
+use crate::storage::Store;
+use crate::users::{self, User};
+use crate::wal::LongPageHeader;
+
+use super::backup_fetch::{self, FetchRequest};
+
+mod configure;
+mod preflight;
+mod start;
+
+/// Runs `wale restore`.
+pub async fn run(config: &Config, options: &Options, args: &RestoreArgs) -> Result<(), Error> {
+    let store = Arc::new(Store::open(&config.store).await?);
+    let layout = Layout::new(config.store.path_prefix());
+    let plan = preflight::preflight(config, options, args, &store, &layout).await?;
+
+    // From here on wale writes. Until the configuration is in place, a failure removes
+    // what this run created, so the same command can simply be run again.
+    let undo = Undo::record(&plan);
+    let restored = fetch_and_configure(config, options, args, &store, &plan).await;
+    if let Err(err) = restored {
+        undo.roll_back();
+        return Err(err);
+    }
+
+    if args.start {
+        start::start(&plan, args)?;
+    } else {
+        tracing::info!("restored; start it with: {}", start::command_line(&plan));
+    }
+    Ok(())
+}
+
+async fn fetch_and_configure(
+    config: &Config,
+    options: &Options,
+    args: &RestoreArgs,
+    store: &Arc<Store>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    if let Some(parent) = plan.pgdata.parent() {
+        // Directories on the way are 0755, so the server's owner can pass through them.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| Error::local(parent, "cannot create", e))?;
+    }
+    backup_fetch::prepare_target(&plan.pgdata, false)?;
+    let request = FetchRequest {
+        target: plan.pgdata.clone(),
+        backup: plan.backup.clone(),
+        pool_size: args.pool_size,
+        blind_restore: false,
+        restore_spec: None,
+        mappings: plan
+            .tablespaces
+            .iter()
+            .map(|t| (t.oid.clone(), t.location.clone()))
+            .collect(),
+        keep_wal_link: false,
+    };
+    backup_fetch::fetch(config, store, options.lzop, &request).await?;
+
+    let control = validate(plan)?;
+    check_settings(&plan.settings, &control)?;
+    give_to_owner(plan)?;
+    report_tablespace_contents(plan);
+    configure::configure(config, options, args, plan, &control)?;
+    give_to_owner(plan)
+}
+
+/// What this run may create, noted before it writes: removed again if it fails before
+/// the server is configured (preflight made sure each was absent or empty).
+struct Undo {
+    /// Directories this run creates, or empty ones it fills, with whether they existed.
+    places: Vec<(PathBuf, bool)>,
+}
+
+impl Undo {
+    fn record(plan: &Plan) -> Undo {
+        let mut paths = vec![
+            plan.pgdata.clone(),
+            default_tablespace_root(&plan.pgdata),
+            default_envdir(&plan.pgdata),
+        ];
+        paths.extend(plan.tablespaces.iter().map(|t| t.location.clone()));
+        Undo {
+            places: paths
+                .into_iter()
+                .map(|p| {
+                    let existed = p.exists();
+                    (p, existed)
+                })
+                .collect(),
+        }
+    }
+
+    fn roll_back(self) {
+        for (path, existed) in self.places {
+            let result = if existed {
+                empty_directory(&path)
+            } else {
+                match std::fs::remove_dir_all(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                }
+            };
+            match result {
+                Ok(()) => tracing::debug!("removed what this restore wrote in {}", path.display()),
+                Err(e) => tracing::warn!("could not clean up {}: {e}", path.display()),
+            }
+        }
+        tracing::warn!(
+            "the restore failed before completion; removed what it had written, so the same command can be run again"
+        );
+    }
+}
+
+/// Removes everything inside `dir`, keeping `dir` itself.
+fn empty_directory(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything preflight learned, for the later steps.
+pub(super) struct Plan {
+    pub(super) pgdata: PathBuf,
+    pub(super) backup: BackupName,
+    pub(super) binaries: Binaries,
+    pub(super) owner: User,
+    pub(super) first_header: LongPageHeader,
+    pub(super) tablespaces: Vec<PlacedTablespace>,
+    pub(super) settings: Vec<(String, String)>,
+}
+
+/// A tablespace of the backup and the directory it is restored into.
+pub(super) struct PlacedTablespace {
+    pub(super) oid: String,
+    pub(super) source: PathBuf,
+    pub(super) location: PathBuf,
+}
+
+pub(super) fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let here = std::env::current_dir()
+        .map_err(|e| Error::local(".", "cannot read the current directory", e))?;
+    Ok(here.join(path))
+}
+
+/// Where tablespaces go unless mapped: `<PGDATA>_tablespaces/`.
+pub(super) fn default_tablespace_root(pgdata: &Path) -> PathBuf {
+    let mut name = pgdata.as_os_str().to_os_string();
+    name.push("_tablespaces");
+    PathBuf::from(name)
+}
+
+/// Checks the restored tree against the binaries and the archive's WAL.
+fn validate(plan: &Plan) -> Result<ControlData, Error> {
+    let pgdata = &plan.pgdata;
+    let place = |name: &str| pgdata.join(name).display().to_string();
+    let version = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+        .map_err(|e| Error::local(pgdata.join("PG_VERSION"), "cannot read", e))?;
+    let major = server::major_of_version_text(&version);
+    if major != Some(plan.binaries.major) {
+        return Err(Error::Corrupt {
+            url: place("PG_VERSION"),
+            reason: format!(
+                "says {:?}, but the backup's server was PostgreSQL {}",
+                version.trim(),
+                plan.binaries.major
+            ),
+        });
+    }
+    if !pgdata.join("backup_label").is_file() {
+        return Err(Error::Corrupt {
+            url: place("backup_label"),
+            reason: "missing: without it PostgreSQL cannot know where to start replay".into(),
+        });
+    }
+    let bytes = std::fs::read(pgdata.join("global/pg_control"))
+        .map_err(|e| Error::local(pgdata.join("global/pg_control"), "cannot read", e))?;
+    let control = ControlData::parse(&bytes).map_err(|e| Error::Corrupt {
+        url: place("global/pg_control"),
+        reason: e.to_string(),
+    })?;
+    if control.major_version != plan.binaries.major {
+        return Err(Error::Corrupt {
+            url: place("global/pg_control"),
+            reason: format!(
+                "written by PostgreSQL {}, but PG_VERSION says {}",
+                control.major_version, plan.binaries.major
+            ),
+        });
+    }
+    let header = &plan.first_header;
+    if header.system_identifier != control.system_identifier {
+        return Err(Error::Corrupt {
+            url: place("global/pg_control"),
+            reason: format!(
+                "system identifier {} differs from the archive's WAL ({}): the WAL under this prefix belongs to another cluster",
+                control.system_identifier, header.system_identifier
+            ),
+        });
+    }
+    if header.segment_size != control.segment_size {
+        return Err(Error::Corrupt {
+            url: place("global/pg_control"),
+            reason: format!(
+                "WAL segment size {} differs from the archive's WAL ({})",
+                control.segment_size, header.segment_size
+            ),
+        });
+    }
+    if header.magic != control.wal_page_magic {
+        tracing::warn!(
+            "the archive's WAL has page magic {:#06x}, PostgreSQL {} writes {:#06x}",
+            header.magic,
+            control.major_version,
+            control.wal_page_magic
+        );
+    }
+    let settings = control
+        .settings
+        .named()
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(
+        "pg_control: PostgreSQL {}, system {}, {} MiB segments, wal_level {}, primary's {settings}",
+        control.major_version,
+        control.system_identifier,
+        control.segment_size >> 20,
+        control.wal_level
+    );
+    Ok(control)
+}
+
+/// A `--set` of one of the five hot-standby settings below the primary's value would stop
+/// the server at start-up: refuse it now, with the reason.
+fn check_settings(settings: &[(String, String)], control: &ControlData) -> Result<(), Error> {
+    for (name, primary) in control.settings.named() {
+        if let Some((_, value)) = settings.iter().rev().find(|(n, _)| n == name) {
+            let number: i64 = value.parse().map_err(|_| {
+                Error::Usage(format!("--set {name}={value}: expected a whole number"))
+            })?;
+            if number < i64::from(primary) {
+                return Err(Error::Usage(format!(
+                    "--set {name}={value}: the primary ran with {name} = {primary}, and a hot standby refuses to start with less"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts relation files in each restored tablespace: a tablespace meant for temporary
+/// files (a vendor's `ephemeral`) that holds real tables needs a decision before cutover.
+fn report_tablespace_contents(plan: &Plan) {
+    for tablespace in &plan.tablespaces {
+        let relations = count_relation_files(&tablespace.location);
+        if relations > 0 {
+            tracing::warn!(
+                "tablespace {} (at {} on the source) holds {relations} relation files: tables or indexes, not only temporary files; they are restored into {}",
+                tablespace.oid,
+                tablespace.source.display(),
+                tablespace.location.display()
+            );
+        }
+    }
+}
+
+/// Files named by digits only (`16384`, `16384.1`, `16384_fsm` excluded): permanent or
+/// unlogged relations; temporary ones are `t<backend>_<relfilenode>`.
+fn count_relation_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => count_relation_files(&path),
+                Ok(t) if t.is_file() => {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    usize::from(!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()))
+                }
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// As root: the data directory, the tablespaces and what wale wrote belong to the owner.
+fn give_to_owner(plan: &Plan) -> Result<(), Error> {
+    if users::effective_uid() != 0 {
+        return Ok(());
+    }
+    let mut roots = vec![plan.pgdata.clone(), default_tablespace_root(&plan.pgdata)];
+    roots.extend(plan.tablespaces.iter().map(|t| t.location.clone()));
+    if let Some(envdir) = plan_envdir(plan) {
+        roots.push(envdir);
+    }
+    for root in roots {
+        chown_tree(&root, &plan.owner)?;
+    }
+    Ok(())
+}
+
+pub(super) fn chown_tree(path: &Path, owner: &User) -> Result<(), Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::local(path, "cannot inspect", e)),
+    };
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+        .map_err(|e| Error::local(path, "cannot change the owner of", e))?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|e| Error::local(path, "cannot read", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::local(path, "cannot read", e))?;
+            chown_tree(&entry.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// The envdir wale writes for `restore_command` when none was given: beside PGDATA,
+/// never inside it (base backups of the new server would copy the secrets).
+fn plan_envdir(plan: &Plan) -> Option<PathBuf> {
+    let mut name = plan.pgdata.as_os_str().to_os_string();
+    name.push(".wale-env");
+    Some(PathBuf::from(name)).filter(|p| p.exists())
+}
+
+pub(super) fn default_envdir(pgdata: &Path) -> PathBuf {
+    let mut name = pgdata.as_os_str().to_os_string();
+    name.push(".wale-env");
+    PathBuf::from(name)
+}
+
+pub(super) fn human_bytes(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preflight::parse_settings;
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_are_checked_against_the_primary() {
+        let settings =
+            parse_settings(&["work_mem=64MB".into(), "Max_Connections = 400".into()]).unwrap();
+        assert_eq!(settings[1], ("max_connections".into(), "400".into()));
+        assert!(parse_settings(&["novalue".into()]).is_err());
+        assert!(parse_settings(&["bad name=1".into()]).is_err());
+        let control = ControlData::parse(&crate::pg::control::synthetic(500)).unwrap();
+        let err = check_settings(&settings, &control).unwrap_err().to_string();
+        assert!(
+            err.contains("the primary ran with max_connections = 500"),
+            "{err}"
+        );
+        assert!(check_settings(&[("max_connections".into(), "500".into())], &control).is_ok());
+    }
+
+    #[test]
+    fn relation_files_are_told_from_temporary_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("PG_15_202209061/16384");
+        std::fs::create_dir_all(&db).unwrap();
+        for name in ["16385", "16385_fsm", "t3_16390", "16386.1", "16387"] {
+            std::fs::write(db.join(name), "").unwrap();
+        }
+        assert_eq!(count_relation_files(dir.path()), 2);
+    }
+}
