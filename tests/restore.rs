@@ -572,3 +572,134 @@ fn wal_fetch_in_standby_mode_keeps_the_standby_alive_and_records_why() {
     usage.args(["wal-fetch", "--no-such-flag", &segment, "x"]);
     Run::of(usage).expect_code(204);
 }
+
+/// wale's `pg_control` reader agrees with PostgreSQL's own `pg_controldata` on the real
+/// control file in the Heroku-like backup (read straight from its tar partition).
+#[test]
+fn pg_control_is_read_as_pg_controldata_reads_it() {
+    let backup = heroku_meta("BACKUP_NAME");
+    let partition = heroku()
+        .join("archive/basebackups_005")
+        .join(&backup)
+        .join("tar_partitions/part_00000000.tar.lzo");
+    let file = std::fs::File::open(partition).unwrap();
+    let mut tar = wale::tar::Archive::new(wale::lzop::Decoder::new(std::io::BufReader::new(file)));
+    let mut bytes = None;
+    while let Some(header) = tar.next_header().unwrap() {
+        if header.display_path() == "global/pg_control" {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = tar.read_data(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            bytes = Some(data);
+        }
+    }
+    let control =
+        wale::pg::control::ControlData::parse(&bytes.expect("global/pg_control")).unwrap();
+    let reference = std::fs::read_to_string(heroku().join("pg_controldata.txt")).unwrap();
+    let field = |label: &str| {
+        reference
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("{label} not in pg_controldata.txt"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        control.system_identifier.to_string(),
+        field("Database system identifier:")
+    );
+    assert_eq!(
+        control.catalog_version.to_string(),
+        field("Catalog version number:")
+    );
+    assert_eq!(control.wal_level.to_string(), field("wal_level setting:"));
+    let settings = control.settings;
+    assert_eq!(
+        settings.max_connections.to_string(),
+        field("max_connections setting:")
+    );
+    assert_eq!(
+        settings.max_worker_processes.to_string(),
+        field("max_worker_processes setting:")
+    );
+    assert_eq!(
+        settings.max_wal_senders.to_string(),
+        field("max_wal_senders setting:")
+    );
+    assert_eq!(
+        settings.max_prepared_transactions.to_string(),
+        field("max_prepared_xacts setting:")
+    );
+    assert_eq!(
+        settings.max_locks_per_transaction.to_string(),
+        field("max_locks_per_xact setting:")
+    );
+    assert_eq!(
+        control.segment_size.to_string(),
+        field("Bytes per WAL segment:")
+    );
+    assert_eq!(
+        control.block_size.to_string(),
+        field("Database block size:")
+    );
+    assert_eq!(
+        control.data_checksums,
+        field("Data page checksum version:") != "0"
+    );
+    assert_eq!(
+        control.major_version.to_string(),
+        heroku_meta("PG_VERSION").split('.').next().unwrap()
+    );
+}
+
+/// `--cluster NAME` registers the restore with Debian's postgresql-common, as
+/// `pg_restorecluster` would: `pg_lsclusters` lists it with its data directory and port.
+#[test]
+#[cfg_attr(
+    not(wale_tests_as_root),
+    ignore = "needs root to write /etc/postgresql"
+)]
+fn a_restore_can_be_registered_as_a_debian_cluster() {
+    assert!(
+        Path::new("/etc/postgresql-common").is_dir(),
+        "postgresql-common is needed (it comes with postgresql-15)"
+    );
+    let site = Site::new(|_| true);
+    let name = format!("wale-test-{}", std::process::id());
+    let etc = PathBuf::from(format!("/etc/postgresql/15/{name}"));
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(etc.clone());
+    let port = port_for(4);
+    site.restore(port, &["--standby", "--cluster", &name])
+        .expect_code(0);
+    let conf = live_lines(&etc.join("postgresql.conf")).join("\n");
+    assert!(
+        conf.contains(&format!("data_directory = '{}'", site.pgdata().display())),
+        "{conf}"
+    );
+    let listed = std::process::Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let line = listed
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not in pg_lsclusters:\n{listed}"));
+    assert!(line.contains(&port.to_string()), "{line}");
+    assert!(
+        line.contains(&site.pgdata().display().to_string()),
+        "{line}"
+    );
+}
