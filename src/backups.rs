@@ -139,10 +139,7 @@ pub async fn read_detail(
             .map(|_| bytes)
     })
     .await?
-    .map_err(|e| crate::storage::Error::Transient {
-        url: url.clone(),
-        detail: format!("reading the sentinel failed: {e}"),
-    })?;
+    .map_err(|e| Error::from_read(&url, e))?;
     if bytes.len() as u64 > MAX_SENTINEL_BYTES {
         return Err(Error::Corrupt {
             url,

@@ -111,6 +111,15 @@ impl Drop for StagedFile {
     }
 }
 
+/// Makes a finished file durable under its final name: fsync the file, rename it from
+/// `from` to `to`, fsync the directory. A failed rename leaves `from` for the caller.
+pub fn rename_into_place(file: File, from: &Path, to: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(from, to)?;
+    sync_dir(parent_dir(to))
+}
+
 /// Makes a directory's entries durable (a new or renamed name in it survives a crash).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use crate::{config, storage};
+use crate::{config, lzop, storage};
 
 /// Exit statuses (documented in the README).
 pub mod exit {
@@ -85,6 +85,42 @@ impl Error {
             path: path.into(),
             action,
             source,
+        }
+    }
+
+    /// A failure reading an object through the decode chain (body → lzop → tar), classified
+    /// here once: bad lzop data is corrupt; a store failure keeps the class the store gave it
+    /// (the resuming reader passes it up inside the I/O error); any other read failure is
+    /// transient.
+    pub fn from_read(url: &str, io: std::io::Error) -> Error {
+        if io.get_ref().is_some_and(|inner| inner.is::<lzop::Error>()) {
+            return Error::Corrupt {
+                url: url.to_string(),
+                reason: io.to_string(),
+            };
+        }
+        let text = io.to_string();
+        match io
+            .into_inner()
+            .map(|inner| inner.downcast::<storage::Error>())
+        {
+            Some(Ok(store_error)) => Error::Storage(*store_error),
+            _ => Error::Storage(storage::Error::Transient {
+                url: url.to_string(),
+                detail: format!("reading the object failed: {text}"),
+            }),
+        }
+    }
+
+    /// An lzop decoding failure: reading failed (see [`Error::from_read`]), or the data is
+    /// corrupt.
+    pub fn from_decode(url: &str, err: lzop::Error) -> Error {
+        match err {
+            lzop::Error::Read(io) => Error::from_read(url, io),
+            bad => Error::Corrupt {
+                url: url.to_string(),
+                reason: bad.to_string(),
+            },
         }
     }
 

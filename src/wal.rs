@@ -59,6 +59,11 @@ impl SegmentName {
 }
 
 impl SegmentName {
+    /// A segment name from its three parts.
+    pub fn new(timeline: u32, log: u32, seg: u32) -> SegmentName {
+        SegmentName { timeline, log, seg }
+    }
+
     /// Segments per "log" (the middle eight hex digits) for this segment size.
     fn per_log(size: u64) -> u64 {
         0x1_0000_0000 / size
@@ -314,11 +319,7 @@ mod tests {
     }
 
     fn seg(tli: u32, log: u32, seg: u32) -> SegmentName {
-        SegmentName {
-            timeline: tli,
-            log,
-            seg,
-        }
+        SegmentName::new(tli, log, seg)
     }
 
     #[test]

@@ -1,42 +1,9 @@
 //! Resource faults: a full, read-only or differently mounted destination. They need a
 //! small tmpfs, so they run as root (as CI does) and say so when they cannot.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::common::*;
-
-/// A tmpfs of `size` mounted at a fresh directory, unmounted on drop.
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs (the tests that call this are ignored unless built as root).
-    fn mount(size: &str, read_only: bool) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).unwrap();
-        let options = format!("size={size}{}", if read_only { ",ro" } else { "" });
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
-            .arg(&path)
-            .status();
-        assert!(
-            mounted.is_ok_and(|s| s.success()),
-            "cannot mount a tmpfs at {} as root",
-            path.display()
-        );
-        Tmpfs { path, _dir: dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
 
 fn only_error_line(run: &Run) -> String {
     let errors = run.error_lines();

@@ -15,12 +15,7 @@ fn heroku() -> PathBuf {
 }
 
 fn heroku_meta(key: &str) -> String {
-    let text = std::fs::read_to_string(heroku().join("meta.env")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} missing from wale-heroku/meta.env"))
-        .trim_matches('"')
-        .to_string()
+    meta_of(&heroku(), key)
 }
 
 /// A scratch area readable by the `postgres` user: the archive (file://), the data
@@ -702,4 +697,86 @@ fn a_restore_can_be_registered_as_a_debian_cluster() {
         line.contains(&site.pgdata().display().to_string()),
         "{line}"
     );
+}
+
+/// Rewrites the backup's tar partition in place: `edit` sees each member's name, header
+/// and data (sizes must not change); headers are re-checksummed and the partition
+/// recompressed with the real lzop.
+fn edit_backup(site: &Site, edit: impl Fn(&str, &mut [u8], &mut [u8])) {
+    let partition = site
+        .archive()
+        .join("basebackups_005")
+        .join(heroku_meta("BACKUP_NAME"))
+        .join("tar_partitions/part_00000000.tar.lzo");
+    let mut tar = lzop_decompress(&partition);
+    let mut offset = 0;
+    while offset + 512 <= tar.len() && tar[offset..offset + 512].iter().any(|&b| b != 0) {
+        let (header, rest) = tar[offset..].split_at_mut(512);
+        let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = String::from_utf8_lossy(&header[..name_end]).into_owned();
+        let size_text = String::from_utf8_lossy(&header[124..136]).into_owned();
+        let size =
+            usize::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .unwrap_or(0);
+        edit(&name, header, &mut rest[..size]);
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        offset += 512 + size.div_ceil(512) * 512;
+    }
+    std::fs::write(&partition, lzop_compress(&tar, &[])).unwrap();
+}
+
+/// What comes back from the archive is checked before it is configured: a `PG_VERSION`
+/// that is not the backup's server, a missing `backup_label`. Each refusal rolls back.
+#[test]
+fn a_restored_tree_that_does_not_match_is_refused_and_rolled_back() {
+    let port = port_for(5);
+    let site = Site::new(|_| true);
+    edit_backup(&site, |name, _, data| {
+        if name == "PG_VERSION" {
+            data.copy_from_slice(b"14\n");
+        }
+    });
+    let run = site.restore(port, &[]).expect_code(202);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("PG_VERSION: says \"14\""),
+        "{}",
+        run.stderr
+    );
+    assert!(!site.pgdata().exists(), "the failed restore is rolled back");
+
+    let site = Site::new(|_| true);
+    edit_backup(&site, |name, header, _| {
+        if name == "backup_label" {
+            header[..12].copy_from_slice(b"backup_labex");
+        }
+    });
+    let run = site.restore(port, &[]).expect_code(202);
+    assert!(
+        run.stderr.contains("backup_label: missing"),
+        "{}",
+        run.stderr
+    );
+    assert!(!site.pgdata().exists(), "the failed restore is rolled back");
+}
+
+/// Free space is checked against the sentinel's expanded size before anything is written.
+#[test]
+#[cfg_attr(not(wale_tests_as_root), ignore = "needs root to mount a tmpfs")]
+fn restore_refuses_a_file_system_without_room_for_the_backup() {
+    let site = Site::new(|_| true);
+    let fs = Tmpfs::mount("8m", false);
+    let pgdata = fs.path.join("main");
+    let mut cmd = site.wale();
+    cmd.arg("restore").arg(&pgdata);
+    let run = Run::of(cmd).expect_code(2);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("but the backup expands to"),
+        "{}",
+        run.stderr
+    );
+    assert!(!pgdata.exists());
 }

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::extract::{self, Extractor};
 use crate::layout::{BackupName, Layout, partition_number};
 use crate::lzop;
-use crate::storage::{self, ResumingReader, Storage, Store};
+use crate::storage::{ResumingReader, Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
 
@@ -405,29 +405,8 @@ async fn restore_partition(
 /// tar stream, or the local file system.
 fn partition_error(url: &str, err: extract::Error) -> Error {
     match err {
-        extract::Error::Tar(tar::Error::Read(io)) => read_failure(url, io),
+        extract::Error::Tar(tar::Error::Read(io)) => Error::from_read(url, io),
         other => extract_error(url, other),
-    }
-}
-
-/// A read error under the tar reader: bad lzop data, or the store failing for good.
-fn read_failure(url: &str, io: std::io::Error) -> Error {
-    if io.get_ref().is_some_and(|inner| inner.is::<lzop::Error>()) {
-        return Error::Corrupt {
-            url: url.to_string(),
-            reason: io.to_string(),
-        };
-    }
-    let text = io.to_string();
-    match io
-        .into_inner()
-        .map(|inner| inner.downcast::<storage::Error>())
-    {
-        Some(Ok(storage_error)) => Error::Storage(*storage_error),
-        _ => Error::Storage(storage::Error::Transient {
-            url: url.to_string(),
-            detail: format!("reading the partition failed: {text}"),
-        }),
     }
 }
 

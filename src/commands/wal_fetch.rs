@@ -18,7 +18,7 @@ use crate::fetch_state::FetchState;
 use crate::layout::Layout;
 use crate::lzop::{self, DecodeToError};
 use crate::prefetch::{Prefetching, wal_directory_of};
-use crate::storage::{self, ObjectReader, Storage, Store};
+use crate::storage::{ObjectReader, Storage, Store};
 use crate::wal::{self, WalFileKind};
 
 /// Buffer over the object: the decoder's header reads are a few bytes each, which on a
@@ -163,16 +163,7 @@ fn decode_into(
     let written = decoder
         .decode_to_on_two_threads(&mut staged.early_writeback())
         .map_err(|err| match err {
-            DecodeToError::Decode(lzop::Error::Read(io)) => {
-                Error::Storage(storage::Error::Transient {
-                    url: url.clone(),
-                    detail: format!("reading the object failed: {io}"),
-                })
-            }
-            DecodeToError::Decode(bad) => Error::Corrupt {
-                url: url.clone(),
-                reason: bad.to_string(),
-            },
+            DecodeToError::Decode(bad) => Error::from_decode(&url, bad),
             DecodeToError::Write(io) => Error::local(&destination, "cannot write", io),
         })?;
     if kind.is_full_segment() && !wal::is_valid_segment_size(written) {

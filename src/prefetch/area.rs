@@ -2,7 +2,7 @@
 //! and the reasons of failures.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -226,16 +226,10 @@ pub fn check_segment_file(path: &Path, segment: &SegmentName) -> io::Result<u64>
     Ok(size)
 }
 
-/// Makes a finished download visible under its name.
-pub fn publish(partial: &Path, mut file: File, ready: &Path) -> io::Result<()> {
-    file.flush()?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(partial, ready)?;
-    if let Some(dir) = ready.parent() {
-        crate::durable::sync_dir(dir)?;
-    }
-    Ok(())
+/// Makes a finished download visible under its name (a visible partial file, unlike
+/// [`crate::durable::StagedFile`], so that `wal-fetch` can watch a download grow).
+pub fn publish(partial: &Path, file: File, ready: &Path) -> io::Result<()> {
+    crate::durable::rename_into_place(file, partial, ready)
 }
 
 #[cfg(test)]
@@ -243,11 +237,7 @@ mod tests {
     use super::*;
 
     fn seg(tli: u32, log: u32, seg: u32) -> SegmentName {
-        SegmentName {
-            timeline: tli,
-            log,
-            seg,
-        }
+        SegmentName::new(tli, log, seg)
     }
 
     #[test]

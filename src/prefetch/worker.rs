@@ -217,9 +217,9 @@ async fn download(
         let decoded = lzop::Decoder::with_options(body, lzop_options)
             .decode_to(&mut crate::durable::EarlyWriteback::new(&mut file));
         let checked = decoded
-            .map_err(|e| Error::Corrupt {
-                url: url.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                lzop::DecodeToError::Decode(bad) => Error::from_decode(&url, bad),
+                lzop::DecodeToError::Write(io) => Error::local(&partial, "cannot write", io),
             })
             .and_then(|_| {
                 check_segment_file(&partial, &segment).map_err(|e| Error::Corrupt {

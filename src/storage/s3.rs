@@ -80,19 +80,8 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.classify(prefix, e))?;
-        for object in page.contents() {
-            let Some(key) = object.key() else { continue };
-            let modified = object
-                .last_modified()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            out.objects.push(ObjectMeta {
-                key: key.to_string(),
-                size: object.size().unwrap_or(0).max(0) as u64,
-                last_modified_text: s3_listing_time(modified),
-                modified,
-            });
-        }
+        out.objects
+            .extend(page.contents().iter().filter_map(object_meta));
         out.common_prefixes.extend(
             page.common_prefixes()
                 .iter()
@@ -168,23 +157,7 @@ impl Storage for S3Store {
             .send()
             .await
             .map_err(|e| self.classify(prefix, e))?;
-        let mut objects: Vec<ObjectMeta> = page
-            .contents()
-            .iter()
-            .filter_map(|object| {
-                let key = object.key()?;
-                let modified = object
-                    .last_modified()
-                    .and_then(|t| SystemTime::try_from(*t).ok())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                Some(ObjectMeta {
-                    key: key.to_string(),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                    last_modified_text: s3_listing_time(modified),
-                    modified,
-                })
-            })
-            .collect();
+        let mut objects: Vec<ObjectMeta> = page.contents().iter().filter_map(object_meta).collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         objects.truncate(limit);
         Ok(objects)
@@ -214,6 +187,21 @@ impl Storage for S3Store {
     fn url(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
+}
+
+/// One listed object as wale describes it (keyless entries, which S3 never sends, are
+/// skipped).
+fn object_meta(object: &aws_sdk_s3::types::Object) -> Option<ObjectMeta> {
+    let modified = object
+        .last_modified()
+        .and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Some(ObjectMeta {
+        key: object.key()?.to_string(),
+        size: object.size().unwrap_or(0).max(0) as u64,
+        last_modified_text: s3_listing_time(modified),
+        modified,
+    })
 }
 
 /// The SDK configuration for WAL-E's settings, with addressing chosen as WAL-E does.

@@ -36,10 +36,15 @@ pub fn fixture() -> PathBuf {
 
 /// `KEY=value` lines of the fixture's `meta.env`.
 pub fn fixture_meta(key: &str) -> String {
-    let text = std::fs::read_to_string(fixture().join("meta.env")).unwrap();
+    meta_of(&fixture(), key)
+}
+
+/// A `KEY=value` line of a fixture directory's `meta.env`.
+pub fn meta_of(fixture_dir: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(fixture_dir.join("meta.env")).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} missing from meta.env"))
+        .unwrap_or_else(|| panic!("{key} missing from {}/meta.env", fixture_dir.display()))
         .trim_matches('"')
         .to_string()
 }
@@ -649,4 +654,42 @@ pub fn wal_e_restore_manifest() -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// A tmpfs of `size` mounted at a fresh directory, unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs (the tests that call this are ignored unless built as root).
+    pub fn mount(size: &str, read_only: bool) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        // Others may pass (a server running as postgres, say), as through /mnt.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let options = format!("size={size}{}", if read_only { ",ro" } else { "" });
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(&path)
+            .status();
+        assert!(
+            mounted.is_ok_and(|s| s.success()),
+            "cannot mount a tmpfs at {} as root",
+            path.display()
+        );
+        Tmpfs { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
 }

@@ -266,12 +266,7 @@ async fn read_major_version(
                 .map(|_| text)
         })
         .await?
-        .map_err(|e| {
-            Error::Storage(crate::storage::Error::Transient {
-                url,
-                detail: format!("reading failed: {e}"),
-            })
-        })
+        .map_err(|e| Error::from_read(&url, e))
     })
     .await?;
     server::major_of_version_text(&text).ok_or_else(|| Error::Corrupt {
