@@ -10,5 +10,5 @@ cargo build --release --locked
 rm -rf target/assets
 target/release/wale generate target/assets
 gzip -9n target/assets/wale.1
-cargo deb --no-build
+cargo deb --no-build --strip
 ls -l target/debian/*.deb
