@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Quick start on the bundled real WAL-E archive: restore its base backup (backup-fetch),
+# Quick start on the bundled real WAL-E archives: restore a base backup (backup-fetch),
 # then serve WAL the way restore_command would (wal-fetch, with prefetching) until the
-# archive ends, and check every restored segment with PostgreSQL's pg_waldump.
+# archive ends, and check every restored segment with PostgreSQL's pg_waldump; then, when
+# PostgreSQL 15 is installed, the migration path on the Heroku-like archive: `wale restore
+# --standby --start`, `wale status` until caught up, `wale promote`.
 #
 #   scripts/quickstart.sh            (builds wale, needs nothing else)
 set -euo pipefail
@@ -43,3 +45,29 @@ else
   echo "== restored $start..$last into $pg_wal (install postgresql to check them with pg_waldump)"
 fi
 echo "== done: base backup and WAL restored into $pgdata"
+
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  echo "== install postgresql-15 to also run restore --standby --start, status and promote"
+  exit 0
+fi
+# The server runs as postgres when this runs as root: give it a readable copy of the
+# archive and a socket directory of its own.
+site=$(mktemp -d)
+chmod 755 "$site"
+cp -r fixtures/wale-heroku/archive "$site/archive"
+chmod -R a+rX "$site/archive"
+mkdir "$site/sock"
+as_owner=()
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$site/sock"; as_owner=(runuser -u postgres --); fi
+export WALE_FILE_PREFIX="file://$site/archive"
+echo "== restore the Heroku-like archive into $site/main: a running hot standby, one command"
+"$wale" restore "$site/main" LATEST --standby --start --port 54329 --set "unix_socket_directories=$site/sock"
+for _ in $(seq 60); do
+  "$wale" status "$site/main" --json | grep -q '"caught_up": true' && break
+  sleep 1
+done
+"$wale" status "$site/main"
+echo "== promote at cutover"
+"$wale" promote "$site/main"
+"${as_owner[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$site/main" -m fast -w stop >/dev/null
+echo "== done: $site/main was a hot standby of the archive, then promoted (stopped now)"

@@ -84,17 +84,16 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
     if let Err(e) = connection.value("select pg_reload_conf()") {
         tracing::warn!("could not reload the configuration: {e}");
     }
+    // The checkpoint's timeline lags until the end-of-recovery checkpoint; the name of the
+    // current WAL file does not.
     let timeline = connection
-        .value("select timeline_id from pg_control_checkpoint()")
-        .unwrap_or_default();
+        .value("select pg_walfile_name(pg_current_wal_lsn())")
+        .ok()
+        .and_then(|name| u32::from_str_radix(name.get(..8)?, 16).ok());
     tracing::info!(
-        "{} is promoted and accepts writes (new timeline after {}); restore_command is commented out",
+        "{} is promoted and accepts writes{}; restore_command is commented out",
         pgdata.display(),
-        if timeline.is_empty() {
-            "promotion".into()
-        } else {
-            format!("checkpoint timeline {timeline}")
-        }
+        timeline.map_or(String::new(), |t| format!(" on timeline {t}"))
     );
     for follow_up in [
         "drop or move what lives in the vendor's temporary tablespace (it was restored beside the data directory), and point temp_tablespaces elsewhere",
