@@ -293,7 +293,11 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     promote.arg("promote").arg(&pgdata);
     let run = Run::of(promote).expect_code(0);
     // Timeline 2 ended in the archive; promotion starts timeline 3.
-    assert!(run.stderr.contains("accepts writes on timeline 3"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("accepts writes on timeline 3"),
+        "{}",
+        run.stderr
+    );
     assert!(
         run.stdout_text().contains("fresh base backup"),
         "{}",
