@@ -18,7 +18,17 @@ echo "== backups in $WALE_FILE_PREFIX"
 "$wale" backup-list --detail
 start=$("$wale" backup-list LATEST | tail -n 1 | cut -f 4)
 
-pgdata=$(mktemp -d)/pgdata
+scratch=$(mktemp -d)
+site=""
+cleanup() {
+  if [ -n "$site" ] && [ -f "$site/main/postmaster.pid" ]; then
+    "${as_owner[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$site/main" -m fast -w stop >/dev/null || true
+  fi
+  rm -rf "$scratch" ${site:+"$site"}
+}
+as_owner=()
+trap cleanup EXIT
+pgdata=$scratch/pgdata
 echo "== backup-fetch LATEST into $pgdata (its tablespace into pg_tblspc/, as WAL-E's file backend did)"
 "$wale" backup-fetch "$pgdata" LATEST --blind-restore
 pg_wal="$pgdata/pg_wal"
@@ -44,7 +54,7 @@ if [ -n "$waldump" ]; then
 else
   echo "== restored $start..$last into $pg_wal (install postgresql to check them with pg_waldump)"
 fi
-echo "== done: base backup and WAL restored into $pgdata"
+echo "== done: base backup and WAL restored into $pgdata (removed on exit)"
 
 if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
   echo "== install postgresql-15 to also run restore --standby --start, status and promote"
@@ -57,8 +67,10 @@ chmod 755 "$site"
 cp -r fixtures/wale-heroku/archive "$site/archive"
 chmod -R a+rX "$site/archive"
 mkdir "$site/sock"
-as_owner=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$site/sock"; as_owner=(runuser -u postgres --); fi
+query() {
+  "${as_owner[@]}" /usr/lib/postgresql/15/bin/psql -X -A -t -h "$site/sock" -p 54329 -d postgres -c "$1"
+}
 export WALE_FILE_PREFIX="file://$site/archive"
 echo "== restore the Heroku-like archive into $site/main: a running hot standby, one command"
 "$wale" restore "$site/main" LATEST --standby --start --port 54329 --set "unix_socket_directories=$site/sock"
@@ -67,7 +79,9 @@ for _ in $(seq 60); do
   sleep 1
 done
 "$wale" status "$site/main"
+echo "== the standby answers: accounts = $(query 'select count(*) from accounts'), last round = $(query 'select label from rounds order by round desc limit 1')"
 echo "== promote at cutover"
 "$wale" promote "$site/main"
-"${as_owner[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$site/main" -m fast -w stop >/dev/null
-echo "== done: $site/main was a hot standby of the archive, then promoted (stopped now)"
+query "create table after_cutover (at timestamptz default now()); insert into after_cutover default values" >/dev/null
+echo "== the promoted server takes writes: after_cutover = $(query 'select count(*) from after_cutover') row"
+echo "== done: the standby of the archive was promoted; stopped and removed on exit"

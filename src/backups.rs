@@ -77,6 +77,22 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Vec<Backup>, Error> 
         .collect())
 }
 
+/// Why a named backup is not among the complete ones: it does not exist at all, or it
+/// exists without its sentinel (WAL-E never finished it). One listing of its directory.
+pub async fn missing_backup(store: &Store, layout: &Layout, name: &BackupName) -> Error {
+    let where_ = store.url(&layout.basebackups());
+    let directory = format!("{}{name}/", layout.basebackups());
+    match store.list(&directory, Some("/")).await {
+        Ok(listing) if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() => {
+            Error::NotFound(format!(
+                "backup {name} in {where_} is incomplete: it has no sentinel, so WAL-E never finished it"
+            ))
+        }
+        Ok(_) => Error::NotFound(format!("no backup named {name} in {where_}")),
+        Err(err) => err.into(),
+    }
+}
+
 /// Applies a query. `LATEST` is the newest sentinel, ties going to the later key, exactly
 /// as WAL-E chooses; when WAL position disagrees (objects copied or re-uploaded, WAL-E
 /// #398), a warning names both candidates.

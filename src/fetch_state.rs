@@ -15,6 +15,7 @@ use crate::wal::SegmentName;
 
 const NOT_FOUND_FILE: &str = "last-not-found";
 const ERROR_FILE: &str = "last-error";
+const ANSWERED_FILE: &str = "answered-not-found";
 
 /// The state files of one WAL directory.
 #[derive(Debug, Clone)]
@@ -49,9 +50,28 @@ impl FetchState {
         self.write(ERROR_FILE, line);
     }
 
-    /// A fetch succeeded: an earlier failure is history.
+    /// A fetch succeeded: an earlier failure is history, and recovery has moved on.
     pub fn clear_error(&self) {
         let _ = std::fs::remove_file(self.dir.join(ERROR_FILE));
+        let _ = std::fs::remove_file(self.dir.join(ANSWERED_FILE));
+    }
+
+    /// Notes that `name` was answered "not found" at this position of recovery; true if it
+    /// already was (a standby at the end of the archive asks again every few seconds, and
+    /// the answer is news only once). Forgotten at the next successful fetch.
+    pub fn answered_not_found_before(&self, name: &str) -> bool {
+        let path = self.dir.join(ANSWERED_FILE);
+        let known = std::fs::read_to_string(&path).unwrap_or_default();
+        if known.lines().any(|line| line == name) {
+            return true;
+        }
+        // Recovery asks for at most a segment and a history file or two at one position.
+        let mut names: Vec<&str> = known.lines().rev().take(7).collect();
+        names.reverse();
+        names.push(name);
+        let _ = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&path, names.join("\n") + "\n"));
+        false
     }
 
     /// The last "not found" segment.
@@ -106,5 +126,9 @@ mod tests {
         assert_eq!(state.last_error().unwrap().text, "s3://b/k: access denied");
         state.clear_error();
         assert_eq!(state.last_error(), None);
+        assert!(!state.answered_not_found_before("00000003.history"));
+        assert!(state.answered_not_found_before("00000003.history"));
+        state.clear_error();
+        assert!(!state.answered_not_found_before("00000003.history"));
     }
 }

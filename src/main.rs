@@ -22,20 +22,15 @@ fn main() -> ExitCode {
     init_logging(cli.globals.terse);
     match run(&cli, &matches) {
         Ok(()) => ExitCode::from(exit::OK),
-        Err(err) => {
-            let line = err.to_string().replace('\n', " ");
-            // The end of the archive is routine for restore_command; for anything else a
-            // missing object is the command failing.
-            if err.is_not_found() && matches!(cli.command, Command::WalFetch(_)) {
-                tracing::info!("{line}");
-            } else {
-                tracing::error!("{line}");
+        // restore_command's own policy: "not found" is routine there, and a standby's
+        // failures must not shut it down.
+        Err(err) => match &cli.command {
+            Command::WalFetch(args) => ExitCode::from(commands::settle_wal_fetch(args, &err)),
+            _ => {
+                tracing::error!("{}", err.to_string().replace('\n', " "));
+                ExitCode::from(err.exit_code())
             }
-            match &cli.command {
-                Command::WalFetch(args) => ExitCode::from(commands::settle_wal_fetch(args, &err)),
-                _ => ExitCode::from(err.exit_code()),
-            }
-        }
+        },
     }
 }
 

@@ -177,16 +177,41 @@ fn live_non_empty_and_unknown_targets_are_refused() {
         &["base_0000000100000000000000AA_00000040"],
     )
     .expect_code(1);
+    // A missing and an incomplete backup are told apart, at ERROR, and the target this
+    // run created is gone again.
     assert!(
-        run.stderr.contains("no complete backup named"),
+        run.error_lines().len() == 1 && run.stderr.contains("no backup named"),
         "{}",
         run.stderr
     );
+    assert!(
+        !empty.exists(),
+        "the target backup-fetch created is left behind"
+    );
     let incomplete = fixture_meta("INCOMPLETE_BACKUP_NAME");
-    backup_fetch(&archive, Backend::File, None, &empty, &[&incomplete]).expect_code(1);
+    let run = backup_fetch(&archive, Backend::File, None, &empty, &[&incomplete]).expect_code(1);
+    assert!(
+        run.error_lines().len() == 1 && run.stderr.contains("is incomplete: it has no sentinel"),
+        "{}",
+        run.stderr
+    );
     let nothing = Archive::empty();
     let run = backup_fetch(&nothing, Backend::File, None, &empty, &["LATEST"]).expect_code(1);
     assert!(run.stderr.contains("no complete backups"), "{}", run.stderr);
+
+    // A file:// prefix naming no directory is a configuration mistake, not an empty archive.
+    let mut cmd = wale();
+    cmd.arg("--file-prefix=file://tmp/no/such/archive")
+        .arg("backup-fetch")
+        .arg(&empty)
+        .arg("LATEST");
+    let run = Run::of(cmd).expect_code(201);
+    assert!(
+        run.stderr.contains("file:///no/such/archive")
+            && run.stderr.contains("the archive directory does not exist"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The first partition object of the fixture's backup in `archive`.

@@ -391,7 +391,7 @@ fn restore_refuses_with_one_clear_line() {
         &site,
         &["base_000000010000000000000009_00000040"],
         1,
-        "no complete backup named",
+        "no backup named",
     );
     check(
         &site,
@@ -563,6 +563,21 @@ fn wal_fetch_in_standby_mode_keeps_the_standby_alive_and_records_why() {
     assert!(run.stderr.contains("standby mode"), "{}", run.stderr);
     let recorded = std::fs::read_to_string(data.join("pg_wal/.wale-status/last-error")).unwrap();
     assert!(recorded.contains(&segment), "{recorded}");
+
+    // At the end of the archive a standby asks for the next segment and the next
+    // timeline's history every few seconds: each "not found" is said once per position.
+    for name in ["0000000200000000000000FF", "00000009.history"] {
+        let mut cmd = site.wale();
+        cmd.current_dir(&data)
+            .args(["wal-fetch", "--prefetch", "0", name, "pg_wal/RECOVERYXLOG"]);
+        let first = Run::of(cmd).expect_code(1);
+        assert!(first.stderr.contains("INFO"), "{}", first.stderr);
+        let mut cmd = site.wale();
+        cmd.current_dir(&data)
+            .args(["wal-fetch", "--prefetch", "0", name, "pg_wal/RECOVERYXLOG"]);
+        let again = Run::of(cmd).expect_code(1);
+        assert_eq!(again.stderr, "", "a repeated not-found is quiet");
+    }
 
     let mut broken = wale();
     broken

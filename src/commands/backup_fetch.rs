@@ -56,10 +56,26 @@ pub async fn run(
         .iter()
         .map(|m| tablespaces::parse_mapping(m))
         .collect::<Result<Vec<_>, _>>()?;
-    prepare_target(&args.pg_cluster_directory, args.overwrite)?;
-    let store = Arc::new(Store::open(&config.store).await?);
-    let layout = Layout::new(config.store.path_prefix());
-    let backup = choose_backup(&store, &layout, config, &args.backup_name).await?;
+    let target = &args.pg_cluster_directory;
+    let created = !target.exists();
+    prepare_target(target, args.overwrite)?;
+    let chosen = async {
+        let store = Arc::new(Store::open(&config.store).await?);
+        let layout = Layout::new(config.store.path_prefix());
+        let backup = choose_backup(&store, &layout, config, &args.backup_name).await?;
+        Ok::<_, Error>((store, backup))
+    }
+    .await;
+    let (store, backup) = match chosen {
+        Ok(chosen) => chosen,
+        Err(err) => {
+            // Nothing was written yet: a directory this run created goes again.
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(err);
+        }
+    };
     let request = FetchRequest {
         target: args.pg_cluster_directory.clone(),
         backup,
@@ -265,14 +281,13 @@ async fn choose_backup(
             "no complete backups found in {}",
             store.url(&layout.basebackups())
         ))),
-        None => Err(Error::NotFound(format!(
-            "no complete backup named {} in {} (a backup without its sentinel is incomplete)",
-            match &query {
-                Query::Named(name) => name.to_string(),
-                _ => "LATEST".into(),
-            },
-            store.url(&layout.basebackups())
-        ))),
+        None => match &query {
+            Query::Named(name) => Err(backups::missing_backup(store, layout, name).await),
+            _ => Err(Error::NotFound(format!(
+                "no complete backups found in {}",
+                store.url(&layout.basebackups())
+            ))),
+        },
     }
 }
 

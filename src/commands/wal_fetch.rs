@@ -76,7 +76,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     Ok(())
 }
 
-/// The exit status for a failed `wal-fetch`, and what `wale status` will read about it.
+/// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status.
 ///
 /// "Not found" is 1, and for a segment it is recorded: recovery has read everything
 /// before it. Any other failure is recorded, and then:
@@ -87,7 +87,18 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
 ///   archive recovery stops rather than ends and promotes at the wrong point.
 pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
     let state = state_of(args);
+    let line = err.to_string().replace('\n', " ");
     if err.is_not_found() {
+        // A standby at the end of the archive asks every few seconds: say it once.
+        let repeated = in_standby_mode()
+            && state
+                .as_ref()
+                .is_some_and(|s| s.answered_not_found_before(&args.wal_segment));
+        if repeated {
+            tracing::debug!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
         if let (Some(state), WalFileKind::Segment(segment)) =
             (&state, WalFileKind::of(&args.wal_segment))
         {
@@ -95,6 +106,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         }
         return exit::NOT_FOUND;
     }
+    tracing::error!("{line}");
     if let Some(state) = &state {
         state.record_error(&err.to_string().replace('\n', " "));
     }

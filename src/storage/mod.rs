@@ -288,7 +288,18 @@ impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, Error> {
         match config {
             StoreConfig::S3(s3) => Ok(Store::S3(s3::S3Store::connect(s3).await?)),
-            StoreConfig::File(_) => Ok(Store::File(fs::FileStore)),
+            StoreConfig::File(file) => {
+                // A prefix naming no directory (a typo, `file://tmp/…` read as a host) is
+                // a configuration mistake, never an empty archive.
+                let root = std::path::Path::new("/").join(&file.path_prefix);
+                if !root.is_dir() {
+                    return Err(Error::Permanent {
+                        url: format!("file://{}", root.display()),
+                        detail: "the archive directory does not exist (check the prefix)".into(),
+                    });
+                }
+                Ok(Store::File(fs::FileStore))
+            }
         }
     }
 }

@@ -240,11 +240,15 @@ async fn choose_backup(
             });
     }
     let parsed = backups::Query::parse(Some(query))?;
-    backups::select(all, &parsed).into_iter().next().ok_or_else(|| {
-        Error::NotFound(format!(
-            "no complete backup named {query} in {where_} (a backup without its sentinel is incomplete)"
-        ))
-    })
+    match backups::select(all, &parsed).into_iter().next() {
+        Some(backup) => Ok(backup),
+        None => match &parsed {
+            backups::Query::Named(name) => Err(backups::missing_backup(store, layout, name).await),
+            _ => Err(Error::NotFound(format!(
+                "no complete backups found in {where_}"
+            ))),
+        },
+    }
 }
 
 async fn read_major_version(
