@@ -63,7 +63,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     .await
     .inspect_err(|_| remove_stale(&args.wal_destination))?;
     if let Some(prefetching) = &prefetching {
-        prefetching.learned_size(bytes);
+        prefetching.after_in_band(bytes, &options.relaunch, args.prefetch);
     }
     if let Some(state) = state_of(args) {
         state.clear_error();

@@ -29,9 +29,11 @@ impl Prefetching {
         }
     }
 
-    /// Hands over the prefetched segment (waiting for its download if one is under way,
-    /// rather than starting a second) and tells the prefetcher, starting it if none runs,
-    /// what comes next. Returns the size when the segment came from the area.
+    /// Hands over the prefetched segment (waiting for its download if a live prefetcher
+    /// has one under way, rather than starting a second) and, when it was there, tells the
+    /// prefetcher what comes next. Returns the size when the segment came from the area;
+    /// on a miss the caller fetches in-band and then calls [`Prefetching::after_in_band`],
+    /// so that a prefetcher started now does not compete with that fetch for the CPU.
     pub async fn take(
         &self,
         destination: &Path,
@@ -62,6 +64,7 @@ impl Prefetching {
                 .next()
                 .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s);
             self.announce(self.segment, size, relaunch, window);
+            tracing::debug!("waiting for the prefetcher's download of {}", self.segment);
             if worker::wait_for(&self.area, &self.segment).await {
                 taken = take();
             }
@@ -74,12 +77,9 @@ impl Prefetching {
                 self.segment
             );
         }
-        let size = taken.unwrap_or_else(|| {
-            self.area
-                .next()
-                .map_or(wal::DEFAULT_SEGMENT_SIZE, |(_, s)| s)
-        });
-        self.announce(self.segment.next(size), size, relaunch, window);
+        if let Some(size) = taken {
+            self.announce(self.segment.next(size), size, relaunch, window);
+        }
         taken
     }
 
@@ -99,11 +99,15 @@ impl Prefetching {
         worker::ensure_running(&self.area, &self.base, &next, window, relaunch);
     }
 
-    /// After an in-band fetch: the real segment size, for the prefetcher's arithmetic.
-    pub fn learned_size(&self, size: u64) {
-        if wal::is_valid_segment_size(size) && self.area.next().map(|(_, s)| s) != Some(size) {
-            let _ = self.area.set_next(&self.segment.next(size), size);
-        }
+    /// After an in-band fetch of `size` bytes: the prefetcher, started if none runs, goes
+    /// on from the next segment, with the segment size this one had.
+    pub fn after_in_band(&self, size: u64, relaunch: &[std::ffi::OsString], window: u32) {
+        let size = if wal::is_valid_segment_size(size) {
+            size
+        } else {
+            wal::DEFAULT_SEGMENT_SIZE
+        };
+        self.announce(self.segment.next(size), size, relaunch, window);
     }
 }
 
