@@ -87,19 +87,23 @@ fn killing_the_prefetcher_never_exposes_a_partial_segment() {
     fetch(&archive, None, Backend::File, &names[0], &dest, "8").expect_code(0);
     // Kill the prefetcher while it works, twice over the sequence.
     for name in &names[1..] {
-        // Kill every prefetcher, including one the last call was still starting, so that
-        // whatever download is left is a dead one.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Kill the prefetcher, and wait until it is dead the way wal-fetch tells: its lock
+        // is free. (A killed process leaves /proc's command lines before the kernel has
+        // closed its files, so for a moment it still holds the lock; wal-fetch would then
+        // rightly wait for its download to grow.)
+        let area =
+            wale::prefetch::PrefetchDir::for_base(&std::fs::canonicalize(&pg_wal).unwrap(), None);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let alive = prefetchers_for(pg_wal.to_str().unwrap());
-            if alive.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in alive {
+            for pid in prefetchers_for(pg_wal.to_str().unwrap()) {
                 // SAFETY: sending a signal has no memory effects.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if !area.prefetcher_running() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the prefetcher does not die");
+            std::thread::sleep(Duration::from_millis(20));
         }
         // Whatever stands under a segment's name in the area must be whole and sound.
         let area = pg_wal.join(".wal-e/prefetch");
