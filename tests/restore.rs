@@ -508,6 +508,33 @@ fn restore_refuses_with_one_clear_line() {
         assert!(!path.exists(), "{} is left", path.display());
     }
 
+    // What was beside PGDATA before is never touched: a tablespace root holding other
+    // things survives a rolled-back run, and an envdir wale did not make is refused.
+    let root = PathBuf::from(format!("{}_tablespaces", site.pgdata().display()));
+    std::fs::create_dir_all(root.join("other")).unwrap();
+    std::fs::write(root.join("other/keep.txt"), "mine").unwrap();
+    check(
+        &site,
+        &["--set", "max_connections=100"],
+        2,
+        "the primary ran with max_connections = 500",
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("other/keep.txt")).unwrap(),
+        "mine"
+    );
+    assert!(!root.join(heroku_meta("TABLESPACE_OID")).exists());
+    std::fs::remove_dir_all(&root).unwrap();
+    let envdir = PathBuf::from(format!("{}.wale-env", site.pgdata().display()));
+    std::fs::create_dir_all(&envdir).unwrap();
+    std::fs::write(envdir.join("AWS_SECRET_ACCESS_KEY"), "theirs").unwrap();
+    check(&site, &[], 2, "already exists");
+    assert_eq!(
+        std::fs::read_to_string(envdir.join("AWS_SECRET_ACCESS_KEY")).unwrap(),
+        "theirs"
+    );
+    std::fs::remove_dir_all(&envdir).unwrap();
+
     // An envdir the server's owner cannot read would leave a standby that fetches nothing.
     if users_is_root() {
         let site = Site::new(|_| true);

@@ -104,21 +104,14 @@ struct Undo {
 
 impl Undo {
     fn record(plan: &Plan) -> Undo {
-        let mut paths = vec![
-            plan.pgdata.clone(),
-            default_tablespace_root(&plan.pgdata),
-            default_envdir(&plan.pgdata),
-        ];
-        paths.extend(plan.tablespaces.iter().map(|t| t.location.clone()));
-        Undo {
-            places: paths
-                .into_iter()
-                .map(|p| {
-                    let existed = p.exists();
-                    (p, existed)
-                })
-                .collect(),
-        }
+        // PGDATA and each tablespace directory: absent or empty (preflight checked), so
+        // emptying or removing them loses nothing.
+        let mut places: Vec<(PathBuf, bool)> = std::iter::once(&plan.pgdata)
+            .chain(plan.tablespaces.iter().map(|t| &t.location))
+            .map(|p| (p.clone(), p.exists()))
+            .collect();
+        places.extend(plan.created_beside.iter().map(|p| (p.clone(), false)));
+        Undo { places }
     }
 
     fn roll_back(self) {
@@ -164,6 +157,9 @@ pub(super) struct Plan {
     pub(super) first_header: LongPageHeader,
     pub(super) tablespaces: Vec<PlacedTablespace>,
     pub(super) settings: Vec<(String, String)>,
+    /// Directories beside PGDATA that this run creates (the default tablespace root, the
+    /// envdir): the run's to give to the owner, or to remove if it fails.
+    pub(super) created_beside: Vec<PathBuf>,
 }
 
 /// A tablespace of the backup and the directory it is restored into.
@@ -333,13 +329,12 @@ fn give_to_owner(plan: &Plan) -> Result<(), Error> {
     if users::effective_uid() != 0 {
         return Ok(());
     }
-    let mut roots = vec![plan.pgdata.clone(), default_tablespace_root(&plan.pgdata)];
-    roots.extend(plan.tablespaces.iter().map(|t| t.location.clone()));
-    if let Some(envdir) = plan_envdir(plan) {
-        roots.push(envdir);
-    }
+    // Only what this run made or filled: never a directory that was there before.
+    let roots = std::iter::once(&plan.pgdata)
+        .chain(plan.tablespaces.iter().map(|t| &t.location))
+        .chain(&plan.created_beside);
     for root in roots {
-        chown_tree(&root, &plan.owner)?;
+        chown_tree(root, &plan.owner)?;
     }
     Ok(())
 }
@@ -360,14 +355,6 @@ pub(super) fn chown_tree(path: &Path, owner: &User) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// The envdir wale writes for `restore_command` when none was given: beside PGDATA,
-/// never inside it (base backups of the new server would copy the secrets).
-fn plan_envdir(plan: &Plan) -> Option<PathBuf> {
-    let mut name = plan.pgdata.as_os_str().to_os_string();
-    name.push(".wale-env");
-    Some(PathBuf::from(name)).filter(|p| p.exists())
 }
 
 pub(super) fn default_envdir(pgdata: &Path) -> PathBuf {

@@ -33,8 +33,19 @@ pub(super) async fn preflight(
     check_recovery_options(args)?;
     check_target_directory(&pgdata)?;
     check_reachable(&pgdata, &owner)?;
-    if let Some(envdir) = &options.envdir {
-        check_envdir_readable(&absolute(envdir)?, &owner)?;
+    match &options.envdir {
+        Some(envdir) => check_envdir_readable(&absolute(envdir)?, &owner)?,
+        None => {
+            // wale writes the settings there; it never overwrites an envdir it did not
+            // make in this run.
+            let envdir = super::default_envdir(&pgdata);
+            if envdir.exists() {
+                return Err(Error::Usage(format!(
+                    "{} already exists (left by an earlier restore?): remove it, or pass --envdir",
+                    envdir.display()
+                )));
+            }
+        }
     }
 
     let backup = choose_backup(config, store, layout, args).await?;
@@ -62,7 +73,20 @@ pub(super) async fn preflight(
         layout,
         &backup.name,
     )?;
+    let mut created_beside = Vec::new();
+    let tablespace_root = default_tablespace_root(&pgdata);
+    if !tablespace_root.exists()
+        && tablespaces
+            .iter()
+            .any(|t| t.location.starts_with(&tablespace_root))
+    {
+        created_beside.push(tablespace_root);
+    }
+    if options.envdir.is_none() {
+        created_beside.push(super::default_envdir(&pgdata));
+    }
     Ok(Plan {
+        created_beside,
         pgdata,
         backup: backup.name,
         binaries,
