@@ -79,28 +79,39 @@ pub struct GlobalFlags {
     pub allow_concatenated_lzop: bool,
 }
 
-/// Parses the process's command line, keeping the matches for [`relaunch_args`].
-pub fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
+/// A parsed command line and the global options it gave, as arguments for a child `wale`.
+pub struct Parsed {
+    /// The command line.
+    pub cli: Cli,
+    /// See [`relaunch_args`].
+    pub relaunch: Vec<std::ffi::OsString>,
+}
+
+/// Parses the process's command line.
+pub fn parse() -> Result<Parsed, clap::Error> {
     parse_from(std::env::args_os())
 }
 
-/// Parses a command line (tests), keeping the matches.
-pub fn parse_from<I, T>(args: I) -> Result<(Cli, ArgMatches), clap::Error>
+/// Parses a command line. The clap definition is built once, for parsing and for the
+/// relaunch arguments (every `restore_command` call pays for it).
+pub fn parse_from<I, T>(args: I) -> Result<Parsed, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
-    Ok((cli, matches))
+    let relaunch = relaunch_args(&command, &matches);
+    Ok(Parsed { cli, relaunch })
 }
 
 /// Every global option given on the command line, as arguments for a child `wale` (the
 /// prefetcher) so it reads the same configuration. Derived from the declaration: a new
 /// global option is passed on without being listed anywhere.
-pub fn relaunch_args(matches: &ArgMatches) -> Vec<std::ffi::OsString> {
+fn relaunch_args(command: &clap::Command, matches: &ArgMatches) -> Vec<std::ffi::OsString> {
     let mut args = Vec::new();
-    for arg in Cli::command().get_arguments().filter(|a| a.is_global_set()) {
+    for arg in command.get_arguments().filter(|a| a.is_global_set()) {
         let id = arg.get_id().as_str();
         if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
             continue;
@@ -399,13 +410,17 @@ mod tests {
                     line.extend(given.iter().cloned());
                     line.extend(["wal-fetch", "A", "B"].map(String::from));
                 }
-                let (cli, matches) = parse_from(&line).unwrap();
-                assert_ne!(cli.globals, GlobalFlags::default(), "{long} was not parsed");
+                let parsed = parse_from(&line).unwrap();
+                assert_ne!(
+                    parsed.cli.globals,
+                    GlobalFlags::default(),
+                    "{long} was not parsed"
+                );
                 let mut child: Vec<std::ffi::OsString> = vec!["wale".into()];
-                child.extend(relaunch_args(&matches));
+                child.extend(parsed.relaunch);
                 child.extend(["wal-prefetch", "B", "A"].map(Into::into));
-                let (relaunched, _) = parse_from(&child).unwrap();
-                assert_eq!(relaunched.globals, cli.globals, "{long}");
+                let relaunched = parse_from(&child).unwrap();
+                assert_eq!(relaunched.cli.globals, parsed.cli.globals, "{long}");
             }
         }
     }

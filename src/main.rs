@@ -15,12 +15,12 @@ use wale::config::{Config, Env};
 use wale::error::{Error, exit};
 
 fn main() -> ExitCode {
-    let (cli, matches) = match wale::cli::parse() {
+    let wale::cli::Parsed { cli, relaunch } = match wale::cli::parse() {
         Ok(parsed) => parsed,
         Err(err) => return usage_error(err),
     };
     init_logging(cli.globals.terse);
-    match run(&cli, &matches) {
+    match run(&cli, relaunch) {
         Ok(()) => ExitCode::from(exit::OK),
         // restore_command's own policy: "not found" is routine there, and a standby's
         // failures must not shut it down.
@@ -48,7 +48,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
+fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<(), Error> {
     match &cli.command {
         Command::Version => {
             println!("{}", env!("CARGO_PKG_VERSION"));
@@ -85,7 +85,7 @@ fn run(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), Error> {
         other => other?,
     };
     let mut options = Options {
-        relaunch: wale::cli::relaunch_args(matches),
+        relaunch,
         envdir: flags.envdir.clone(),
         ..Options::default()
     };

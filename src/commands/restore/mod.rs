@@ -214,32 +214,29 @@ fn validate(plan: &Plan) -> Result<ControlData, Error> {
         url: place("global/pg_control"),
         reason: e.to_string(),
     })?;
-    if control.major_version != plan.binaries.major {
-        return Err(Error::Corrupt {
-            url: place("global/pg_control"),
-            reason: format!(
-                "written by PostgreSQL {}, but PG_VERSION says {}",
-                control.major_version, plan.binaries.major
-            ),
-        });
-    }
     let header = &plan.first_header;
-    if header.system_identifier != control.system_identifier {
+    let mismatch = if control.major_version != plan.binaries.major {
+        Some(format!(
+            "written by PostgreSQL {}, but PG_VERSION says {}",
+            control.major_version, plan.binaries.major
+        ))
+    } else if header.system_identifier != control.system_identifier {
+        Some(format!(
+            "system identifier {} differs from the archive's WAL ({}): the WAL under this prefix belongs to another cluster",
+            control.system_identifier, header.system_identifier
+        ))
+    } else if header.segment_size != control.segment_size {
+        Some(format!(
+            "WAL segment size {} differs from the archive's WAL ({})",
+            control.segment_size, header.segment_size
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = mismatch {
         return Err(Error::Corrupt {
             url: place("global/pg_control"),
-            reason: format!(
-                "system identifier {} differs from the archive's WAL ({}): the WAL under this prefix belongs to another cluster",
-                control.system_identifier, header.system_identifier
-            ),
-        });
-    }
-    if header.segment_size != control.segment_size {
-        return Err(Error::Corrupt {
-            url: place("global/pg_control"),
-            reason: format!(
-                "WAL segment size {} differs from the archive's WAL ({})",
-                control.segment_size, header.segment_size
-            ),
+            reason,
         });
     }
     if header.magic != control.wal_page_magic {
