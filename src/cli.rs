@@ -100,10 +100,27 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let mut command = Cli::command();
-    let matches = command.try_get_matches_from_mut(args)?;
+    let matches = command.try_get_matches_from_mut(help_about_help(args))?;
     let cli = Cli::from_arg_matches(&matches)?;
     let relaunch = relaunch_args(&command, &matches);
     Ok(Parsed { cli, relaunch })
+}
+
+/// `wale help [COMMAND] --help` asks for help as plainly as `wale [COMMAND] --help`, which
+/// clap's `help` subcommand would refuse: it becomes that.
+fn help_about_help<I, T>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let is_help_flag = |a: &std::ffi::OsString| a == "--help" || a == "-h";
+    if args.get(1).is_some_and(|a| a == "help") && args[2..].iter().any(is_help_flag) {
+        args.remove(1);
+        args.retain(|a| !is_help_flag(a));
+        args.push("--help".into());
+    }
+    args
 }
 
 /// Every global option given on the command line, as arguments for a child `wale` (the
@@ -386,6 +403,23 @@ mod tests {
 
     /// Every global option, given alone before or after the subcommand, reaches the
     /// relaunched prefetcher with the same value.
+    #[test]
+    fn help_about_help_is_the_help_it_asks_for() {
+        let help = |args: &[&str]| match parse_from(args) {
+            Err(e) => (e.kind(), e.to_string()),
+            Ok(_) => panic!("{args:?} parsed as a command"),
+        };
+        let (kind, top) = help(&["wale", "help", "--help"]);
+        assert_eq!(kind, clap::error::ErrorKind::DisplayHelp);
+        assert!(
+            top.contains("backup-fetch") && top.contains("restore"),
+            "{top}"
+        );
+        let (kind, restore) = help(&["wale", "help", "restore", "-h"]);
+        assert_eq!(kind, clap::error::ErrorKind::DisplayHelp);
+        assert!(restore.contains("--standby"), "{restore}");
+    }
+
     #[test]
     fn every_global_option_survives_the_relaunch() {
         let globals: Vec<_> = Cli::command()

@@ -134,7 +134,9 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => exit::USAGE,
             Error::NotFound(_) | Error::Storage(storage::Error::NotFound { .. }) => exit::NOT_FOUND,
-            Error::Storage(storage::Error::Transient { .. }) => exit::UNAVAILABLE,
+            Error::Storage(
+                storage::Error::Transient { .. } | storage::Error::Unreachable { .. },
+            ) => exit::UNAVAILABLE,
             Error::Storage(
                 storage::Error::AccessDenied { .. } | storage::Error::Permanent { .. },
             ) => exit::STORE_REFUSED,
@@ -147,6 +149,10 @@ impl Error {
 impl crate::retry::Retryable for Error {
     fn is_retryable(&self) -> bool {
         matches!(self, Error::Storage(e) if e.is_retryable())
+    }
+
+    fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Storage(storage::Error::Unreachable { .. }))
     }
 }
 

@@ -84,6 +84,10 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<(), Error> {
         }
         other => other?,
     };
+    let mut config = config;
+    if !matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
+        config.retry = config.retry.interactive();
+    }
     let mut options = Options {
         relaunch,
         envdir: flags.envdir.clone(),

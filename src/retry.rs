@@ -10,6 +10,12 @@ use crate::config::RetryPolicy;
 pub trait Retryable: std::fmt::Display {
     /// Whether another attempt may succeed.
     fn is_retryable(&self) -> bool;
+
+    /// Whether the store could not be reached at all (see
+    /// [`RetryPolicy::unreachable_limit`]).
+    fn is_unreachable(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's attempts or
@@ -36,6 +42,18 @@ where
         let Some(delay) = budget.next_delay() else {
             return Err(err);
         };
+        if err.is_unreachable()
+            && policy
+                .unreachable_limit
+                .is_some_and(|limit| budget.elapsed() + delay > limit)
+        {
+            tracing::warn!(
+                "{what}: giving up after {} attempts in {:.1}s: the store cannot be reached",
+                budget.failures(),
+                budget.elapsed().as_secs_f64()
+            );
+            return Err(err);
+        }
         tracing::warn!(
             "{what}: attempt {} of {} failed, retrying in {:.1}s: {err}",
             budget.failures(),
@@ -75,6 +93,11 @@ impl Backoff {
         }
         let delay = backoff(&self.policy, self.failures);
         (self.started.elapsed() + delay <= self.policy.deadline).then_some(delay)
+    }
+
+    /// Time since the budget started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Failures counted so far.
@@ -123,7 +146,53 @@ mod tests {
             deadline: Duration::from_secs(5),
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
+            unreachable_limit: None,
         }
+    }
+
+    /// An error that says the store cannot be reached.
+    #[derive(Debug)]
+    struct Refused;
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "connection refused")
+        }
+    }
+    impl Retryable for Refused {
+        fn is_retryable(&self) -> bool {
+            true
+        }
+        fn is_unreachable(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_ends_interactive_retries_early_only() {
+        let patient = RetryPolicy {
+            max_delay: Duration::from_millis(20),
+            ..fast(30)
+        };
+        let interactive = RetryPolicy {
+            unreachable_limit: Some(Duration::from_millis(50)),
+            ..patient
+        };
+        let count = |policy: RetryPolicy| async move {
+            let calls = Cell::new(0);
+            let out: Result<(), Refused> = with_retries(&policy, "t", || {
+                calls.set(calls.get() + 1);
+                async { Err(Refused) }
+            })
+            .await;
+            assert!(out.is_err());
+            calls.get()
+        };
+        assert_eq!(count(patient).await, 30, "wal-fetch keeps its whole policy");
+        let interactive_calls = count(interactive).await;
+        assert!(
+            (2..30).contains(&interactive_calls),
+            "interactive commands give up after the limit: {interactive_calls} calls"
+        );
     }
 
     #[tokio::test]

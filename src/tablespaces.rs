@@ -129,10 +129,17 @@ pub fn prepare(
             .as_str()?;
         Some(PathBuf::from(loc))
     };
-    for (oid, _) in &choices.mappings {
+    for (oid, path) in &choices.mappings {
         if !tablespaces.iter().any(|t| &t.oid == oid) {
+            let known: Vec<&str> = tablespaces.iter().map(|t| t.oid.as_str()).collect();
             return Err(Error::Usage(format!(
-                "--tablespace {oid}=…: the backup has no tablespace {oid}"
+                "--tablespace {oid}={}: the backup has no tablespace {oid} ({})",
+                path.display(),
+                if known.is_empty() {
+                    "it has no tablespaces".to_string()
+                } else {
+                    format!("its tablespaces: {}", known.join(", "))
+                }
             )));
         }
     }
@@ -188,11 +195,23 @@ fn make_link(target: &Path, link: &Path, location: &Path, with_parents: bool) ->
         )));
     }
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(with_parents)
-        .mode(0o700)
-        .create(location)
-    {
+    if with_parents && let Some(parent) = location.parent() {
+        // Directories on the way stay passable for the server's user; only the location
+        // itself is private.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| Error::local(parent, "cannot create the tablespace's parent", e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(location) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !with_parents => {
+            return Err(Error::local(
+                location,
+                "cannot create the tablespace directory (a restore spec's locations are created without their parents, as WAL-E does: create the parent, or use --tablespace OID=PATH)",
+                e,
+            ));
+        }
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
             return Err(Error::local(
                 location,
@@ -356,6 +375,49 @@ mod tests {
             load_restore_spec("SOURCE", Some(&sentinel)).unwrap(),
             sentinel
         );
+    }
+
+    #[test]
+    fn placement_errors_name_the_path_and_what_would_work() {
+        use std::os::unix::fs::PermissionsExt;
+        let target = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let ts = [Tablespace {
+            oid: "16386".into(),
+            location: "/gone/".into(),
+        }];
+        let unknown = Choices {
+            mappings: vec![("99".into(), PathBuf::from("/x"))],
+            ..Default::default()
+        };
+        let err = prepare(target.path(), &ts, &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tablespace 99=/x") && err.contains("its tablespaces: 16386"),
+            "{err}"
+        );
+
+        let deep = elsewhere.path().join("a/b/ts");
+        let spec = Choices {
+            restore_spec: Some(json!({"16386": {"loc": deep.to_str().unwrap()}})),
+            ..Default::default()
+        };
+        let err = prepare(target.path(), &ts, &spec).unwrap_err().to_string();
+        assert!(
+            err.contains(deep.to_str().unwrap()) && err.contains("create the parent"),
+            "{err}"
+        );
+
+        // --tablespace creates the parents, passable by the server's user.
+        let mapped = Choices {
+            mappings: vec![("16386".into(), deep.clone())],
+            ..Default::default()
+        };
+        prepare(target.path(), &ts, &mapped).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&elsewhere.path().join("a/b")), 0o755);
+        assert_eq!(mode(&deep), 0o700);
     }
 
     #[test]

@@ -36,6 +36,16 @@ fn the_restored_tree_is_the_one_wal_e_restores_on_both_backends() {
         )
         .expect_code(0);
         assert!(run.stderr.contains("restored base_"), "{}", run.stderr);
+        // A blind restore leaves the tablespace in place, which PostgreSQL 15 refuses at
+        // start-up unless told: the restore says so.
+        assert!(
+            run.stderr.contains(&format!(
+                "pg_tblspc/{} restored as directories",
+                fixture_meta("TABLESPACE_OID")
+            )) && run.stderr.contains("allow_in_place_tablespaces = on"),
+            "{}",
+            run.stderr
+        );
         assert_same_tree(&manifest(&target), &expected, &format!("{backend:?}"));
         // As root, owners come from the archive's names (postgres), as WAL-E's tarfile did.
         // SAFETY: geteuid has no preconditions.
@@ -69,8 +79,23 @@ fn tablespaces_need_links_unless_mapped_or_blind() {
         "{}",
         run.stderr
     );
-    // Mapped: files land in the chosen directory, reached through pg_tblspc/<oid>.
-    let location = work.path().join("ts-here");
+    let unknown = backup_fetch(
+        &archive,
+        Backend::File,
+        None,
+        &target,
+        &["LATEST", "--tablespace", "99=/srv/x"],
+    )
+    .expect_code(2);
+    assert!(
+        unknown.stderr.contains("--tablespace 99=/srv/x")
+            && unknown.stderr.contains(&format!("its tablespaces: {oid}")),
+        "{}",
+        unknown.stderr
+    );
+    // Mapped: files land in the chosen directory, reached through pg_tblspc/<oid>, its
+    // missing parents created on the way.
+    let location = work.path().join("volumes/ts-here");
     let mapping = format!("{oid}={}", location.display());
     backup_fetch(
         &archive,
@@ -92,6 +117,25 @@ fn tablespaces_need_links_unless_mapped_or_blind() {
         map.is_empty() || map == format!("{oid} {}\n", location.display()),
         "{map}"
     );
+    // As root, what wale made for the data directory belongs to the archive's owner
+    // (postgres), so that the server can start as that user.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(target.join("PG_VERSION")).unwrap().uid();
+        assert_ne!(owner, 0, "the fixture's files belong to postgres");
+        for path in [
+            target.clone(),
+            target.join("pg_tblspc"),
+            link.clone(),
+            location.clone(),
+            target.join("pg_wal"),
+            target.join("tablespace_map"),
+        ] {
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                assert_eq!(meta.uid(), owner, "owner of {}", path.display());
+            }
+        }
+    }
 }
 
 #[test]

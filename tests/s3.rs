@@ -269,3 +269,62 @@ fn secrets_never_reach_the_logs_at_any_verbosity() {
         }
     }
 }
+
+/// An endpoint where nothing listens: interactive commands give up within seconds with
+/// one short line (no SDK `Debug` dump); `wal-fetch` keeps retrying under its policy.
+#[test]
+fn an_endpoint_that_refuses_connections_is_reported_briefly() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let base = |cmd: &mut std::process::Command| {
+        cmd.env("WALE_S3_PREFIX", "s3://bucket/prefix")
+            .env("WALE_S3_ENDPOINT", format!("http+path://127.0.0.1:{port}"))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s");
+    };
+    let mut list = wale();
+    base(&mut list);
+    list.arg("backup-list");
+    let started = std::time::Instant::now();
+    let run = Run::of(list).expect_code(200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "backup-list waited {:?} for a closed port",
+        started.elapsed()
+    );
+    assert!(run.stderr.contains("giving up after"), "{}", run.stderr);
+    let error = run.error_lines();
+    assert_eq!(error.len(), 1, "{}", run.stderr);
+    assert!(
+        error[0].contains("s3://bucket/prefix/basebackups_005/")
+            && error[0].contains("Connection refused"),
+        "{}",
+        error[0]
+    );
+    for line in run.stderr.lines() {
+        assert!(
+            line.len() < 200 && !line.contains("DispatchFailure"),
+            "not a short human line: {line}"
+        );
+    }
+
+    // wal-fetch is not interactive: it uses every attempt WALE_RETRIES gives it.
+    let out = tempfile::tempdir().unwrap();
+    let mut fetch = wale();
+    base(&mut fetch);
+    fetch
+        .env("WALE_RETRIES", "4")
+        .args(["wal-fetch", "--prefetch", "0"])
+        .arg("000000010000000000000003")
+        .arg(out.path().join("RECOVERYXLOG"));
+    let run = Run::of(fetch).expect_code(200);
+    assert!(!run.stderr.contains("giving up"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("retrying in").count(),
+        3,
+        "{}",
+        run.stderr
+    );
+}

@@ -121,6 +121,15 @@ fn corrupt_truncated_and_foreign_objects_fail_with_one_clear_line_and_leave_noth
             let run = fetch(&archive, backend, Some(&server), name, &dest).expect_code(202);
             let errors = run.error_lines();
             assert_eq!(errors.len(), 1, "{backend:?} {name}: {}", run.stderr);
+            // The reason first, then what was done about the old file.
+            let lines: Vec<&str> = run.stderr.lines().collect();
+            let error_at = lines.iter().position(|l| l.contains(": ERROR: "));
+            let removed_at = lines.iter().position(|l| l.contains("removed"));
+            assert!(
+                error_at.is_some() && removed_at > error_at,
+                "{backend:?} {name}: {}",
+                run.stderr
+            );
             let names_reason = message.split('|').any(|m| errors[0].contains(m));
             assert!(
                 names_reason && errors[0].contains(&format!("{name}.lzo")),
@@ -240,6 +249,15 @@ fn a_missing_destination_directory_is_a_local_error() {
     let run = fetch(&archive, Backend::File, None, &name, &dest).expect_code(203);
     assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
     assert!(run.stderr.contains("no/such/dir"), "{}", run.stderr);
+    // With prefetching on (the default) the answer is the same, and nothing is created.
+    let mut cmd = wale_for(&archive, Backend::File, None);
+    cmd.arg("wal-fetch").arg(&name).arg(&dest);
+    let run = Run::of(cmd).expect_code(203);
+    assert!(run.stderr.contains("no/such/dir"), "{}", run.stderr);
+    assert!(
+        !archive.dir.path().join("no").exists(),
+        "a directory was created"
+    );
 }
 
 #[test]

@@ -186,6 +186,9 @@ pub async fn fetch(
         .await?
         .map_err(|e| extract_error(&place, e))?;
     finish_layout(target, &summary)?;
+    if crate::users::effective_uid() == 0 {
+        give_layout_to_owner(target)?;
+    }
     // Last: pg_control makes the directory startable, then the marker goes.
     if let Some(bytes) = extractor
         .write_pg_control()
@@ -201,12 +204,12 @@ pub async fn fetch(
 
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
-        "restored {backup} into {}: {} files, {} directories, {} symlinks, {} hard links, {} in {seconds:.1} s ({:.0} MB/s)",
+        "restored {backup} into {}: {}, {}, {}, {}, {} in {seconds:.1} s ({:.0} MB/s)",
         target.display(),
-        summary.files,
-        summary.directories,
-        summary.symlinks,
-        summary.hard_links,
+        counted(summary.files, "file", "files"),
+        counted(summary.directories, "directory", "directories"),
+        counted(summary.symlinks, "symlink", "symlinks"),
+        counted(summary.hard_links, "hard link", "hard links"),
         human_bytes(summary.bytes),
         summary.bytes as f64 / 1e6 / seconds.max(1e-9)
     );
@@ -476,6 +479,68 @@ fn finish_layout(target: &Path, summary: &extract::Summary) -> Result<(), Error>
     if let Some(change) = tablespaces::fix_tablespace_map(target)? {
         tracing::info!("tablespace_map adjusted to this restore: {change}");
     }
+    warn_of_in_place_tablespaces(target);
+    Ok(())
+}
+
+/// A blind restore leaves a tablespace's files in a plain directory under `pg_tblspc/`,
+/// which PostgreSQL 15 and later refuse at start-up unless told it is on purpose.
+fn warn_of_in_place_tablespaces(target: &Path) {
+    if read_major_version(target).is_none_or(|major| major < 15) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(target.join("pg_tblspc")) else {
+        return;
+    };
+    let in_place: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !in_place.is_empty() {
+        tracing::warn!(
+            "pg_tblspc/{} restored as directories, not links: PostgreSQL 15 and later start only with allow_in_place_tablespaces = on in postgresql.conf (or restore with --tablespace OID=PATH to place them outside the data directory)",
+            in_place.join(", pg_tblspc/")
+        );
+    }
+}
+
+/// As root: what wale made itself for the data directory (the directory, `pg_tblspc/`,
+/// the tablespace links and the directories they point to, a new `pg_wal`) gets the owner
+/// the archive gave `PG_VERSION`, so the server's user can start it. Archive members
+/// already carry their own owners.
+fn give_layout_to_owner(target: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let pg_version = target.join("PG_VERSION");
+    let owner =
+        std::fs::metadata(&pg_version).map_err(|e| Error::local(&pg_version, "cannot read", e))?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    let chown = |path: &Path| {
+        std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))
+            .map_err(|e| Error::local(path, "cannot change the owner of", e))
+    };
+    chown(target)?;
+    for wal in ["pg_wal", "pg_xlog"] {
+        let path = target.join(wal);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            chown(&path)?;
+        }
+    }
+    let links = target.join("pg_tblspc");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        chown(&links)?;
+        for entry in entries.flatten() {
+            let link = entry.path();
+            chown(&link)?;
+            if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
+                && let Ok(location) = std::fs::canonicalize(&link)
+            {
+                chown(&location)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -501,6 +566,11 @@ fn read_major_version(target: &Path) -> Option<u32> {
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
     crate::durable::sync_dir(dir).map_err(|e| Error::local(dir, "cannot sync", e))
+}
+
+/// `1 symlink`, `2 symlinks`.
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -26,14 +26,23 @@ const COLUMNS: [&str; 7] = [
     "wal_segment_offset_backup_stop",
 ];
 
-/// One output row; `None` prints as an empty cell or JSON `null`.
+/// One output row. The sentinel's columns are `None` without `--detail` (not read: empty
+/// cells in the table, absent from JSON); with it, a value the sentinel lacks is an empty
+/// cell or JSON `null`.
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
     last_modified: String,
-    expanded_size_bytes: Option<u64>,
     wal_segment_backup_start: String,
     wal_segment_offset_backup_start: String,
+    #[serde(flatten)]
+    detail: Option<DetailColumns>,
+}
+
+/// The columns only the sentinel knows.
+#[derive(Debug, Serialize)]
+struct DetailColumns {
+    expanded_size_bytes: Option<u64>,
     wal_segment_backup_stop: Option<String>,
     wal_segment_offset_backup_stop: Option<String>,
 }
@@ -47,10 +56,14 @@ pub async fn run(config: &Config, args: &BackupListArgs) -> Result<(), Error> {
     })
     .await?;
     let selected = backups::select(all, &query);
-    let details = if args.detail {
-        backups::read_details(&store, &layout, &selected, &config.retry).await?
+    let details: Vec<Option<SentinelDetail>> = if args.detail {
+        backups::read_details(&store, &layout, &selected, &config.retry)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect()
     } else {
-        vec![SentinelDetail::default(); selected.len()]
+        vec![None; selected.len()]
     };
     let rows: Vec<Row> = selected
         .iter()
@@ -58,11 +71,13 @@ pub async fn run(config: &Config, args: &BackupListArgs) -> Result<(), Error> {
         .map(|(backup, detail)| Row {
             name: backup.name.to_string(),
             last_modified: backup.sentinel.last_modified_text.clone(),
-            expanded_size_bytes: detail.expanded_size_bytes,
             wal_segment_backup_start: backup.name.start_segment().to_string(),
             wal_segment_offset_backup_start: backup.name.start_offset().to_string(),
-            wal_segment_backup_stop: detail.wal_segment_backup_stop,
-            wal_segment_offset_backup_stop: detail.wal_segment_offset_backup_stop,
+            detail: detail.map(|detail| DetailColumns {
+                expanded_size_bytes: detail.expanded_size_bytes,
+                wal_segment_backup_stop: detail.wal_segment_backup_stop,
+                wal_segment_offset_backup_stop: detail.wal_segment_offset_backup_stop,
+            }),
         })
         .collect();
     let out = if args.json {
@@ -81,19 +96,23 @@ fn render_table(rows: &[Row]) -> String {
     let mut out = String::new();
     push_record(&mut out, COLUMNS.iter().map(|c| c.to_string()));
     for row in rows {
+        let detail = row.detail.as_ref();
         push_record(
             &mut out,
             [
                 row.name.clone(),
                 row.last_modified.clone(),
-                row.expanded_size_bytes
+                detail
+                    .and_then(|d| d.expanded_size_bytes)
                     .map(|n| n.to_string())
                     .unwrap_or_default(),
                 row.wal_segment_backup_start.clone(),
                 row.wal_segment_offset_backup_start.clone(),
-                row.wal_segment_backup_stop.clone().unwrap_or_default(),
-                row.wal_segment_offset_backup_stop
-                    .clone()
+                detail
+                    .and_then(|d| d.wal_segment_backup_stop.clone())
+                    .unwrap_or_default(),
+                detail
+                    .and_then(|d| d.wal_segment_offset_backup_stop.clone())
                     .unwrap_or_default(),
             ],
         );
@@ -134,11 +153,13 @@ mod tests {
         let rows = [Row {
             name: "base_000000010000000000000003_00000040".into(),
             last_modified: "2026-11-25T00:48:14.253Z".into(),
-            expanded_size_bytes: Some(49884552),
             wal_segment_backup_start: "000000010000000000000003".into(),
             wal_segment_offset_backup_start: "00000040".into(),
-            wal_segment_backup_stop: Some("000000010000000000000003".into()),
-            wal_segment_offset_backup_stop: Some("00000256".into()),
+            detail: Some(DetailColumns {
+                expanded_size_bytes: Some(49884552),
+                wal_segment_backup_stop: Some("000000010000000000000003".into()),
+                wal_segment_offset_backup_stop: Some("00000256".into()),
+            }),
         }];
         let expected = "name\tlast_modified\texpanded_size_bytes\twal_segment_backup_start\twal_segment_offset_backup_start\twal_segment_backup_stop\twal_segment_offset_backup_stop\r\n\
 base_000000010000000000000003_00000040\t2026-11-25T00:48:14.253Z\t49884552\t000000010000000000000003\t00000040\t000000010000000000000003\t00000256\r\n";

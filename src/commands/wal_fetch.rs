@@ -34,6 +34,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     wal::check_archive_name(name).map_err(|why| Error::Usage(format!("{name:?}: {why}")))?;
     let kind = WalFileKind::of(name);
     let started = Instant::now();
+    check_destination_directory(&args.wal_destination)?;
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
             Some(Prefetching::new(config, &args.wal_destination, segment))
@@ -60,8 +61,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     let bytes = crate::retry::with_retries(&config.retry, &what, || {
         fetch_once(&store, &key, &args.wal_destination, kind, options.lzop)
     })
-    .await
-    .inspect_err(|_| remove_stale(&args.wal_destination))?;
+    .await?;
     if let Some(prefetching) = &prefetching {
         prefetching.after_in_band(bytes, &options.relaunch, args.prefetch);
     }
@@ -104,9 +104,13 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         {
             state.record_not_found(&segment);
         }
+        remove_stale(&args.wal_destination);
         return exit::NOT_FOUND;
     }
     tracing::error!("{line}");
+    if err.exit_code() != exit::USAGE {
+        remove_stale(&args.wal_destination);
+    }
     if let Some(state) = &state {
         state.record_error(&err.to_string().replace('\n', " "));
     }
@@ -134,6 +138,24 @@ fn state_of(args: &WalFetchArgs) -> Option<FetchState> {
     Path::new("PG_VERSION")
         .is_file()
         .then(|| FetchState::for_wal_dir(&wal_directory_of(&args.wal_destination)))
+}
+
+/// The destination's directory must exist: PostgreSQL's `pg_wal` always does, and neither
+/// the in-band nor the prefetch path may create one somewhere else.
+fn check_destination_directory(destination: &Path) -> Result<(), Error> {
+    let directory = match destination.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(directory) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::local(
+            directory,
+            "cannot write the WAL file into",
+            std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        )),
+        Err(e) => Err(Error::local(directory, "cannot write the WAL file into", e)),
+    }
 }
 
 /// After a failure nothing may stay at the destination, not even an older file (WAL-E

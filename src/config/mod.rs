@@ -59,11 +59,12 @@ pub enum Error {
         /// What was expected.
         reason: &'static str,
     },
-    /// S3 credentials are missing.
-    #[error(
-        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_INSTANCE_PROFILE=true"
-    )]
-    NoCredentials,
+    /// S3 credentials are missing, or only one half of a key pair is set.
+    #[error("{}", no_credentials_message(missing))]
+    NoCredentials {
+        /// The variable that is missing when the other half of the pair is set.
+        missing: Option<&'static str>,
+    },
     /// The envdir directory or one of its files could not be read.
     #[error("envdir {path}: {source}")]
     Envdir {
@@ -72,6 +73,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+fn no_credentials_message(missing: &Option<&'static str>) -> String {
+    match missing {
+        Some(name) => format!(
+            "incomplete S3 credentials: {name} is not set (AWS_ACCESS_KEY_ID, or -k, and AWS_SECRET_ACCESS_KEY go together)"
+        ),
+        None => "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_INSTANCE_PROFILE=true".into(),
+    }
 }
 
 mod env;

@@ -183,9 +183,19 @@ pub(super) fn s3_config(
             .as_deref()
             .or_else(|| env.non_empty("AWS_ACCESS_KEY_ID"));
         let secret_access_key = env.non_empty("AWS_SECRET_ACCESS_KEY");
-        let (Some(access_key_id), Some(secret_access_key)) = (access_key_id, secret_access_key)
-        else {
-            return Err(Error::NoCredentials);
+        let (access_key_id, secret_access_key) = match (access_key_id, secret_access_key) {
+            (Some(id), Some(secret)) => (id, secret),
+            (None, None) => return Err(Error::NoCredentials { missing: None }),
+            (None, Some(_)) => {
+                return Err(Error::NoCredentials {
+                    missing: Some("AWS_ACCESS_KEY_ID"),
+                });
+            }
+            (Some(_), None) => {
+                return Err(Error::NoCredentials {
+                    missing: Some("AWS_SECRET_ACCESS_KEY"),
+                });
+            }
         };
         Credentials::Static {
             access_key_id: access_key_id.to_string(),
@@ -319,8 +329,23 @@ mod tests {
         let none = env(&[("WALE_S3_PREFIX", "s3://b/p")]);
         assert!(matches!(
             Config::resolve(&GlobalFlags::default(), &none),
-            Err(Error::NoCredentials)
+            Err(Error::NoCredentials { missing: None })
         ));
+        let half = env(&[("WALE_S3_PREFIX", "s3://b/p"), ("AWS_ACCESS_KEY_ID", "K")]);
+        let err = Config::resolve(&GlobalFlags::default(), &half).unwrap_err();
+        assert!(
+            err.to_string().contains("AWS_SECRET_ACCESS_KEY is not set"),
+            "{err}"
+        );
+        let other_half = env(&[
+            ("WALE_S3_PREFIX", "s3://b/p"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ]);
+        let err = Config::resolve(&GlobalFlags::default(), &other_half).unwrap_err();
+        assert!(
+            err.to_string().contains("AWS_ACCESS_KEY_ID is not set"),
+            "{err}"
+        );
         let flags = GlobalFlags {
             aws_access_key_id: Some("K".into()),
             ..Default::default()

@@ -30,6 +30,25 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Cap on one backoff.
     pub max_delay: Duration,
+    /// How long to keep trying a store that cannot be reached at all (connection refused,
+    /// unknown host). `None` (wal-fetch, the prefetcher) uses the whole policy: a standby
+    /// should ride out a store's restart. Interactive commands set a few seconds
+    /// ([`RetryPolicy::interactive`]): a person is waiting, and a typo in the endpoint
+    /// should not cost them ten minutes.
+    pub unreachable_limit: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// How long an interactive command keeps trying a store it cannot reach.
+    pub const INTERACTIVE_UNREACHABLE_LIMIT: Duration = Duration::from_secs(5);
+
+    /// The policy for a command a person runs and waits for.
+    pub fn interactive(self) -> RetryPolicy {
+        RetryPolicy {
+            unreachable_limit: Some(Self::INTERACTIVE_UNREACHABLE_LIMIT),
+            ..self
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -39,6 +58,7 @@ impl Default for RetryPolicy {
             deadline: Duration::from_secs(600),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
+            unreachable_limit: None,
         }
     }
 }

@@ -45,6 +45,15 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// The store could not be reached at all (connection refused, name not resolved, no
+    /// route): it may come back, but an interactive command should not wait long for it.
+    #[error("{url}: {detail}")]
+    Unreachable {
+        /// The object or bucket.
+        url: String,
+        /// What happened, in a few words.
+        detail: String,
+    },
     /// A failure that will not pass by itself (missing bucket, wrong region, archived object…).
     #[error("{url}: {detail}")]
     Permanent {
@@ -56,15 +65,45 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure with what was being done put before its detail.
+    pub fn explained(self, doing: &str) -> Error {
+        match self {
+            Error::AccessDenied { url, detail } => Error::AccessDenied {
+                url,
+                detail: format!("{doing}: {detail}"),
+            },
+            Error::Transient { url, detail } => Error::Transient {
+                url,
+                detail: format!("{doing}: {detail}"),
+            },
+            Error::Unreachable { url, detail } => Error::Unreachable {
+                url,
+                detail: format!("{doing}: {detail}"),
+            },
+            Error::Permanent { url, detail } => Error::Permanent {
+                url,
+                detail: format!("{doing}: {detail}"),
+            },
+            Error::NotFound { url } => Error::Permanent {
+                url,
+                detail: format!("{doing}: not found"),
+            },
+        }
+    }
+
     /// Whether trying again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient { .. })
+        matches!(self, Error::Transient { .. } | Error::Unreachable { .. })
     }
 }
 
 impl crate::retry::Retryable for Error {
     fn is_retryable(&self) -> bool {
         Error::is_retryable(self)
+    }
+
+    fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. })
     }
 }
 

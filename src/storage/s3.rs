@@ -19,7 +19,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials as SdkCredentials, Region, RequestChecksumCalculation,
     ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 
 use super::{Body, Error, Listing, ObjectMeta, ObjectReader, Storage, civil_utc, unix_parts};
@@ -297,7 +297,11 @@ async fn discover_region(config: &S3Config) -> Result<String, Error> {
                 .map(str::to_string);
             match from_header {
                 Some(region) => Some(region),
-                None => return Err(classify(url, err)),
+                None => {
+                    return Err(classify(url, err).explained(
+                        "cannot ask S3 for the bucket's region (set AWS_REGION to skip this lookup)",
+                    ));
+                }
             }
         }
     };
@@ -315,7 +319,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     url: String,
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Error {
-    let detail = DisplayErrorContext(&err).to_string();
     match &err {
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
@@ -328,12 +331,81 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             };
             classify_status(url, status, code, described)
         }
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Error::Transient { url, detail },
+        SdkError::TimeoutError(_) => Error::Transient {
+            url,
+            detail: "timed out".into(),
+        },
+        SdkError::ResponseError(_) => Error::Transient {
+            url,
+            detail: format!("bad response: {}", error_chain(&err)),
+        },
         SdkError::DispatchFailure(failure) if !failure.is_user() => {
-            Error::Transient { url, detail }
+            let detail = format!("cannot connect: {}", innermost(&err));
+            if refuses_connections(&err) {
+                Error::Unreachable { url, detail }
+            } else {
+                Error::Transient { url, detail }
+            }
         }
-        _ => Error::Permanent { url, detail },
+        _ => Error::Permanent {
+            url,
+            detail: error_chain(&err),
+        },
     }
+}
+
+/// The messages of an error and its sources, joined, without the `Debug` dump the SDK's
+/// own context printer appends.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The last two messages of an error's source chain: where a connection failed and why
+/// (`tcp connect error: Connection refused (os error 111)`, `dns error: failed to lookup
+/// address information: …`).
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    let from = chain.len().saturating_sub(2);
+    chain[from..].join(": ")
+}
+
+/// Whether nothing answers at the endpoint: refused, unknown host, no route. A timeout or
+/// a reset is not this: the store is there and may be busy.
+fn refuses_connections(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        if e.to_string().starts_with("dns error") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn classify_status(url: String, status: u16, code: &str, described: String) -> Error {
