@@ -68,9 +68,9 @@ pub struct GlobalFlags {
     #[arg(long, global = true, conflicts_with = "aws_access_key_id")]
     pub aws_instance_profile: bool,
 
-    /// Accepted for compatibility with WAL-E command lines; encrypted objects are
-    /// detected by their contents and reported.
-    #[arg(long, global = true, value_name = "KEY_ID", hide = true)]
+    /// Decrypt GPG-encrypted objects with `gpg -d` as WAL-E does (also WALE_GPG_KEY_ID);
+    /// WALE_PGP_KEY_PATH decrypts in process instead.
+    #[arg(long, global = true, value_name = "KEY_ID")]
     pub gpg_key_id: Option<String>,
 
     /// Also decode objects that hold several concatenated lzop members (lzop itself

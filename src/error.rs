@@ -93,11 +93,20 @@ impl Error {
     /// (the resuming reader passes it up inside the I/O error); any other read failure is
     /// transient.
     pub fn from_read(url: &str, io: std::io::Error) -> Error {
-        if io.get_ref().is_some_and(|inner| inner.is::<lzop::Error>()) {
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<lzop::Error>() || inner.is::<crate::decrypt::Error>())
+        {
             return Error::Corrupt {
                 url: url.to_string(),
                 reason: io.to_string(),
             };
+        }
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<crate::decrypt::KeyError>())
+        {
+            return Error::Usage(format!("{url}: {io}"));
         }
         let text = io.to_string();
         match io

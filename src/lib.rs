@@ -36,6 +36,8 @@ pub mod backups;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod decode;
+pub mod decrypt;
 pub mod durable;
 pub mod error;
 pub mod extract;

@@ -96,7 +96,12 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<(), Error> {
     if let Command::Restore(_) = cli.command {
         options.envdir_settings = wale::config::envdir_settings(flags, &env)?;
     }
-    options.lzop.allow_concatenated = flags.allow_concatenated_lzop;
+    options.decoding = wale::decode::Decoding::new(
+        &config,
+        wale::lzop::Options {
+            allow_concatenated: flags.allow_concatenated_lzop,
+        },
+    );
     // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
     // starts faster (decoding still runs on a blocking thread). The others work in
     // parallel.

@@ -157,6 +157,13 @@ pub struct Archive<R> {
 }
 
 impl<R: Read> Archive<R> {
+    /// After the end-of-archive marker: reads what follows it (the writer's padding) to
+    /// the end of the stream, so that the layers below check what only the end reveals
+    /// (lzop's last checksums and end marker, an OpenPGP integrity code).
+    pub fn read_to_end_of_stream(&mut self) -> Result<u64, Error> {
+        io::copy(&mut self.src, &mut io::sink()).map_err(Error::Read)
+    }
+
     /// Wraps a reader positioned at the start of a tar stream.
     pub fn new(src: R) -> Self {
         Archive {

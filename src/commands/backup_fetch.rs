@@ -18,10 +18,10 @@ use tokio::task::JoinSet;
 use crate::backups::{self, Query};
 use crate::cli::BackupFetchArgs;
 use crate::config::{Config, RetryPolicy};
+use crate::decode::Decoding;
 use crate::error::Error;
 use crate::extract::{self, Extractor};
 use crate::layout::{BackupName, Layout, partition_number};
-use crate::lzop;
 use crate::storage::{ResumingReader, Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
@@ -47,7 +47,7 @@ impl Partition {
 
 pub async fn run(
     config: &Config,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     args: &BackupFetchArgs,
 ) -> Result<(), Error> {
     // Flags are checked before anything is fetched.
@@ -85,7 +85,7 @@ pub async fn run(
         mappings,
         keep_wal_link: args.keep_wal_link,
     };
-    fetch(config, &store, lzop_options, &request).await
+    fetch(config, &store, decoding, &request).await
 }
 
 /// One restore of a chosen backup into a prepared target (see [`prepare_target`]).
@@ -106,12 +106,12 @@ pub struct FetchRequest {
     pub keep_wal_link: bool,
 }
 
-/// Fetches the backup: GET → lzop → tar → extraction for every partition, then the
-/// layout fix-ups, `pg_control` last, everything flushed.
+/// Fetches the backup: GET → (decryption) → lzop → tar → extraction for every partition,
+/// then the layout fix-ups, `pg_control` last, everything flushed.
 pub async fn fetch(
     config: &Config,
     store: &Arc<Store>,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     request: &FetchRequest,
 ) -> Result<(), Error> {
     let started = Instant::now();
@@ -172,7 +172,7 @@ pub async fn fetch(
         &extractor,
         &partitions,
         pool,
-        lzop_options,
+        decoding,
         config.retry,
         &progress,
     )
@@ -354,7 +354,7 @@ async fn restore_partitions(
     extractor: &Arc<Extractor>,
     partitions: &[Partition],
     pool: usize,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     retry: RetryPolicy,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -365,14 +365,15 @@ async fn restore_partitions(
             let Some(partition) = pending.next() else {
                 break;
             };
-            let (store, extractor, done) = (
+            let (store, extractor, done, decoding) = (
                 store.clone(),
                 extractor.clone(),
                 progress.partitions_done.clone(),
+                decoding.clone(),
             );
             tasks.spawn(async move {
                 let result =
-                    restore_partition(&store, &extractor, &partition, lzop_options, retry).await;
+                    restore_partition(&store, &extractor, &partition, &decoding, retry).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 result
             });
@@ -394,7 +395,7 @@ async fn restore_partition(
     store: &Arc<Store>,
     extractor: &Arc<Extractor>,
     partition: &Partition,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     retry: RetryPolicy,
 ) -> Result<(), Error> {
     let started = Instant::now();
@@ -403,10 +404,15 @@ async fn restore_partition(
     let url = first.url.clone();
     let body = ResumingReader::new(store.clone(), &partition.key, first, retry);
     let extractor = extractor.clone();
+    let (decoding, object) = (decoding.clone(), url.clone());
     let members = tokio::task::spawn_blocking(move || {
-        let decoder =
-            lzop::Decoder::with_options(BufReader::with_capacity(BODY_BUFFER, body), lzop_options);
-        extractor.extract(&mut tar::Archive::new(decoder))
+        let decoder = decoding
+            .decoder(BufReader::with_capacity(BODY_BUFFER, body), &object)
+            .map_err(|e| extract::Error::Tar(tar::Error::Read(e)))?;
+        let mut archive = tar::Archive::new(decoder);
+        let members = extractor.extract(&mut archive)?;
+        archive.read_to_end_of_stream()?;
+        Ok(members)
     })
     .await?
     .map_err(|err| partition_error(&url, err))?;

@@ -13,14 +13,14 @@ pub use wal_fetch::settle as settle_wal_fetch;
 
 use crate::cli::Command;
 use crate::config::Config;
+use crate::decode::Decoding;
 use crate::error::Error;
-use crate::lzop;
 
 /// Settings that cut across subcommands but are not storage configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// How lzop streams are decoded.
-    pub lzop: lzop::Options,
+    /// How objects are decoded (decryption, lzop).
+    pub decoding: Decoding,
     /// Global arguments for a child `wale` (the prefetcher).
     pub relaunch: Vec<std::ffi::OsString>,
     /// `--envdir`, as given: a restored server's `restore_command` reads it.
@@ -35,7 +35,7 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::WalFetch(args) => wal_fetch::run(config, &options, args).await,
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
-        Command::BackupFetch(args) => backup_fetch::run(config, options.lzop, args).await,
+        Command::BackupFetch(args) => backup_fetch::run(config, &options.decoding, args).await,
         Command::Restore(args) => restore::run(config, &options, args).await,
         Command::Status(args) => status::run(config, args).await,
         Command::Promote(args) => promote::run(config, args).await,

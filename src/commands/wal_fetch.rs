@@ -12,11 +12,12 @@ use std::time::Instant;
 use crate::cli::WalFetchArgs;
 use crate::commands::Options;
 use crate::config::Config;
+use crate::decode::Decoding;
 use crate::durable::StagedFile;
 use crate::error::{Error, exit};
 use crate::fetch_state::FetchState;
 use crate::layout::Layout;
-use crate::lzop::{self, DecodeToError};
+use crate::lzop::DecodeToError;
 use crate::prefetch::{Prefetching, wal_directory_of};
 use crate::storage::{ObjectReader, Storage, Store};
 use crate::wal::{self, WalFileKind};
@@ -59,7 +60,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     let key = Layout::new(config.store.path_prefix()).wal_key(name);
     let what = format!("wal-fetch {name}");
     let bytes = crate::retry::with_retries(&config.retry, &what, || {
-        fetch_once(&store, &key, &args.wal_destination, kind, options.lzop)
+        fetch_once(&store, &key, &args.wal_destination, kind, &options.decoding)
     })
     .await?;
     if let Some(prefetching) = &prefetching {
@@ -174,26 +175,28 @@ async fn fetch_once(
     key: &str,
     destination: &Path,
     kind: WalFileKind,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
 ) -> Result<u64, Error> {
     let object = store.get(key).await?;
     let destination = destination.to_path_buf();
-    tokio::task::spawn_blocking(move || decode_into(object, destination, kind, lzop_options))
-        .await?
+    let decoding = decoding.clone();
+    tokio::task::spawn_blocking(move || decode_into(object, destination, kind, &decoding)).await?
 }
 
 fn decode_into(
     object: ObjectReader,
     destination: PathBuf,
     kind: WalFileKind,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
 ) -> Result<u64, Error> {
     let url = object.url.clone();
     let mut staged = StagedFile::create(&destination)
         .map_err(|e| Error::local(&destination, "cannot create a file in its directory", e))?;
     let body =
         BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read_ahead(WAL_READ_AHEAD));
-    let mut decoder = lzop::Decoder::with_options(body, lzop_options);
+    let mut decoder = decoding
+        .decoder(body, &url)
+        .map_err(|e| Error::from_read(&url, e))?;
     let written = decoder
         .decode_to_on_two_threads(&mut staged.early_writeback())
         .map_err(|err| match err {

@@ -13,7 +13,7 @@ pub async fn run(config: &Config, options: &Options, args: &WalPrefetchArgs) -> 
         .ok_or_else(|| Error::Usage(format!("{:?} is not a WAL segment name", args.segment)))?;
     prefetch::worker::run(
         config,
-        options.lzop,
+        &options.decoding,
         &args.base_directory,
         first,
         args.window,

@@ -59,6 +59,19 @@ pub enum Error {
         /// What was expected.
         reason: &'static str,
     },
+    /// Two settings that exclude each other are both set.
+    #[error("{0}")]
+    Conflict(String),
+    /// The secret key file a variable names cannot be read.
+    #[error("{name}={}: cannot read the secret key: {source}", path.display())]
+    KeyFile {
+        /// The variable.
+        name: &'static str,
+        /// The path it holds.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// S3 credentials are missing, or only one half of a key pair is set.
     #[error("{}", no_credentials_message(missing))]
     NoCredentials {
@@ -84,10 +97,12 @@ fn no_credentials_message(missing: &Option<&'static str>) -> String {
     }
 }
 
+mod decryption;
 mod env;
 mod s3;
 mod tuning;
 
+pub use decryption::Decryption;
 pub use env::Env;
 pub use s3::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
 pub use tuning::{PrefetchSettings, RetryPolicy};
@@ -106,6 +121,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Where and how long the prefetcher works.
     pub prefetch: PrefetchSettings,
+    /// How GPG-encrypted objects are decrypted; `None` when no key is configured.
+    pub decryption: Option<Decryption>,
 }
 
 /// The backend selected by the prefix's URL scheme, with its settings.
@@ -154,10 +171,12 @@ impl Config {
         let store = parse_prefix(source_name, prefix, flags, env)?;
         let retry = retry_policy(env)?;
         let prefetch = prefetch_settings(env)?;
+        let decryption = decryption::decryption(flags, env)?;
         Ok(Config {
             store,
             retry,
             prefetch,
+            decryption,
         })
     }
 }
@@ -165,7 +184,9 @@ impl Config {
 /// The variables that give a child `wale` (a restored server's `restore_command`) this
 /// same configuration from an envdir: the chosen prefix under its variable name (a prefix
 /// flag becomes its variable; other prefixes are left out so precedence cannot change),
-/// every other `WALE_*` and `AWS_*` variable, and the credential flags. Sorted by name.
+/// every other `WALE_*` and `AWS_*` variable, WAL-G's key variables and `GNUPGHOME`, and
+/// the credential and key flags. Key paths are made absolute: the server runs
+/// `restore_command` in its data directory. Sorted by name.
 pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, String)>, Error> {
     let (source_name, prefix) = choose_prefix(flags, env)?;
     let prefix_var = match source_name {
@@ -179,13 +200,26 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
         .vars()
         .filter(|(name, _)| {
             (name.starts_with("WALE_") || name.starts_with("AWS_")) && !name.ends_with("_PREFIX")
+                || name.starts_with("WALG_PGP_")
+                || *name == "GNUPGHOME"
         })
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| {
+            let is_path = decryption::KEY_PATH_VARS.contains(&name.as_str()) || name == "GNUPGHOME";
+            let value = match std::path::absolute(value) {
+                Ok(path) if is_path && !value.is_empty() => path.to_string_lossy().into_owned(),
+                _ => value.clone(),
+            };
+            (name.clone(), value)
+        })
         .collect();
     settings.push((prefix_var.to_string(), prefix.to_string()));
     if let Some(key) = &flags.aws_access_key_id {
         settings.retain(|(name, _)| name != "AWS_ACCESS_KEY_ID");
         settings.push(("AWS_ACCESS_KEY_ID".into(), key.clone()));
+    }
+    if let Some(key_id) = &flags.gpg_key_id {
+        settings.retain(|(name, _)| name != "WALE_GPG_KEY_ID");
+        settings.push(("WALE_GPG_KEY_ID".into(), key_id.clone()));
     }
     if flags.aws_instance_profile {
         settings.retain(|(name, _)| name != "AWS_INSTANCE_PROFILE");

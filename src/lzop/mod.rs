@@ -42,7 +42,7 @@ pub enum Error {
     #[error("read failed: {0}")]
     Read(#[source] io::Error),
     /// The stream does not start with the lzop magic.
-    #[error("not an lzop stream (bad magic{})", if *.encrypted { "; it looks like OpenPGP-encrypted data, which wale cannot decrypt yet" } else { "" })]
+    #[error("not an lzop stream (bad magic{})", if *.encrypted { "; it looks like OpenPGP-encrypted data" } else { "" })]
     NotLzop {
         /// Whether the first byte looks like an OpenPGP packet (a GPG-encrypted WAL-E object).
         encrypted: bool,
@@ -424,7 +424,7 @@ pub fn read_header<R: Read>(src: &mut R) -> Result<Header, Error> {
 
 /// An OpenPGP binary message starts with a packet tag byte with bit 7 set (PKESK is 0x84–0x87
 /// in the old format or 0xC1 in the new one); lzop's 0x89 was ruled out before this is asked.
-fn looks_like_openpgp(first: u8) -> bool {
+pub fn looks_like_openpgp(first: u8) -> bool {
     matches!(first, 0x84..=0x87 | 0xC1 | 0xC3)
 }
 

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::{PrefetchDir, check_segment_file, publish};
 use crate::config::Config;
+use crate::decode::Decoding;
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::lzop;
@@ -43,7 +44,7 @@ const CONCURRENCY: usize = 4;
 /// prefetcher already does; returns after an idle period, having cleaned up.
 pub async fn run(
     config: &Config,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     base: &Path,
     first: SegmentName,
     window: u32,
@@ -65,14 +66,7 @@ pub async fn run(
     // Holding the lock, nobody else writes in running/: whatever is there was left by a
     // prefetcher that died (kill -9) and would block those segments.
     area.clear_running();
-    let result = serve(
-        config,
-        lzop_options,
-        &area,
-        window.max(1),
-        config.prefetch.idle,
-    )
-    .await;
+    let result = serve(config, decoding, &area, window.max(1), config.prefetch.idle).await;
     area.remove_all();
     result
 }
@@ -80,7 +74,7 @@ pub async fn run(
 /// The prefetch loop; returns when idle for `idle`.
 async fn serve(
     config: &Config,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
     area: &PrefetchDir,
     window: u32,
     idle: Duration,
@@ -158,10 +152,14 @@ async fn serve(
                     continue;
                 }
                 in_flight.insert(segment);
-                let (store, layout, area, lzop) =
-                    (store.clone(), layout.clone(), area.clone(), lzop_options);
+                let (store, layout, area, decoding) = (
+                    store.clone(),
+                    layout.clone(),
+                    area.clone(),
+                    decoding.clone(),
+                );
                 tasks.spawn(async move {
-                    let result = download(&store, &layout, &area, &segment, size, lzop).await;
+                    let result = download(&store, &layout, &area, &segment, size, &decoding).await;
                     (segment, result)
                 });
             }
@@ -204,18 +202,22 @@ async fn download(
     area: &PrefetchDir,
     segment: &SegmentName,
     size: u64,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
 ) -> Result<(), Error> {
     let object = store.get(&layout.wal_key(&segment.to_string())).await?;
-    let (area, segment) = (area.clone(), *segment);
+    let (area, segment, decoding) = (area.clone(), *segment, decoding.clone());
     tokio::task::spawn_blocking(move || {
         let url = object.url.clone();
         let partial = area.partial(&segment);
         let mut file = crate::durable::create_new_nofollow(&partial)
             .map_err(|e| Error::local(&partial, "cannot create", e))?;
         let body = BufReader::with_capacity(256 * 1024, object.into_blocking_read());
-        let decoded = lzop::Decoder::with_options(body, lzop_options)
-            .decode_to(&mut crate::durable::EarlyWriteback::new(&mut file));
+        let decoded = decoding
+            .decoder(body, &url)
+            .map_err(|e| lzop::DecodeToError::Decode(lzop::Error::Read(e)))
+            .and_then(|mut decoder| {
+                decoder.decode_to(&mut crate::durable::EarlyWriteback::new(&mut file))
+            });
         let checked = decoded
             .map_err(|e| match e {
                 lzop::DecodeToError::Decode(bad) => Error::from_decode(&url, bad),

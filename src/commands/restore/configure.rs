@@ -147,7 +147,7 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
         conf::shell_quote(&envdir.to_string_lossy()),
         "--terse".to_string(),
     ];
-    if options.lzop.allow_concatenated {
+    if options.decoding.lzop.allow_concatenated {
         words.push("--allow-concatenated-lzop".into());
     }
     words.push(r#"wal-fetch "%f" "%p""#.into());
@@ -246,7 +246,10 @@ fn write_envdir(dir: &Path, settings: &[(String, String)]) -> Result<(), Error> 
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::local(dir, "cannot set the mode of", e))?;
     for (name, value) in settings {
-        write_file(&dir.join(name), &format!("{value}\n"), 0o600)?;
+        // An envdir holds one line per variable; newlines (an armored key) are written as
+        // NULs, which envdir turns back into newlines (daemontools' convention).
+        let line = value.replace('\n', "\0");
+        write_file(&dir.join(name), &format!("{line}\n"), 0o600)?;
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ async fn fetch_and_configure(
             .collect(),
         keep_wal_link: false,
     };
-    backup_fetch::fetch(config, store, options.lzop, &request).await?;
+    backup_fetch::fetch(config, store, &options.decoding, &request).await?;
 
     let control = validate(plan)?;
     check_settings(&plan.settings, &control)?;

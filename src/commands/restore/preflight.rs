@@ -10,9 +10,9 @@ use crate::backups::{self, Backup, SentinelDetail};
 use crate::cli::RestoreArgs;
 use crate::commands::Options;
 use crate::config::Config;
+use crate::decode::Decoding;
 use crate::error::Error;
 use crate::layout::{BackupName, Layout};
-use crate::lzop;
 use crate::pg::server::{self, Binaries, PidFile};
 use crate::retry::with_retries;
 use crate::storage::{Storage, Store};
@@ -63,7 +63,8 @@ pub(super) async fn preflight(
         binaries.version_line
     );
     check_free_space(&pgdata, detail.expanded_size_bytes)?;
-    let first_header = read_first_header(config, store, layout, &backup.name, options.lzop).await?;
+    let first_header =
+        read_first_header(config, store, layout, &backup.name, &options.decoding).await?;
     check_wal_between(config, store, layout, &backup.name, &detail, &first_header).await?;
     let tablespaces = place_tablespaces(
         &pgdata,
@@ -335,7 +336,7 @@ async fn read_first_header(
     store: &Store,
     layout: &Layout,
     backup: &BackupName,
-    lzop_options: lzop::Options,
+    decoding: &Decoding,
 ) -> Result<LongPageHeader, Error> {
     let name = backup.start_segment().to_string();
     let key = layout.wal_key(&name);
@@ -350,16 +351,20 @@ async fn read_first_header(
             other => other?,
         };
         let url = url.clone();
+        let (decoding, object_url) = (decoding.clone(), url.clone());
         tokio::task::spawn_blocking(move || {
             let mut decoder =
-                lzop::Decoder::with_options(BufReader::new(object.into_blocking_read()), lzop_options);
+                decoding.decoder(BufReader::new(object.into_blocking_read()), &object_url)?;
             let mut header = [0u8; LONG_PAGE_HEADER_SIZE];
             decoder.read_exact(&mut header).map(|()| header)
         })
         .await?
-        .map_err(|e| Error::Corrupt {
-            url: url.clone(),
-            reason: format!("cannot read its first page: {e}"),
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
+                url: url.clone(),
+                reason: format!("cannot read its first page: {e}"),
+            },
+            _ => Error::from_read(&url, e),
         })
     })
     .await?;
