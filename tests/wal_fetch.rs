@@ -100,7 +100,7 @@ fn corrupt_truncated_and_foreign_objects_fail_with_one_clear_line_and_leave_noth
         ),
         (
             "0000000100000000000000A4",
-            "OpenPGP",
+            "GPG-encrypted",
             Box::new(|b| b.splice(0..0, [0x85u8, 0x01, 0x0c]).for_each(drop)),
         ),
         (

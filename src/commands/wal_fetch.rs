@@ -109,9 +109,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         return exit::NOT_FOUND;
     }
     tracing::error!("{line}");
-    if err.exit_code() != exit::USAGE {
-        remove_stale(&args.wal_destination);
-    }
+    remove_stale(&args.wal_destination);
     if let Some(state) = &state {
         state.record_error(&err.to_string().replace('\n', " "));
     }
