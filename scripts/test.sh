@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The real lzop is the reference decoder and makes test inputs; PostgreSQL 15 (the
-# fixture's major version) replays the archive through wale in the end-to-end test.
+# fixture's major version) replays the archive through wale in the end-to-end test; the
+# real gpg decrypts the GPG fixture as WAL-E did (the reference, and wale's drop-in path).
 missing=()
 command -v lzop >/dev/null || missing+=(lzop)
+command -v gpg >/dev/null || missing+=(gnupg)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2

@@ -554,6 +554,22 @@ fn restore_refuses_with_one_clear_line() {
         let run = Run::of(cmd).expect_code(2);
         assert!(run.stderr.contains("cannot read it"), "{}", run.stderr);
         nothing_written(&site);
+
+        // Likewise a secret key file for an encrypted archive.
+        let key = site.work.path().join("key.asc");
+        std::fs::write(&key, "armored").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut cmd = site.wale();
+        cmd.env("WALE_PGP_KEY_PATH", &key)
+            .arg("restore")
+            .arg(site.pgdata());
+        let run = Run::of(cmd).expect_code(2);
+        assert!(
+            run.stderr.contains("WALE_PGP_KEY_PATH=") && run.stderr.contains("cannot read it"),
+            "{}",
+            run.stderr
+        );
+        nothing_written(&site);
     }
 }
 

@@ -513,13 +513,16 @@ fn warn_of_in_place_tablespaces(target: &Path) {
 
 /// As root: what wale made itself for the data directory (the directory, `pg_tblspc/`,
 /// the tablespace links and the directories they point to, a new `pg_wal`) gets the owner
-/// the archive gave `PG_VERSION`, so the server's user can start it. Archive members
-/// already carry their own owners.
+/// the archive gave `PG_VERSION` (else its root member), so the server's user can start
+/// it. Archive members already carry their own owners.
 fn give_layout_to_owner(target: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
-    let pg_version = target.join("PG_VERSION");
-    let owner =
-        std::fs::metadata(&pg_version).map_err(|e| Error::local(&pg_version, "cannot read", e))?;
+    // PG_VERSION's owner, else the one the archive's root member gave the directory.
+    let Ok(owner) =
+        std::fs::metadata(target.join("PG_VERSION")).or_else(|_| std::fs::metadata(target))
+    else {
+        return Ok(());
+    };
     if owner.uid() == 0 {
         return Ok(());
     }

@@ -33,6 +33,7 @@ pub(super) async fn preflight(
     check_recovery_options(args)?;
     check_target_directory(&pgdata)?;
     check_reachable(&pgdata, &owner)?;
+    check_key_readable(&options.envdir_settings, &owner)?;
     match &options.envdir {
         Some(envdir) => check_envdir_readable(&absolute(envdir)?, &owner)?,
         None => {
@@ -615,6 +616,25 @@ fn check_envdir_readable(envdir: &Path, owner: &User) -> Result<(), Error> {
             owner.name,
             super::default_envdir(Path::new("PGDATA")).display()
         )));
+    }
+    Ok(())
+}
+
+/// `restore_command` decrypts as the server's owner: a secret key file (or a GnuPG home)
+/// it cannot read would leave a server that can restore nothing.
+fn check_key_readable(settings: &[(String, String)], owner: &User) -> Result<(), Error> {
+    for (name, value) in settings {
+        let expr: &[&str] = match name.as_str() {
+            "WALE_PGP_KEY_PATH" | "WALG_PGP_KEY_PATH" => &["-r", value],
+            "GNUPGHOME" => &["-r", value, "-a", "-x", value],
+            _ => continue,
+        };
+        if !owner_can(owner, expr) {
+            return Err(Error::Usage(format!(
+                "{name}={value}: user {} cannot read it, and the restored server runs restore_command as {}; make it readable to {} (chown or chmod)",
+                owner.name, owner.name, owner.name
+            )));
+        }
     }
     Ok(())
 }
