@@ -14,6 +14,7 @@
 //! retried like any read failure instead of being taken for corruption.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -101,7 +102,9 @@ impl Decryptor {
                 })?;
                 open_native(body, &key, origin)
             }
-            Decryption::GpgCommand => GpgReader::spawn(body).map(|r| Box::new(r) as Plaintext),
+            Decryption::GpgCommand { home } => {
+                GpgReader::spawn(body, home.as_deref()).map(|r| Box::new(r) as Plaintext)
+            }
         }
     }
 
@@ -302,9 +305,20 @@ struct GpgReader {
 }
 
 impl GpgReader {
-    fn spawn(body: impl BufRead + Send + 'static) -> io::Result<GpgReader> {
-        let mut child = Command::new("gpg")
-            .args(["-d", "-q", "--batch"])
+    fn spawn(body: impl BufRead + Send + 'static, home: Option<&Path>) -> io::Result<GpgReader> {
+        let mut command = Command::new("gpg");
+        command.args(["-d", "-q", "--batch"]);
+        if let Some(home) = home {
+            command.env("GNUPGHOME", home);
+        }
+        if let Some((uid, gid)) = keyring_owner_to_become(home) {
+            // As root in another user's keyring (`wale restore` with the server owner's
+            // GNUPGHOME): gpg runs as that user, so that the agent it starts and the files
+            // it writes there stay usable by the owner's own restore_command.
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -377,6 +391,18 @@ impl GpgReader {
             },
         }))
     }
+}
+
+/// The owner of the keyring, when this process is root and the keyring belongs to another
+/// user.
+fn keyring_owner_to_become(home: Option<&Path>) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if crate::users::effective_uid() != 0 {
+        return None;
+    }
+    let home = home?;
+    let meta = std::fs::metadata(home).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
 }
 
 /// Copies the body into gpg's stdin; a failure to read the body is recorded, one to

@@ -409,6 +409,48 @@ fn a_plain_archive_with_a_key_configured_is_read_with_one_warning() {
 }
 
 #[test]
+fn plain_objects_mixed_into_an_encrypted_archive_are_read_as_they_are() {
+    let archive = encrypted_archive();
+    let gnupg = GnupgHome::with_key();
+    let plain = "000000010000000000000004";
+    let expected = gnupg.decrypt_and_decompress(&archive.wal_object(plain));
+    let out = Command::new("gpg")
+        .env("GNUPGHOME", gnupg.path())
+        .args(["-d", "-q", "--batch"])
+        .arg(archive.wal_object(plain))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(archive.wal_object(plain), &out.stdout).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (how, settings) in key_settings(&gnupg) {
+        for name in gpg_wal_objects() {
+            let dest = work.path().join("RECOVERYXLOG");
+            let run = wal_fetch(
+                &archive,
+                Backend::File,
+                None,
+                &settings,
+                &name,
+                &dest,
+                false,
+            )
+            .expect_code(0);
+            assert_eq!(
+                run.stderr.contains("is not encrypted"),
+                name == plain,
+                "{how} {name}: {}",
+                run.stderr
+            );
+            if name == plain {
+                assert!(std::fs::read(&dest).unwrap() == expected, "{how}");
+            }
+            std::fs::remove_file(&dest).unwrap();
+        }
+    }
+}
+
+#[test]
 fn keys_and_passphrases_never_reach_the_logs() {
     let archive = encrypted_archive();
     let name = gpg_meta("END_WAL_SEGMENT");
@@ -449,12 +491,20 @@ fn keys_and_passphrases_never_reach_the_logs() {
     }
 }
 
-/// From the encrypted archive to a running server: `wale restore --start` with the key
-/// given inline (it reaches `restore_command` through the envdir restore writes), real
-/// PostgreSQL recovery to the end of the archive, the source's data.
-#[test]
-#[cfg_attr(not(wale_tests_as_root), ignore)]
-fn postgres_recovers_from_an_encrypted_archive_through_wale_restore() {
+/// How a recovery test gives wale the key.
+enum KeyGiven {
+    /// The armored passphrase-protected key inline (it reaches `restore_command` through
+    /// the envdir restore writes, newlines as NULs), with a `gpg` on `PATH` that fails
+    /// and leaves a mark if anything runs it.
+    Inline,
+    /// A GnuPG home owned by the server's user, as WAL-E used it.
+    GnupgHome,
+}
+
+/// From the encrypted archive to a running server: `wale restore --start`, real
+/// PostgreSQL recovery to the end of the archive through `wale wal-fetch`, the source's
+/// data.
+fn recover_through_wale_restore(key: KeyGiven, slot: u16) {
     let work = tempfile::tempdir().unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let archive = work.path().join("archive");
@@ -463,13 +513,52 @@ fn postgres_recovers_from_an_encrypted_archive_through_wale_restore() {
     std::fs::create_dir_all(&sock).unwrap();
     give_to_postgres(&sock);
     let pgdata = work.path().join("pgdata");
-    let port = 30000 + (std::process::id() % 8000) as u16 * 3 + 2;
-    let armored = std::fs::read_to_string(key_file("secret-key-passphrase.asc")).unwrap();
+    let port = 30000 + (std::process::id() % 8000) as u16 * 3 + slot;
     let mut cmd = wale();
-    cmd.env("WALE_FILE_PREFIX", format!("file://{}", archive.display()))
-        .env("WALE_PGP_KEY", &armored)
-        .env("WALE_PGP_KEY_PASSPHRASE", passphrase())
-        .arg("restore")
+    cmd.env("WALE_FILE_PREFIX", format!("file://{}", archive.display()));
+    let shim = work.path().join("shim");
+    let gpg_ran = work.path().join("gpg-ran");
+    let home = tempfile::Builder::new()
+        .prefix("g")
+        .tempdir_in("/tmp")
+        .unwrap();
+    match key {
+        KeyGiven::Inline => {
+            std::fs::create_dir(&shim).unwrap();
+            std::fs::write(
+                shim.join("gpg"),
+                format!("#!/bin/sh\ntouch {}\nexit 2\n", gpg_ran.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(shim.join("gpg"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", shim.display()))
+                .env(
+                    "WALE_PGP_KEY",
+                    std::fs::read_to_string(key_file("secret-key-passphrase.asc")).unwrap(),
+                )
+                .env("WALE_PGP_KEY_PASSPHRASE", passphrase());
+        }
+        KeyGiven::GnupgHome => {
+            std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            give_to_postgres(home.path());
+            let mut import = as_postgres(Path::new("/usr/bin/gpg"));
+            import
+                .env("GNUPGHOME", home.path())
+                .args(["--batch", "-q", "--import"])
+                .arg(key_file("secret-key.asc"));
+            run_ok(import, "gpg --import");
+            // The agent is stopped: the first gpg to run starts it, as root here.
+            let mut kill = as_postgres(Path::new("/usr/bin/gpgconf"));
+            kill.env("GNUPGHOME", home.path())
+                .args(["--kill", "gpg-agent"]);
+            run_ok(kill, "gpgconf --kill");
+            cmd.env("WALE_GPG_KEY_ID", gpg_meta("GPG_KEY_ID"))
+                .env("GNUPGHOME", home.path());
+        }
+    }
+    cmd.arg("restore")
         .arg(&pgdata)
         .args(["LATEST", "--start", "--port", &port.to_string(), "--set"])
         .arg(format!("unix_socket_directories={}", sock.display()));
@@ -480,6 +569,10 @@ fn postgres_recovers_from_an_encrypted_archive_through_wale_restore() {
             .arg(&pgdata)
             .args(["-m", "immediate", "-w", "stop"]);
         let _ = stop.output();
+        let mut kill = as_postgres(Path::new("/usr/bin/gpgconf"));
+        kill.env("GNUPGHOME", home.path())
+            .args(["--kill", "gpg-agent"]);
+        let _ = kill.output();
     };
     let log = || std::fs::read_to_string(pgdata.join("log/postgresql.log")).unwrap_or_default();
     if run.code != 0 {
@@ -521,4 +614,17 @@ fn postgres_recovers_from_an_encrypted_archive_through_wale_restore() {
         )),
         "{text}"
     );
+    assert!(!gpg_ran.exists(), "the in-process path ran gpg");
+}
+
+#[test]
+#[cfg_attr(not(wale_tests_as_root), ignore)]
+fn postgres_recovers_an_encrypted_archive_decrypted_in_process() {
+    recover_through_wale_restore(KeyGiven::Inline, 6);
+}
+
+#[test]
+#[cfg_attr(not(wale_tests_as_root), ignore)]
+fn postgres_recovers_an_encrypted_archive_decrypted_by_gpg_from_the_owners_keyring() {
+    recover_through_wale_restore(KeyGiven::GnupgHome, 7);
 }

@@ -31,7 +31,10 @@ pub enum Decryption {
         passphrase: Option<String>,
     },
     /// Through `gpg -d -q --batch`, as WAL-E does.
-    GpgCommand,
+    GpgCommand {
+        /// `GNUPGHOME` as configured (an envdir's value included), passed to `gpg`.
+        home: Option<PathBuf>,
+    },
 }
 
 // Key material and passphrases never reach a log, an error or a panic message.
@@ -46,7 +49,9 @@ impl std::fmt::Debug for Decryption {
                 .field("armored", &"<redacted>")
                 .field("passphrase", &passphrase.as_ref().map(|_| "<redacted>"))
                 .finish(),
-            Decryption::GpgCommand => f.write_str("GpgCommand"),
+            Decryption::GpgCommand { home } => {
+                f.debug_struct("GpgCommand").field("home", home).finish()
+            }
         }
     }
 }
@@ -89,13 +94,16 @@ pub(super) fn decryption(flags: &GlobalFlags, env: &Env) -> Result<Option<Decryp
         return Ok(key);
     }
     let key_id_set = flags.gpg_key_id.is_some() || env.get("WALE_GPG_KEY_ID").is_some();
-    Ok(key_id_set.then_some(Decryption::GpgCommand))
+    Ok(key_id_set.then(|| Decryption::GpgCommand {
+        home: env.non_empty("GNUPGHOME").map(PathBuf::from),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::test_support::*;
+    use std::path::Path;
 
     #[test]
     fn the_native_key_wins_and_the_key_id_alone_means_gpg() {
@@ -108,7 +116,7 @@ mod tests {
         let empty_id = env(&[("WALE_GPG_KEY_ID", "")]);
         assert!(matches!(
             decryption(&GlobalFlags::default(), &empty_id).unwrap(),
-            Some(Decryption::GpgCommand)
+            Some(Decryption::GpgCommand { home: None })
         ));
         let flag = GlobalFlags {
             gpg_key_id: Some("ABC".into()),
@@ -116,7 +124,12 @@ mod tests {
         };
         assert!(matches!(
             decryption(&flag, &none).unwrap(),
-            Some(Decryption::GpgCommand)
+            Some(Decryption::GpgCommand { home: None })
+        ));
+        let with_home = env(&[("WALE_GPG_KEY_ID", "ABC"), ("GNUPGHOME", "/srv/gnupg")]);
+        assert!(matches!(
+            decryption(&GlobalFlags::default(), &with_home).unwrap(),
+            Some(Decryption::GpgCommand { home: Some(home) }) if home == Path::new("/srv/gnupg")
         ));
         let inline = env(&[
             ("WALE_GPG_KEY_ID", "ABC"),
