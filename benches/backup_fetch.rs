@@ -13,7 +13,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Comparison, Samples, Suite, common, run, sync_all, wal_e, wal_e_bin};
+use support::{
+    Comparison, Samples, Suite, common, latest_backup, partitions_of, restored_bytes, run,
+    sync_all, wal_e, wal_e_bin,
+};
 
 const SECTION: &str = "backup-fetch LATEST, file://";
 const WALE: &str = "wale (default pool)";
@@ -139,39 +142,4 @@ fn fresh_dir(parent: &Path) -> tempfile::TempDir {
         .prefix("wale-bench-")
         .tempdir_in(parent)
         .unwrap()
-}
-
-fn latest_backup(archive: &Path) -> String {
-    let mut names: Vec<String> = std::fs::read_dir(archive.join("basebackups_005"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix("_backup_stop_sentinel.json")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names.pop().expect("a complete backup")
-}
-
-fn partitions_of(archive: &Path, backup: &str) -> Vec<PathBuf> {
-    let dir = archive
-        .join("basebackups_005")
-        .join(backup)
-        .join("tar_partitions");
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    parts.sort();
-    parts
-}
-
-fn restored_bytes(archive: &Path, backup: &str) -> u64 {
-    let sentinel = archive
-        .join("basebackups_005")
-        .join(format!("{backup}_backup_stop_sentinel.json"));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sentinel).unwrap()).unwrap();
-    json["expanded_size_bytes"].as_u64().unwrap_or(0)
 }

@@ -9,7 +9,7 @@
 #   scripts/bench.sh --quick   smaller archive, fewer runs (under 5 minutes once built);
 #                              writes target/bench-results/report.md and ratios.svg only
 #   scripts/bench.sh [--quick] BENCH...   reruns only these benches (micro, wal_fetch,
-#                              backup_fetch, recovery), keeping the others' results
+#                              backup_fetch, recovery, gpg), keeping the others' results
 #
 # Steps: installs lzop, PostgreSQL 15, daemontools and WAL-E 1.1.1 in a private venv with
 # pinned versions and the two Python 3.11 / PostgreSQL 15 fixes
@@ -26,8 +26,8 @@ if [ "${1:-}" = --quick ]; then mode=quick; shift; fi
 benches=("$@")
 for bench in "${benches[@]}"; do
   case "$bench" in
-    micro|wal_fetch|backup_fetch|recovery) ;;
-    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery]..." >&2; exit 2 ;;
+    micro|wal_fetch|backup_fetch|recovery|gpg) ;;
+    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery|gpg]..." >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh: run as root (apt-get, PostgreSQL as postgres)" >&2; exit 2; }
@@ -37,6 +37,7 @@ missing=()
 command -v lzop >/dev/null || missing+=(lzop)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v envdir >/dev/null || missing+=(daemontools)
+command -v gpg >/dev/null || missing+=(gnupg)
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt-get install ${missing[*]}"
   apt-get update -qq
@@ -63,7 +64,7 @@ export WALE_BENCH_RESULTS="$PWD/target/bench-results"
 export WALE_BENCH_REQUIRE_WAL_E=1
 elapsed=()
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(micro wal_fetch backup_fetch recovery)
+  benches=(micro wal_fetch backup_fetch recovery gpg)
   rm -rf "$WALE_BENCH_RESULTS"
   elapsed=(--elapsed-seconds)
 fi

@@ -325,6 +325,44 @@ pub fn wal_segments(archive: &Path) -> Vec<String> {
     names
 }
 
+/// The newest complete backup by name.
+pub fn latest_backup(archive: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(archive.join("basebackups_005"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix("_backup_stop_sentinel.json")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names.pop().expect("a complete backup")
+}
+
+/// A backup's tar partitions, in order.
+pub fn partitions_of(archive: &Path, backup: &str) -> Vec<PathBuf> {
+    let dir = archive
+        .join("basebackups_005")
+        .join(backup)
+        .join("tar_partitions");
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    parts
+}
+
+/// The sentinel's expanded size of a backup.
+pub fn restored_bytes(archive: &Path, backup: &str) -> u64 {
+    let sentinel = archive
+        .join("basebackups_005")
+        .join(format!("{backup}_backup_stop_sentinel.json"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sentinel).unwrap()).unwrap();
+    json["expanded_size_bytes"].as_u64().unwrap_or(0)
+}
+
 /// A duration for people: "13.6 ms", "2.31 s".
 pub fn human(d: Duration) -> String {
     let s = d.as_secs_f64();
