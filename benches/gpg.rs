@@ -140,13 +140,11 @@ fn main() {
         key.encrypt(&from, &to);
         partitions.push(to);
     }
-    for file in ["extended_version.txt"] {
-        std::fs::copy(
-            plain.join(&backup_dir).join(file),
-            encrypted.join(&backup_dir).join(file),
-        )
-        .unwrap();
-    }
+    std::fs::copy(
+        plain.join(&backup_dir).join("extended_version.txt"),
+        encrypted.join(&backup_dir).join("extended_version.txt"),
+    )
+    .unwrap();
     let sentinel = format!("basebackups_005/{backup}_backup_stop_sentinel.json");
     std::fs::copy(plain.join(&sentinel), encrypted.join(&sentinel)).unwrap();
 
