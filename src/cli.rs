@@ -166,11 +166,47 @@ pub enum Command {
     Status(StatusArgs),
     /// Promote a caught-up standby to a writable primary.
     Promote(PromoteArgs),
+    /// Check that a backup and the WAL after it can be restored, without restoring:
+    /// every partition read through, every needed segment present on the right timeline.
+    Verify(VerifyArgs),
     /// Print wale's version.
     Version,
     /// Write the man page and shell completions into a directory (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+/// `verify [BACKUP_NAME|LATEST|--all] [--wal-only|--backup-only] [--json]`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The backup to verify: LATEST (the default) or a name.
+    #[arg(conflicts_with = "all")]
+    pub backup_name: Option<String>,
+
+    /// Verify every complete backup (the WAL chain from the oldest).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Only the WAL chain: listings and history files, no partition is read.
+    #[arg(long, conflicts_with = "backup_only")]
+    pub wal_only: bool,
+
+    /// Only the backup's partitions.
+    #[arg(long)]
+    pub backup_only: bool,
+
+    /// Also download every segment recovery needs and check it: lzop checksums, its size,
+    /// its first page header (magic, timeline, address) and the backup's system identifier.
+    #[arg(long, conflicts_with = "backup_only")]
+    pub wal_deep: bool,
+
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many partitions to read at once.
+    #[arg(short = 'p', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pool_size: Option<u16>,
 }
 
 /// `backup-fetch PG_CLUSTER_DIRECTORY BACKUP_NAME|LATEST [options]`.

@@ -32,6 +32,42 @@ impl fmt::Display for Lsn {
     }
 }
 
+/// One line of a timeline history file (`0000000N.history`): timeline `parent` ended at
+/// `switch`, where its child began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineSwitch {
+    /// The ancestor timeline.
+    pub parent: u32,
+    /// Where it ended: the first position of its child.
+    pub switch: Lsn,
+}
+
+/// Parses a history file as PostgreSQL's `readTimeLineHistory` does: `parentTLI
+/// switchpoint [reason]` lines, comments and blank lines skipped, timelines increasing.
+pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
+    let mut entries: Vec<TimelineSwitch> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let parent = fields.next().and_then(|f| f.parse::<u32>().ok());
+        let switch = fields.next().and_then(Lsn::parse);
+        let (Some(parent), Some(switch)) = (parent, switch) else {
+            return Err(format!(
+                "line {}: not `timeline switchpoint`: {line:?}",
+                number + 1
+            ));
+        };
+        if entries.last().is_some_and(|e| e.parent >= parent) {
+            return Err(format!("line {}: timelines must increase", number + 1));
+        }
+        entries.push(TimelineSwitch { parent, switch });
+    }
+    Ok(entries)
+}
+
 /// A 24-hex-digit WAL segment name: timeline, log and segment number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentName {
@@ -273,6 +309,26 @@ pub fn check_archive_name(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_files_parse_as_postgres_reads_them() {
+        let text = "1\t0/7000000\tno recovery target specified\n\n# comment\n2\t0/9A0B1C8\tat restore point \"x\"\n";
+        assert_eq!(
+            parse_history(text).unwrap(),
+            [
+                TimelineSwitch {
+                    parent: 1,
+                    switch: Lsn(0x700_0000)
+                },
+                TimelineSwitch {
+                    parent: 2,
+                    switch: Lsn(0x9A0_B1C8)
+                }
+            ]
+        );
+        assert!(parse_history("2\t0/1\n1\t0/2\n").is_err());
+        assert!(parse_history("x y\n").is_err());
+    }
 
     #[test]
     fn kinds() {

@@ -26,5 +26,7 @@ mod restore;
 mod s3;
 /// The storage contract, run against both backends.
 mod storage_contract;
+/// `verify`: whole archives and each kind of damage.
+mod verify;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.
 mod wal_fetch;

@@ -33,14 +33,17 @@ const BODY_BUFFER: usize = 256 * 1024;
 
 /// One partition object to restore.
 #[derive(Debug, Clone)]
-struct Partition {
+pub(super) struct Partition {
     number: u64,
-    key: String,
-    size: u64,
+    /// Its key.
+    pub(super) key: String,
+    /// Its size in the store.
+    pub(super) size: u64,
 }
 
 impl Partition {
-    fn file_name(&self) -> &str {
+    /// `part_00000000.tar.lzo`.
+    pub(super) fn file_name(&self) -> &str {
         self.key.rsplit('/').next().unwrap_or(&self.key)
     }
 }
@@ -296,7 +299,7 @@ async fn choose_backup(
 
 /// Lists the partitions in numeric order and checks none is missing (WAL-E numbers them
 /// from 0 without gaps but records no count).
-async fn list_partitions(
+pub(super) async fn list_partitions(
     store: &Store,
     layout: &Layout,
     backup: &BackupName,

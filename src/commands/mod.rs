@@ -6,6 +6,7 @@ mod backup_list;
 mod promote;
 mod restore;
 mod status;
+mod verify;
 mod wal_fetch;
 mod wal_prefetch;
 
@@ -39,6 +40,7 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::Restore(args) => restore::run(config, &options, args).await,
         Command::Status(args) => status::run(config, args).await,
         Command::Promote(args) => promote::run(config, args).await,
+        Command::Verify(args) => verify::run(config, &options.decoding, args).await,
         Command::Version | Command::Generate(_) => Ok(()),
     }
 }
