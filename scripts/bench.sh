@@ -9,7 +9,8 @@
 #   scripts/bench.sh --quick   smaller archive, fewer runs (under 5 minutes once built);
 #                              writes target/bench-results/report.md and ratios.svg only
 #   scripts/bench.sh [--quick] BENCH...   reruns only these benches (micro, wal_fetch,
-#                              backup_fetch, recovery, gpg), keeping the others' results
+#                              backup_fetch, recovery, gpg, verify), keeping the others'
+#                              results
 #
 # Steps: installs lzop, PostgreSQL 15, daemontools and WAL-E 1.1.1 in a private venv with
 # pinned versions and the two Python 3.11 / PostgreSQL 15 fixes
@@ -26,8 +27,8 @@ if [ "${1:-}" = --quick ]; then mode=quick; shift; fi
 benches=("$@")
 for bench in "${benches[@]}"; do
   case "$bench" in
-    micro|wal_fetch|backup_fetch|recovery|gpg) ;;
-    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery|gpg]..." >&2; exit 2 ;;
+    micro|wal_fetch|backup_fetch|recovery|gpg|verify) ;;
+    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery|gpg|verify]..." >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh: run as root (apt-get, PostgreSQL as postgres)" >&2; exit 2; }
@@ -64,7 +65,7 @@ export WALE_BENCH_RESULTS="$PWD/target/bench-results"
 export WALE_BENCH_REQUIRE_WAL_E=1
 elapsed=()
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(micro wal_fetch backup_fetch recovery gpg)
+  benches=(micro wal_fetch backup_fetch recovery gpg verify)
   rm -rf "$WALE_BENCH_RESULTS"
   elapsed=(--elapsed-seconds)
 fi

@@ -112,36 +112,77 @@ impl FileStore {
             None => ("", prefix),
         };
         let dir = self.path_of(dir_key)?;
-        let entries = match std::fs::read_dir(&dir) {
+        let mut objects = Vec::new();
+        if limit == 0 {
+            return Ok(objects);
+        }
+        let mut after = start_after.to_string();
+        loop {
+            // Only the `limit` smallest names after `after` are kept while the directory is
+            // read: memory stays one page, however many objects the directory holds.
+            let Some(names) =
+                self.smallest_names_after(&dir, dir_key, name_start, &after, limit)?
+            else {
+                return Ok(objects);
+            };
+            let full_page = names.len() == limit;
+            for name in names {
+                let key = format!("{dir_key}{name}");
+                match std::fs::metadata(Path::new("/").join(&key)) {
+                    Ok(meta) if meta.is_file() => objects.push(Self::meta_of(key.clone(), &meta)),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io_error(&key, e)),
+                }
+                after = key;
+                if objects.len() == limit {
+                    return Ok(objects);
+                }
+            }
+            if !full_page {
+                return Ok(objects);
+            }
+        }
+    }
+
+    /// The `limit` smallest entry names of `dir` starting with `name_start` whose key sorts
+    /// after `after`, sorted; `None` when the directory does not exist.
+    fn smallest_names_after(
+        &self,
+        dir: &Path,
+        dir_key: &str,
+        name_start: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_error(dir_key, e)),
         };
-        let mut keys = Vec::new();
+        // Keys of one directory compare as their names do after the common `dir_key`; an
+        // `after` outside the directory is before all of its keys or after all of them.
+        let is_later = |name: &str| match after.strip_prefix(dir_key) {
+            Some(name_after) => name > name_after,
+            None => after < dir_key,
+        };
+        let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
         for entry in entries {
             let entry = entry.map_err(|e| self.io_error(dir_key, e))?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let key = format!("{dir_key}{name}");
-            if name.starts_with(name_start) && key.as_str() > start_after {
-                keys.push(key);
+            if !name.starts_with(name_start) || !is_later(&name) {
+                continue;
+            }
+            if heap.len() < limit {
+                heap.push(name);
+            } else if heap.peek().is_some_and(|largest| &name < largest) {
+                heap.pop();
+                heap.push(name);
             }
         }
-        keys.sort();
-        let mut objects = Vec::new();
-        for key in keys {
-            if objects.len() >= limit {
-                break;
-            }
-            match std::fs::metadata(Path::new("/").join(&key)) {
-                Ok(meta) if meta.is_file() => objects.push(Self::meta_of(key, &meta)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io_error(&key, e)),
-            }
-        }
-        Ok(objects)
+        Ok(Some(heap.into_sorted_vec()))
     }
 
     /// One directory level: files become objects, subdirectories common prefixes.
