@@ -638,6 +638,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(counted(1, "symlink", "symlinks"), "1 symlink");
+        assert_eq!(counted(0, "symlink", "symlinks"), "0 symlinks");
+        assert_eq!(counted(2, "directory", "directories"), "2 directories");
+    }
+
+    #[test]
     fn targets_must_be_empty_unless_resuming_or_overwriting() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("pgdata");
