@@ -36,9 +36,6 @@ use crate::storage::{ResumingReader, Storage, Store};
 use crate::tar;
 use crate::wal::{self, Lsn, SegmentName, WalFileKind};
 
-/// Listing page size for `wal_005/`.
-const PAGE: usize = 1000;
-
 /// Something that keeps the archive from restoring, naming the object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -444,9 +441,10 @@ async fn list_wal(
     let prefix = layout.wal_dir();
     let mut listing = Listing::default();
     let mut after = String::new();
+    let page_size = store.listing_page();
     loop {
         let page = with_retries(&config.retry, "list WAL", || {
-            store.list_after(&prefix, &after, PAGE)
+            store.list_after(&prefix, &after, page_size)
         })
         .await?;
         let Some(last) = page.last() else {
@@ -468,7 +466,7 @@ async fn list_wal(
                 _ => {}
             }
         }
-        if page.len() < PAGE {
+        if page.len() < page_size {
             break;
         }
     }
