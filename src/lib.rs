@@ -5,14 +5,17 @@
 //!
 //! Data flows one way: command line → configuration → storage → decoding → sink.
 //!
-//! * [`cli`]: WAL-E's subcommands and flags, and wale's `restore`/`status`/`promote`
-//!   (parsing only).
+//! * [`cli`]: WAL-E's subcommands and flags, and wale's `restore`/`status`/`promote`/
+//!   `verify` (parsing only).
 //! * [`config`]: the only reader of the environment and envdir; prefixes, S3 settings,
 //!   retry limits, validated.
 //! * [`storage`]: the [`storage::Storage`] trait and its S3 and `file://` backends, with
 //!   errors classified once (not found / refused / transient / permanent).
 //! * [`layout`] and [`wal`]: WAL-E's key grammar, and PostgreSQL's WAL names and
 //!   arithmetic (LSNs, segments, page headers). Pure.
+//! * [`decode`]: the chain every object goes through (plain or encrypted, told by its
+//!   first bytes, then lzop); [`decrypt`]: GPG-encrypted objects, in process with an
+//!   armored key or through `gpg` as WAL-E did.
 //! * [`lzop`]: the streaming lzop decoder, every checksum verified, with its own LZO1X
 //!   block decoder.
 //! * [`tar`] and [`extract`]: the streaming tar reader and safe extraction.
