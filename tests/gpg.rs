@@ -51,20 +51,26 @@ struct GnupgHome {
 }
 
 impl GnupgHome {
-    fn with_key() -> GnupgHome {
+    /// A keyring without the key.
+    fn empty() -> GnupgHome {
         let dir = tempfile::Builder::new()
             .prefix("g")
             .tempdir_in("/tmp")
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        GnupgHome { dir }
+    }
+
+    fn with_key() -> GnupgHome {
+        let home = GnupgHome::empty();
         let out = Command::new("gpg")
-            .env("GNUPGHOME", dir.path())
+            .env("GNUPGHOME", home.path())
             .args(["--batch", "-q", "--import"])
             .arg(key_file("secret-key.asc"))
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        GnupgHome { dir }
+        home
     }
 
     fn path(&self) -> &Path {
@@ -188,10 +194,7 @@ fn missing_and_wrong_keys_fail_with_one_line_and_leave_nothing() {
     let name = gpg_meta("END_WAL_SEGMENT");
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("RECOVERYXLOG");
-    let other_home = tempfile::Builder::new()
-        .prefix("g")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let other_home = GnupgHome::empty();
     let cases: Vec<(&str, Settings, i32, &str)> = vec![
         ("no key", vec![], 202, "WALE_PGP_KEY_PATH"),
         (
@@ -253,10 +256,6 @@ fn missing_and_wrong_keys_fail_with_one_line_and_leave_nothing() {
         assert!(!dest.exists(), "{what}: something was left at %p");
         assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "{what}");
     }
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", other_home.path())
-        .args(["--kill", "gpg-agent"])
-        .output();
 }
 
 /// Flips one bit `from_end` bytes before the end of the object (inside the last 16 KB of

@@ -346,7 +346,9 @@ pub(super) async fn list_partitions(
     Ok(partitions)
 }
 
-fn pool_size(requested: Option<u16>, partitions: usize) -> usize {
+/// How many partitions to work on at once: as asked, else 4 or the number of CPUs if
+/// larger (at most 16), never more than there are partitions.
+pub(super) fn pool_size(requested: Option<u16>, partitions: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let wanted = requested.map_or(cpus.clamp(4, 16), usize::from);
     wanted.min(partitions).max(1)

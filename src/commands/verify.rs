@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::backup_fetch::{Partition, list_partitions};
+use super::backup_fetch::{Partition, list_partitions, pool_size};
 use crate::backups::{self, Query};
 use crate::cli::VerifyArgs;
 use crate::config::Config;
@@ -206,17 +206,7 @@ async fn verify_backup(
         Err(other) => return Err(other),
     };
     tracing::info!("verifying {backup}: {} partitions", partitions.len());
-    let pool = args
-        .pool_size
-        .map_or_else(
-            || {
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .clamp(2, 8)
-            },
-            usize::from,
-        )
-        .max(1);
+    let pool = pool_size(args.pool_size, partitions.len());
     let mut facts = PartitionFacts::default();
     let mut tasks = JoinSet::new();
     let mut pending = partitions.iter().cloned();
@@ -500,7 +490,7 @@ fn add_segment(listing: &mut Listing, segment: SegmentName, segment_size: u64) {
 /// What the WAL checks read the archive with.
 struct WalContext<'a> {
     config: &'a Config,
-    store: &'a Store,
+    store: &'a Arc<Store>,
     layout: &'a Layout,
     decoding: &'a Decoding,
     segment_size: u64,
@@ -652,7 +642,7 @@ async fn check_segments(
     system_identifier: Option<u64>,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let store = Arc::new(Store::open(&wal.config.store).await?);
+    let store = wal.store;
     let path: Arc<[u32]> = report.recovery_timelines.clone().into();
     let mut tasks = JoinSet::new();
     let mut pending = needed.iter().copied();
