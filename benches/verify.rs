@@ -65,6 +65,8 @@ fn main() {
         target: "no slower than backup-fetch",
     });
 
+    let listing_case = "archive listing, empty WAL objects";
+    let listing_tool = |count: u64| format!("wale verify --wal-only, {count} objects");
     for count in [10_000u64, 100_000] {
         let listed = scratch.path().join(format!("listing-{count}"));
         many_segments(&archive, &backup, &listed, count);
@@ -74,14 +76,18 @@ fn main() {
             cmd.args(["verify", "--wal-only", "LATEST"]);
             run(cmd)
         });
-        let case = format!("{count} WAL objects");
-        suite.record(
-            (LISTING_SECTION, &case, "wale verify --wal-only"),
-            &samples,
-            None,
-            "",
-        );
+        let tool = listing_tool(count);
+        suite.record((LISTING_SECTION, listing_case, &tool), &samples, None, "");
     }
+    suite.compare(Comparison {
+        label: "verify --wal-only of 10⁵ WAL objects vs 10⁴",
+        section: LISTING_SECTION,
+        case: listing_case,
+        subject: &listing_tool(100_000),
+        baseline: &listing_tool(10_000),
+        max_ratio: Some(15.0),
+        target: "grows linearly (≤ 15× for 10× the objects)",
+    });
     suite.save();
 }
 
