@@ -19,6 +19,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}"
 fi
 
+# The cloud emulators the GCS and Azure tests serve the archive from, pinned, installed
+# once under WALE_EMULATORS: Google's storage API (gcp-storage-emulator, from PyPI) and
+# Azure's Blob service (Azurite, from npm). curl uploads the archive into them; openssl
+# makes a throwaway service-account key.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  sudo_if_needed=""
+  [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+  $sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}"
+fi
+export WALE_EMULATORS="${WALE_EMULATORS:-/var/tmp/wale-emulators}"
+if [ ! -x "$WALE_EMULATORS/gcs/bin/gcp-storage-emulator" ]; then
+  echo "installing gcp-storage-emulator in $WALE_EMULATORS/gcs" >&2
+  python3 -m venv "$WALE_EMULATORS/gcs"
+  "$WALE_EMULATORS/gcs/bin/pip" install -q gcp-storage-emulator==2026.7.19
+fi
+if [ ! -x "$WALE_EMULATORS/azurite/node_modules/.bin/azurite-blob" ]; then
+  echo "installing Azurite in $WALE_EMULATORS/azurite" >&2
+  mkdir -p "$WALE_EMULATORS/azurite"
+  (cd "$WALE_EMULATORS/azurite" && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
+fi
+
 # The benchmarks must keep compiling even when nobody runs them.
 cargo bench --locked --no-run
 

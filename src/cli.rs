@@ -48,17 +48,21 @@ pub struct GlobalFlags {
     #[arg(long, global = true, value_name = "URL")]
     pub file_prefix: Option<String>,
 
-    /// Google Cloud Storage prefix (not supported yet).
-    #[arg(long, global = true, value_name = "URL", hide = true)]
+    /// Google Cloud Storage prefix, e.g. gs://bucket/path/to/archive.
+    #[arg(long, global = true, value_name = "URL")]
     pub gs_prefix: Option<String>,
 
     /// S3 prefix, e.g. s3://bucket/path/to/archive.
     #[arg(long, global = true, value_name = "URL")]
     pub s3_prefix: Option<String>,
 
-    /// Azure prefix (not supported yet).
-    #[arg(long, global = true, value_name = "URL", hide = true)]
+    /// Azure Blob Storage prefix, e.g. wabs://container/path/to/archive.
+    #[arg(long, global = true, value_name = "URL")]
     pub wabs_prefix: Option<String>,
+
+    /// Azure storage account (also WABS_ACCOUNT_NAME).
+    #[arg(short = 'a', long, global = true, value_name = "NAME")]
+    pub wabs_account_name: Option<String>,
 
     /// AWS access key id (the secret always comes from AWS_SECRET_ACCESS_KEY).
     #[arg(short = 'k', long, global = true, value_name = "ID")]

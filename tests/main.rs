@@ -8,6 +8,8 @@ mod common;
 mod backup_fetch;
 /// `backup-list` against WAL-E's recorded output, on both backends.
 mod backup_list;
+/// Google Cloud Storage and Azure, on their emulators.
+mod cloud;
 /// GPG-encrypted archives: in process and through gpg, damage, keys, a real recovery.
 mod gpg;
 /// The lzop decoder against the real `lzop` and real WAL-E objects.

@@ -5,13 +5,12 @@ use crate::common::pg::*;
 use crate::common::*;
 
 /// Restores the archive's latest backup into `work/<name>` with `wale backup-fetch` from
-/// S3 and starts PostgreSQL on it with `restore_command = 'wale --envdir … wal-fetch'`
-/// (default prefetch), plus `extra_conf`.
-fn restore_and_start(
+/// the store `settings` name (S3, or a cloud emulator) and starts PostgreSQL on it with
+/// `restore_command = 'wale --envdir … wal-fetch'` (default prefetch), plus `extra_conf`.
+pub(crate) fn restore_and_start(
     work: &Path,
     name: &str,
-    archive: &Archive,
-    server: &S3Server,
+    settings: &[(String, String)],
     port: u16,
     extra_conf: &str,
 ) -> Recovery {
@@ -24,7 +23,8 @@ fn restore_and_start(
     // The base backup, restored by wale from S3, its tablespace mapped to a new place.
     let oid = fixture_meta("TABLESPACE_OID");
     let tablespace = work.join(format!("{name}-ts1"));
-    let mut fetch = wale_for(archive, Backend::S3, Some(server));
+    let mut fetch = wale();
+    fetch.envs(settings.iter().cloned());
     fetch.arg("backup-fetch").arg(&pgdata).arg("LATEST");
     fetch
         .arg("--tablespace")
@@ -36,8 +36,8 @@ fn restore_and_start(
         restore.stderr
     );
 
-    // restore_command as an operator writes it: wale with --envdir holding S3 settings.
-    for (key, value) in server.env(archive) {
+    // restore_command as an operator writes it: wale with --envdir holding the settings.
+    for (key, value) in settings {
         std::fs::write(envdir.join(key), format!("{value}\n")).unwrap();
     }
     std::fs::write(envdir.join("WALE_PREFETCH_IDLE_SECONDS"), "1\n").unwrap();
@@ -53,7 +53,7 @@ fn restore_and_start(
     recovery
 }
 
-fn work_dir() -> tempfile::TempDir {
+pub(crate) fn work_dir() -> tempfile::TempDir {
     let work = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         work.path(),
@@ -63,7 +63,7 @@ fn work_dir() -> tempfile::TempDir {
     work
 }
 
-fn port_for(slot: u16) -> u16 {
+pub(crate) fn port_for(slot: u16) -> u16 {
     20000 + (std::process::id() % 10000) as u16 * 2 + slot
 }
 
@@ -75,8 +75,7 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     let recovery = restore_and_start(
         work.path(),
         "pgdata",
-        &archive,
-        &server,
+        &server.env(&archive),
         port_for(0),
         "archive_mode = off\n",
     );
@@ -130,7 +129,13 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
         wal_dir.display(),
         wal_dir.display()
     );
-    let first = restore_and_start(work.path(), "first", &archive, &server, port_for(0), &push);
+    let first = restore_and_start(
+        work.path(),
+        "first",
+        &server.env(&archive),
+        port_for(0),
+        &push,
+    );
     first.psql(&["-c", "create schema tl2; create table tl2.after_promotion as select generate_series(1, 1000) as i"]);
     first.psql(&["-c", "select pg_switch_wal()"]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -161,8 +166,7 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
     let second = restore_and_start(
         work.path(),
         "second",
-        &archive,
-        &server,
+        &server.env(&archive),
         port_for(1),
         "archive_mode = off\nrecovery_target_timeline = 'latest'\n",
     );

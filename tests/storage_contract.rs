@@ -26,27 +26,39 @@ fn read_all(object: storage::ObjectReader) -> Vec<u8> {
 async fn every_backend_keeps_the_storage_contract() {
     let archive = Archive::fixture_copy();
     let server = S3Server::start(&archive.s3_root());
-    let name = fixture_meta("END_WAL_SEGMENT");
-    let on_disk = std::fs::read(archive.wal_object(&name)).unwrap();
     for backend in BACKENDS {
         let (store, prefix) = open(&archive, backend, &server).await;
-        let key = format!("{prefix}wal_005/{name}.lzo");
+        check_contract(&store, &prefix, &archive.root(), &format!("{backend:?}")).await;
+    }
+}
 
+/// The contract, checked on `store` holding the fixture archive (a copy of it at
+/// `archive_root`) under `prefix`.
+pub(crate) async fn check_contract(
+    store: &Store,
+    prefix: &str,
+    archive_root: &std::path::Path,
+    backend: &str,
+) {
+    let name = fixture_meta("END_WAL_SEGMENT");
+    let on_disk = std::fs::read(archive_root.join(format!("wal_005/{name}.lzo"))).unwrap();
+    {
+        let key = format!("{prefix}wal_005/{name}.lzo");
         let object = store.get(&key).await.unwrap();
-        assert_eq!(object.size, Some(on_disk.len() as u64), "{backend:?}");
+        assert_eq!(object.size, Some(on_disk.len() as u64), "{backend}");
         let whole = tokio::task::spawn_blocking(move || read_all(object))
             .await
             .unwrap();
-        assert!(whole == on_disk, "{backend:?}: get");
+        assert!(whole == on_disk, "{backend}: get");
 
         let tail = store.get_range(&key, 1000).await.unwrap();
         let tail = tokio::task::spawn_blocking(move || read_all(tail))
             .await
             .unwrap();
-        assert!(tail == on_disk[1000..], "{backend:?}: get_range");
+        assert!(tail == on_disk[1000..], "{backend}: get_range");
 
         let meta = store.head(&key).await.unwrap();
-        assert_eq!(meta.size, on_disk.len() as u64, "{backend:?}: head");
+        assert_eq!(meta.size, on_disk.len() as u64, "{backend}: head");
         assert_eq!(meta.key, key);
 
         let level = store
@@ -58,20 +70,20 @@ async fn every_backend_keeps_the_storage_contract() {
             level.objects.iter().any(|o| o
                 .key
                 .ends_with(&format!("{backup}_backup_stop_sentinel.json"))),
-            "{backend:?}"
+            "{backend}"
         );
         assert!(
             level
                 .common_prefixes
                 .contains(&format!("{prefix}basebackups_005/{backup}/")),
-            "{backend:?}"
+            "{backend}"
         );
         assert!(
             level
                 .objects
                 .iter()
                 .all(|o| !o.key.contains("tar_partitions")),
-            "{backend:?}: the delimiter was ignored"
+            "{backend}: the delimiter was ignored"
         );
         let deep = store
             .list(&format!("{prefix}basebackups_005/{backup}/"), None)
@@ -85,12 +97,12 @@ async fn every_backend_keeps_the_storage_contract() {
         assert_eq!(
             partitions.to_string(),
             fixture_meta("PARTITION_COUNT"),
-            "{backend:?}: recursive list"
+            "{backend}: recursive list"
         );
         let mut keys: Vec<_> = deep.objects.iter().map(|o| o.key.clone()).collect();
         let listed = keys.clone();
         keys.sort();
-        assert_eq!(listed, keys, "{backend:?}: listings are sorted");
+        assert_eq!(listed, keys, "{backend}: listings are sorted");
 
         let missing = format!("{prefix}wal_005/0000000100000000000000FF.lzo");
         for err in [
@@ -99,7 +111,7 @@ async fn every_backend_keeps_the_storage_contract() {
         ] {
             assert!(
                 matches!(err, storage::Error::NotFound { .. }),
-                "{backend:?}: {err}"
+                "{backend}: {err}"
             );
         }
         assert!(
@@ -132,33 +144,38 @@ async fn paged_listings_walk_the_directory_in_key_order() {
     assert!(expected.len() > 5);
     for backend in BACKENDS {
         let (store, prefix) = open(&archive, backend, &server).await;
-        let dir = format!("{prefix}wal_005/");
-        for limit in [1, 3, 1000] {
-            let mut walked = Vec::new();
-            let mut after = String::new();
-            loop {
-                let page = store.list_after(&dir, &after, limit).await.unwrap();
-                assert!(page.len() <= limit, "{backend:?}: page of {}", page.len());
-                let Some(last) = page.last() else { break };
-                after = last.key.clone();
-                walked.extend(page.iter().map(|o| o.key[dir.len()..].to_string()));
-            }
-            assert_eq!(walked, expected, "{backend:?}, pages of {limit}");
-        }
-        let middle = format!("{dir}{}", expected[2]);
-        let page = store.list_after(&dir, &middle, 2).await.unwrap();
-        let names: Vec<&str> = page.iter().map(|o| &o.key[dir.len()..]).collect();
-        assert_eq!(names, &expected[3..5], "{backend:?}: from the middle");
-        let beyond = store
-            .list_after(&dir, &format!("{prefix}zzz"), 10)
-            .await
-            .unwrap();
-        assert!(beyond.is_empty(), "{backend:?}: after the directory");
-        let partial = format!("{dir}{}", &expected[0][..20]);
-        let page = store.list_after(&partial, "", 1000).await.unwrap();
-        assert!(
-            !page.is_empty() && page.iter().all(|o| o.key.starts_with(&partial)),
-            "{backend:?}: a partial name"
-        );
+        check_paging(&store, &prefix, &expected, &format!("{backend:?}")).await;
     }
+}
+
+/// Paged walks of `prefix`'s `wal_005/`, whose object names are `expected` (sorted).
+pub(crate) async fn check_paging(store: &Store, prefix: &str, expected: &[String], backend: &str) {
+    let dir = format!("{prefix}wal_005/");
+    for limit in [1, 3, 1000] {
+        let mut walked = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store.list_after(&dir, &after, limit).await.unwrap();
+            assert!(page.len() <= limit, "{backend}: page of {}", page.len());
+            let Some(last) = page.last() else { break };
+            after = last.key.clone();
+            walked.extend(page.iter().map(|o| o.key[dir.len()..].to_string()));
+        }
+        assert_eq!(walked, expected, "{backend}, pages of {limit}");
+    }
+    let middle = format!("{dir}{}", expected[2]);
+    let page = store.list_after(&dir, &middle, 2).await.unwrap();
+    let names: Vec<&str> = page.iter().map(|o| &o.key[dir.len()..]).collect();
+    assert_eq!(names, &expected[3..5], "{backend}: from the middle");
+    let beyond = store
+        .list_after(&dir, &format!("{prefix}zzz"), 10)
+        .await
+        .unwrap();
+    assert!(beyond.is_empty(), "{backend}: after the directory");
+    let partial = format!("{dir}{}", &expected[0][..20]);
+    let page = store.list_after(&partial, "", 1000).await.unwrap();
+    assert!(
+        !page.is_empty() && page.iter().all(|o| o.key.starts_with(&partial)),
+        "{backend}: a partial name"
+    );
 }

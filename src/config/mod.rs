@@ -6,8 +6,8 @@
 //! here but a few map look-ups.
 //!
 //! By concept: [`Env`] (the environment and envdir, in `env`), the prefix and backend
-//! choice (here), S3's endpoint grammar, credentials and addressing (`s3`), and retry and
-//! prefetch tuning (`tuning`).
+//! choice (here), S3's endpoint grammar, credentials and addressing (`s3`), Google Cloud
+//! Storage (`gcs`) and Azure (`azure`) settings, and retry and prefetch tuning (`tuning`).
 
 use std::path::PathBuf;
 
@@ -16,12 +16,12 @@ use std::path::PathBuf;
 pub enum Error {
     /// No prefix flag or variable is set.
     #[error(
-        "no storage prefix defined: set WALE_S3_PREFIX or WALE_FILE_PREFIX (or pass --s3-prefix/--file-prefix)"
+        "no storage prefix defined: set WALE_S3_PREFIX, WALE_GS_PREFIX, WALE_WABS_PREFIX or WALE_FILE_PREFIX (or pass --s3-prefix, --gs-prefix, --wabs-prefix, --file-prefix)"
     )]
     NoPrefix,
     /// The prefix uses a scheme WAL-E knows but wale does not implement yet.
     #[error(
-        "{source_name}={value}: {scheme}:// storage is not supported yet (only s3:// and file://)"
+        "{source_name}={value}: {scheme}:// storage is not supported yet (only s3://, gs://, wabs:// and file://)"
     )]
     UnsupportedScheme {
         /// The flag or variable that held the prefix.
@@ -78,6 +78,24 @@ pub enum Error {
         /// The variable that is missing when the other half of the pair is set.
         missing: Option<&'static str>,
     },
+    /// A credentials file can be read but does not hold usable credentials.
+    #[error("{name}={}: {reason}", path.display())]
+    BadKeyFile {
+        /// The variable (or the well-known location) that named the file.
+        name: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its secrets).
+        reason: String,
+    },
+    /// No Google Cloud Storage credentials are configured.
+    #[error(
+        "no Google Cloud Storage credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, WALE_GS_INSTANCE_METADATA=true on Compute Engine, or WALE_GS_ENDPOINT for an emulator"
+    )]
+    NoGcsCredentials,
+    /// A required setting is missing or unusable; the message names it (never a secret).
+    #[error("{0}")]
+    Missing(&'static str),
     /// The envdir directory or one of its files could not be read.
     #[error("envdir {path}: {source}")]
     Envdir {
@@ -97,16 +115,22 @@ fn no_credentials_message(missing: &Option<&'static str>) -> String {
     }
 }
 
+mod azure;
 mod decryption;
 mod env;
+mod gcs;
 mod s3;
 mod tuning;
 
+pub use azure::{AzureConfig, AzureCredentials};
 pub use decryption::Decryption;
 pub use env::Env;
+pub use gcs::{GCS_DEFAULT_ENDPOINT, GcsConfig, GcsCredentials};
 pub use s3::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
 pub use tuning::{PrefetchSettings, RetryPolicy};
 
+use azure::azure_config;
+use gcs::gcs_config;
 use s3::s3_config;
 use tuning::{prefetch_settings, retry_policy};
 
@@ -130,6 +154,10 @@ pub struct Config {
 pub enum StoreConfig {
     /// `s3://bucket/path`.
     S3(S3Config),
+    /// `gs://bucket/path`.
+    Gcs(GcsConfig),
+    /// `wabs://container/path`.
+    Azure(AzureConfig),
     /// `file:///path` (the netloc is ignored, as WAL-E does).
     File(FileConfig),
 }
@@ -139,6 +167,8 @@ impl StoreConfig {
     pub fn path_prefix(&self) -> &str {
         match self {
             StoreConfig::S3(s3) => &s3.path_prefix,
+            StoreConfig::Gcs(gcs) => &gcs.path_prefix,
+            StoreConfig::Azure(azure) => &azure.path_prefix,
             StoreConfig::File(file) => &file.path_prefix,
         }
     }
@@ -184,9 +214,10 @@ impl Config {
 /// The variables that give a child `wale` (a restored server's `restore_command`) this
 /// same configuration from an envdir: the chosen prefix under its variable name (a prefix
 /// flag becomes its variable; other prefixes are left out so precedence cannot change),
-/// every other `WALE_*` and `AWS_*` variable, WAL-G's key variables and `GNUPGHOME`, and
-/// the credential and key flags. Key paths are made absolute: the server runs
-/// `restore_command` in its data directory. Sorted by name.
+/// every other `WALE_*`, `AWS_*` and `WABS_*` variable, WAL-G's key variables,
+/// `GOOGLE_APPLICATION_CREDENTIALS` and `GNUPGHOME`, and the credential and key flags. Key
+/// paths are made absolute: the server runs `restore_command` in its data directory.
+/// Sorted by name.
 pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, String)>, Error> {
     let (source_name, prefix) = choose_prefix(flags, env)?;
     let prefix_var = match source_name {
@@ -201,10 +232,13 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
         .filter(|(name, _)| {
             (name.starts_with("WALE_") || name.starts_with("AWS_")) && !name.ends_with("_PREFIX")
                 || name.starts_with("WALG_PGP_")
-                || *name == "GNUPGHOME"
+                || name.starts_with("WABS_")
+                || PATH_VARS.contains(&name.as_str())
+                || *name == "GCE_METADATA_HOST"
         })
         .map(|(name, value)| {
-            let is_path = decryption::KEY_PATH_VARS.contains(&name.as_str()) || name == "GNUPGHOME";
+            let is_path = decryption::KEY_PATH_VARS.contains(&name.as_str())
+                || PATH_VARS.contains(&name.as_str());
             let value = match std::path::absolute(value) {
                 Ok(path) if is_path && !value.is_empty() => path.to_string_lossy().into_owned(),
                 _ => value.clone(),
@@ -221,6 +255,18 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
         settings.retain(|(name, _)| name != "WALE_GPG_KEY_ID");
         settings.push(("WALE_GPG_KEY_ID".into(), key_id.clone()));
     }
+    if prefix.starts_with("gs://")
+        && let Some(path) = gcs::implied_key_file(env)
+    {
+        settings.push((
+            "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            path.to_string_lossy().into_owned(),
+        ));
+    }
+    if let Some(account) = &flags.wabs_account_name {
+        settings.retain(|(name, _)| name != "WABS_ACCOUNT_NAME");
+        settings.push(("WABS_ACCOUNT_NAME".into(), account.clone()));
+    }
     if flags.aws_instance_profile {
         settings.retain(|(name, _)| name != "AWS_INSTANCE_PROFILE");
         settings.push(("AWS_INSTANCE_PROFILE".into(), "true".into()));
@@ -228,6 +274,9 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
     settings.sort();
     Ok(settings)
 }
+
+/// Variables outside wale's own names that hold a path a child `wale` needs.
+const PATH_VARS: [&str; 2] = ["GNUPGHOME", "GOOGLE_APPLICATION_CREDENTIALS"];
 
 /// The first non-empty prefix in WAL-E's order, with the name of where it came from.
 fn choose_prefix<'a>(
@@ -264,7 +313,7 @@ fn parse_prefix(
     };
     let (scheme, rest) = value
         .split_once("://")
-        .ok_or_else(|| bad("expected a URL such as s3://bucket/path or file:///path"))?;
+        .ok_or_else(|| bad("expected a URL such as s3://bucket/path, gs://bucket/path, wabs://container/path or file:///path"))?;
     let (netloc, path) = rest.split_once('/').unwrap_or((rest, ""));
     let path_prefix = normalize_path_prefix(path);
     match scheme {
@@ -274,13 +323,32 @@ fn parse_prefix(
             }
             Ok(StoreConfig::S3(s3_config(netloc, path_prefix, flags, env)?))
         }
+        "gs" => {
+            if netloc.is_empty() {
+                return Err(bad("the bucket name is missing"));
+            }
+            Ok(StoreConfig::Gcs(gcs_config(netloc, path_prefix, env)?))
+        }
+        "wabs" => {
+            if netloc.is_empty() {
+                return Err(bad("the container name is missing"));
+            }
+            Ok(StoreConfig::Azure(azure_config(
+                netloc,
+                path_prefix,
+                flags,
+                env,
+            )?))
+        }
         "file" => Ok(StoreConfig::File(FileConfig { path_prefix })),
-        "gs" | "wabs" | "swift" => Err(Error::UnsupportedScheme {
+        "swift" => Err(Error::UnsupportedScheme {
             source_name: source_name.to_string(),
             value: value.to_string(),
             scheme: scheme.to_string(),
         }),
-        _ => Err(bad("unknown scheme: expected s3:// or file://")),
+        _ => Err(bad(
+            "unknown scheme: expected s3://, gs://, wabs:// or file://",
+        )),
     }
 }
 
@@ -292,6 +360,28 @@ fn normalize_path_prefix(path: &str) -> String {
     } else {
         format!("{trimmed}/")
     }
+}
+
+/// An `http://` or `https://` base URL, without its trailing `/`.
+fn base_url(name: &'static str, value: &str) -> Result<String, Error> {
+    let bad = |reason| Error::BadValue {
+        name,
+        value: value.to_string(),
+        reason,
+    };
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(|| bad("expected an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("the host is missing"));
+    }
+    if rest.contains(['?', '#', '@']) {
+        return Err(bad(
+            "expected a base URL (no query, fragment or user information)",
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
 }
 
 /// WAL-E's `parse_boolean_envvar`: empty, `false`, `0` are off; `true`, `1` are on.
@@ -377,12 +467,12 @@ mod tests {
     fn other_backends_are_named_as_unsupported() {
         let err = Config::resolve(
             &GlobalFlags::default(),
-            &env(&[("WALE_GS_PREFIX", "gs://b/p")]),
+            &env(&[("WALE_SWIFT_PREFIX", "swift://b/p")]),
         )
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("WALE_GS_PREFIX") && msg.contains("not supported yet"),
+            msg.contains("WALE_SWIFT_PREFIX") && msg.contains("not supported yet"),
             "{msg}"
         );
         assert!(matches!(
@@ -395,6 +485,39 @@ mod tests {
                 &env(&[("WALE_S3_PREFIX", "ftp://x")])
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn envdir_settings_carry_cloud_credentials_to_the_server() {
+        let home = tempfile::tempdir().unwrap();
+        let gcloud = home.path().join(".config/gcloud");
+        std::fs::create_dir_all(&gcloud).unwrap();
+        let adc = gcloud.join("application_default_credentials.json");
+        std::fs::write(&adc, "{}").unwrap();
+        let home_var = home.path().to_str().unwrap();
+        let gs = env(&[("WALE_GS_PREFIX", "gs://b/p"), ("HOME", home_var)]);
+        let settings = envdir_settings(&GlobalFlags::default(), &gs).unwrap();
+        assert!(settings.contains(&(
+            "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            adc.to_str().unwrap().into()
+        )));
+        let azure = env(&[
+            ("WALE_WABS_PREFIX", "wabs://c/p"),
+            ("WABS_ACCESS_KEY", "c2VjcmV0"),
+            ("HOME", home_var),
+        ]);
+        let flags = GlobalFlags {
+            wabs_account_name: Some("acct".into()),
+            ..GlobalFlags::default()
+        };
+        let settings = envdir_settings(&flags, &azure).unwrap();
+        assert!(settings.contains(&("WABS_ACCOUNT_NAME".into(), "acct".into())));
+        assert!(settings.contains(&("WABS_ACCESS_KEY".into(), "c2VjcmV0".into())));
+        assert!(
+            !settings
+                .iter()
+                .any(|(n, _)| n == "GOOGLE_APPLICATION_CREDENTIALS")
         );
     }
 

@@ -1,5 +1,7 @@
 //! Where the archive lives: one small [`Storage`] trait (stream an object, list with a
-//! prefix and delimiter, head) and its two backends, S3 ([`s3`]) and local files ([`fs`]).
+//! prefix and delimiter, head) and its backends: S3 ([`s3`]), Google Cloud Storage
+//! ([`gcs`]), Azure Blob Storage ([`azure`]) and local files ([`fs`]). The two cloud
+//! backends share one small HTTP client (`web`).
 //!
 //! Keys are WAL-E's "logical keys" (`<path_prefix>wal_005/…`, never starting with `/`);
 //! each backend maps them to its own physical names. Errors are classified once, here:
@@ -7,8 +9,11 @@
 //! [`Error::is_retryable`] only for failures that can pass (5xx, throttling, timeouts,
 //! resets, truncated bodies).
 
+pub mod azure;
 pub mod fs;
+pub mod gcs;
 pub mod s3;
+mod web;
 
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -311,21 +316,28 @@ pub trait Storage {
     fn url(&self, key: &str) -> String;
 }
 
-/// The configured store: S3 or local files.
+/// The configured store.
 pub enum Store {
     /// Amazon S3 or a compatible server.
     S3(s3::S3Store),
+    /// Google Cloud Storage (or its emulator).
+    Gcs(gcs::GcsStore),
+    /// Azure Blob Storage (or Azurite).
+    Azure(azure::AzureStore),
     /// Local files (`file://`).
     File(fs::FileStore),
 }
 
 impl Store {
     /// The page size that walks a long listing cheapest: S3 answers at most 1000 keys a
-    /// request; a local directory is read whole for every page, so fewer, larger pages
-    /// (ten thousand names, about a megabyte) cost less.
+    /// request, Azure 5000; GCS 1000 too, but its pages start at the last key seen, so 999
+    /// new ones fit in one request; a local directory is read whole for every page, so
+    /// fewer, larger pages (ten thousand names, about a megabyte) cost less.
     pub fn listing_page(&self) -> usize {
         match self {
             Store::S3(_) => 1000,
+            Store::Gcs(_) => 999,
+            Store::Azure(_) => 5000,
             Store::File(_) => 10_000,
         }
     }
@@ -337,6 +349,8 @@ impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, Error> {
         match config {
             StoreConfig::S3(s3) => Ok(Store::S3(s3::S3Store::connect(s3).await?)),
+            StoreConfig::Gcs(gcs) => Ok(Store::Gcs(gcs::GcsStore::connect(gcs)?)),
+            StoreConfig::Azure(azure) => Ok(Store::Azure(azure::AzureStore::connect(azure))),
             StoreConfig::File(file) => {
                 // A prefix naming no directory (a typo, `file://tmp/…` read as a host) is
                 // a configuration mistake, never an empty archive.
@@ -357,6 +371,8 @@ impl Storage for Store {
     async fn get(&self, key: &str) -> Result<ObjectReader, Error> {
         match self {
             Store::S3(s) => s.get(key).await,
+            Store::Gcs(s) => s.get(key).await,
+            Store::Azure(s) => s.get(key).await,
             Store::File(s) => s.get(key).await,
         }
     }
@@ -364,6 +380,8 @@ impl Storage for Store {
     async fn get_range(&self, key: &str, offset: u64) -> Result<ObjectReader, Error> {
         match self {
             Store::S3(s) => s.get_range(key, offset).await,
+            Store::Gcs(s) => s.get_range(key, offset).await,
+            Store::Azure(s) => s.get_range(key, offset).await,
             Store::File(s) => s.get_range(key, offset).await,
         }
     }
@@ -371,6 +389,8 @@ impl Storage for Store {
     async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, Error> {
         match self {
             Store::S3(s) => s.list(prefix, delimiter).await,
+            Store::Gcs(s) => s.list(prefix, delimiter).await,
+            Store::Azure(s) => s.list(prefix, delimiter).await,
             Store::File(s) => s.list(prefix, delimiter).await,
         }
     }
@@ -383,6 +403,8 @@ impl Storage for Store {
     ) -> Result<Vec<ObjectMeta>, Error> {
         match self {
             Store::S3(s) => s.list_after(prefix, start_after, limit).await,
+            Store::Gcs(s) => s.list_after(prefix, start_after, limit).await,
+            Store::Azure(s) => s.list_after(prefix, start_after, limit).await,
             Store::File(s) => s.list_after(prefix, start_after, limit).await,
         }
     }
@@ -390,6 +412,8 @@ impl Storage for Store {
     async fn head(&self, key: &str) -> Result<ObjectMeta, Error> {
         match self {
             Store::S3(s) => s.head(key).await,
+            Store::Gcs(s) => s.head(key).await,
+            Store::Azure(s) => s.head(key).await,
             Store::File(s) => s.head(key).await,
         }
     }
@@ -397,6 +421,8 @@ impl Storage for Store {
     fn url(&self, key: &str) -> String {
         match self {
             Store::S3(s) => s.url(key),
+            Store::Gcs(s) => s.url(key),
+            Store::Azure(s) => s.url(key),
             Store::File(s) => s.url(key),
         }
     }
@@ -479,6 +505,60 @@ impl Read for ResumingReader {
     }
 }
 
+/// The messages of an error and its sources, joined, without the `Debug` dump the SDK's
+/// own context printer appends.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The last two messages of an error's source chain: where a connection failed and why
+/// (`tcp connect error: Connection refused (os error 111)`, `dns error: failed to lookup
+/// address information: …`).
+pub(crate) fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    let from = chain.len().saturating_sub(2);
+    chain[from..].join(": ")
+}
+
+/// Whether nothing answers at the endpoint: refused, unknown host, no route. A timeout or
+/// a reset is not this: the store is there and may be busy.
+pub(crate) fn refuses_connections(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        if e.to_string().starts_with("dns error") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Civil date and time (UTC) of a Unix timestamp: (year, month, day, hour, minute, second).
 pub(crate) fn civil_utc(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let days = unix_secs.div_euclid(86_400);
@@ -501,6 +581,69 @@ pub(crate) fn civil_utc(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
         secs_of_day / 60 % 60,
         secs_of_day % 60,
     )
+}
+
+/// The Unix timestamp of a civil date and time (UTC): the inverse of [`civil_utc`].
+pub(crate) fn unix_from_civil(year: i64, month: u32, day: u32, secs_of_day: u32) -> i64 {
+    // Howard Hinnant's days-from-civil algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe - 719_468) * 86_400 + i64::from(secs_of_day)
+}
+
+/// Parses the RFC 3339 UTC times cloud APIs send (`2026-11-30T12:29:01.900289Z`, with or
+/// without a fraction, `Z` or `+00:00`).
+pub(crate) fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once(['T', ' '])?;
+    let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<u32>().ok());
+    let (year, month, day) = (
+        date_parts.next()??,
+        date_parts.next()??,
+        date_parts.next()??,
+    );
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock_parts = clock.splitn(3, ':').map(|p| p.parse::<u32>().ok());
+    let (h, mi, s) = (
+        clock_parts.next()??,
+        clock_parts.next()??,
+        clock_parts.next()??,
+    );
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().take(9).collect();
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
+    };
+    let secs = unix_from_civil(i64::from(year), month, day, h * 3600 + mi * 60 + s);
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+/// A UTC time as Python prints an aware `datetime` (`str()`), as WAL-E's `backup-list`
+/// showed Google's and Azure's times: `2026-11-30 12:29:01.900289+00:00`, the fraction
+/// only when there is one (and never with `whole_seconds`).
+pub(crate) fn python_utc_text(t: SystemTime, whole_seconds: bool) -> String {
+    let (secs, nanos) = unix_parts(t);
+    let (y, mo, d, h, mi, s) = civil_utc(secs);
+    let micros = nanos / 1000;
+    if whole_seconds || micros == 0 {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}+00:00")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{micros:06}+00:00")
+    }
 }
 
 /// Seconds and nanoseconds since the epoch (negative times clamp to the epoch).
@@ -612,6 +755,32 @@ mod tests {
         let mut got = Vec::new();
         let err = reader.read_to_end(&mut got).unwrap_err();
         assert!(err.to_string().contains("stopped before the end"), "{err}");
+    }
+
+    #[test]
+    fn cloud_times_parse_and_print_as_wal_e_showed_them() {
+        for secs in [0i64, 951_782_400, 1_795_561_130, 4_102_444_800] {
+            let (y, mo, d, h, mi, s) = civil_utc(secs);
+            assert_eq!(unix_from_civil(y, mo, d, h * 3600 + mi * 60 + s), secs);
+        }
+        let t = parse_rfc3339_utc("2026-11-24T22:58:50.900289Z").unwrap();
+        assert_eq!(unix_parts(t), (1_795_561_130, 900_289_000));
+        assert_eq!(
+            python_utc_text(t, false),
+            "2026-11-24 22:58:50.900289+00:00"
+        );
+        assert_eq!(python_utc_text(t, true), "2026-11-24 22:58:50+00:00");
+        let whole = parse_rfc3339_utc("2026-11-24T22:58:50+00:00").unwrap();
+        assert_eq!(python_utc_text(whole, false), "2026-11-24 22:58:50+00:00");
+        for bad in [
+            "",
+            "2026-11-24",
+            "2026-13-01T00:00:00Z",
+            "2026-11-24T22:58:50.x1Z",
+            "2026-11-24T22:58:50",
+        ] {
+            assert!(parse_rfc3339_utc(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,10 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 
-use super::{Body, Error, Listing, ObjectMeta, ObjectReader, Storage, civil_utc, unix_parts};
+use super::{
+    Body, Error, Listing, ObjectMeta, ObjectReader, Storage, civil_utc, error_chain, innermost,
+    refuses_connections, unix_parts,
+};
 use crate::config::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
 
 /// Region used to sign requests to a custom endpoint when `AWS_REGION` is unset, and to
@@ -352,60 +355,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             detail: error_chain(&err),
         },
     }
-}
-
-/// The messages of an error and its sources, joined, without the `Debug` dump the SDK's
-/// own context printer appends.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
-/// The last two messages of an error's source chain: where a connection failed and why
-/// (`tcp connect error: Connection refused (os error 111)`, `dns error: failed to lookup
-/// address information: …`).
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        chain.push(e.to_string());
-        next = e.source();
-    }
-    let from = chain.len().saturating_sub(2);
-    chain[from..].join(": ")
-}
-
-/// Whether nothing answers at the endpoint: refused, unknown host, no route. A timeout or
-/// a reset is not this: the store is there and may be busy.
-fn refuses_connections(err: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind;
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::HostUnreachable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::AddrNotAvailable
-            )
-        {
-            return true;
-        }
-        if e.to_string().starts_with("dns error") {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 fn classify_status(url: String, status: u16, code: &str, described: String) -> Error {

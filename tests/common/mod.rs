@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cloud;
 pub mod pg;
 
 use std::collections::VecDeque;
