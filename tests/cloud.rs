@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use wale::config::{Config, Env, GlobalFlags};
-use wale::storage::Store;
+use wale::storage::{Storage, Store};
 
 use crate::common::cloud::*;
 use crate::common::pg::*;
@@ -261,15 +261,25 @@ fn account_sas() -> String {
     format!("sv={version}&ss=b&srt=sco&sp={permissions}&se={expiry}&spr=https,http&sig={signature}")
 }
 
-/// A token endpoint on loopback standing in for Google's (which a test cannot reach): it
-/// records each request and answers with `status` and `body`.
-struct TokenServer {
+/// A stand-in on loopback for what no emulator here provides (Google's token endpoint,
+/// the metadata server, a listing cut into pages): it records each request and answers
+/// what `reply` says for its request line.
+struct StubServer {
     port: u16,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// A stub answering every request with `status` and `body`.
+struct TokenServer;
+
 impl TokenServer {
-    fn start(status: u16, body: &'static str) -> TokenServer {
+    fn start(status: u16, body: &'static str) -> StubServer {
+        StubServer::start(move |_| (status, body.to_string()))
+    }
+}
+
+impl StubServer {
+    fn start(reply: impl Fn(&str) -> (u16, String) + Send + 'static) -> StubServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -296,6 +306,7 @@ impl TokenServer {
                     "{head}\r\n{}",
                     String::from_utf8_lossy(&body_bytes)
                 ));
+                let (status, body) = reply(head.lines().next().unwrap_or_default());
                 let reply = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -303,8 +314,57 @@ impl TokenServer {
                 let _ = stream.write_all(reply.as_bytes());
             }
         });
-        TokenServer { port, requests }
+        StubServer { port, requests }
     }
+}
+
+/// Google's listings come in pages joined by `nextPageToken` (the emulator sends one page,
+/// whatever it is asked): every page is read, and a paged walk crosses page boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_listings_follow_page_tokens() {
+    fn item(name: &str) -> serde_json::Value {
+        serde_json::json!({"name": format!("/p/wal_005/{name}"), "size": "7", "updated": "2026-11-24T22:58:50.5Z"})
+    }
+    let server = StubServer::start(|line| {
+        let page = if line.contains("pageToken=second") {
+            serde_json::json!({"items": [item("C")]})
+        } else {
+            serde_json::json!({"items": [item("A"), item("B")], "nextPageToken": "second"})
+        };
+        (200, page.to_string())
+    });
+    let settings = [
+        ("WALE_GS_PREFIX", "gs://b/p".to_string()),
+        (
+            "WALE_GS_ENDPOINT",
+            format!("http://127.0.0.1:{}", server.port),
+        ),
+    ];
+    let config = Config::resolve(&GlobalFlags::default(), &Env::from_pairs(settings)).unwrap();
+    let store = Store::open(&config.store).await.unwrap();
+    let keys = |objects: Vec<wale::storage::ObjectMeta>| -> Vec<String> {
+        objects.into_iter().map(|o| o.key).collect()
+    };
+    let all = store.list("p/wal_005/", None).await.unwrap();
+    assert_eq!(
+        keys(all.objects),
+        ["p/wal_005/A", "p/wal_005/B", "p/wal_005/C"]
+    );
+    let after_a = store
+        .list_after("p/wal_005/", "p/wal_005/A", 10)
+        .await
+        .unwrap();
+    assert_eq!(keys(after_a), ["p/wal_005/B", "p/wal_005/C"]);
+    let first_two = store.list_after("p/wal_005/", "", 2).await.unwrap();
+    assert_eq!(keys(first_two), ["p/wal_005/A", "p/wal_005/B"]);
+    let requests = server.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("startOffset=%2Fp%2Fwal_005%2FA")),
+        "{requests:?}"
+    );
+    assert_eq!(requests.len(), 5, "{requests:?}");
 }
 
 #[test]
