@@ -4,35 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs the Debian packages named, with sudo when not root.
+install_packages() {
+  echo "installing $*" >&2
+  sudo_if_needed=""
+  [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+  $sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "$@"
+}
+
 # The real lzop is the reference decoder and makes test inputs; PostgreSQL 15 (the
 # fixture's major version) replays the archive through wale in the end-to-end test; the
 # real gpg decrypts the GPG fixture as WAL-E did (the reference, and wale's drop-in path).
+# The cloud emulators the GCS and Azure tests serve the archive from are installed,
+# pinned, once under WALE_EMULATORS: Google's storage API (gcp-storage-emulator, from
+# PyPI) and Azure's Blob service (Azurite, from npm). curl uploads the archive into them;
+# openssl makes a throwaway service-account key.
 missing=()
 command -v lzop >/dev/null || missing+=(lzop)
 command -v gpg >/dev/null || missing+=(gnupg)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  sudo_if_needed=""
-  [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-  $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}"
-fi
-
-# The cloud emulators the GCS and Azure tests serve the archive from, pinned, installed
-# once under WALE_EMULATORS: Google's storage API (gcp-storage-emulator, from PyPI) and
-# Azure's Blob service (Azurite, from npm). curl uploads the archive into them; openssl
-# makes a throwaway service-account key.
-missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v npm >/dev/null || missing+=(nodejs npm)
+python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  sudo_if_needed=""
-  [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-  $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}"
+  install_packages "${missing[@]}"
 fi
 export WALE_EMULATORS="${WALE_EMULATORS:-/var/tmp/wale-emulators}"
 if [ ! -x "$WALE_EMULATORS/gcs/bin/gcp-storage-emulator" ]; then

@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use super::web::{self, BodyReader, HttpClient, Response, encode, query_string};
-use super::{Body, Error, Listing, ObjectMeta, ObjectReader, Storage, python_utc_text};
+use super::web::{self, HttpClient, Response, encode, query_string};
+use super::{Error, Listing, ObjectMeta, ObjectReader, Storage, python_utc_text};
 use crate::config::{AzureConfig, AzureCredentials};
 
 /// The REST API version asked for: old enough for every service and emulator in use,
@@ -131,14 +131,7 @@ impl AzureStore {
         let response = self
             .send(::http::Method::GET, &self.blob_path(key), &[], offset, &url)
             .await?;
-        if let Some(offset) = offset {
-            web::check_partial(&response, offset, &url)?;
-        }
-        Ok(ObjectReader {
-            size: web::content_length(&response),
-            url,
-            body: Body::Async(Box::pin(BodyReader::new(response))),
-        })
+        web::object_reader(response, offset, url)
     }
 
     /// One listing page: its objects and prefixes, and the marker of the next.
@@ -194,9 +187,7 @@ impl Storage for AzureStore {
                 break;
             }
         }
-        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
-        listing.common_prefixes.sort();
-        Ok(listing)
+        Ok(listing.sorted())
     }
 
     async fn list_after(

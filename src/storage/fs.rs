@@ -94,9 +94,7 @@ impl FileStore {
             }
             None => self.list_tree(&dir, dir_key, name_start, &mut listing)?,
         }
-        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
-        listing.common_prefixes.sort();
-        Ok(listing)
+        Ok(listing.sorted())
     }
 
     /// Files of one directory level after `start_after`, in key order; only names past

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::web::{self, BodyReader, HttpClient, Request, Response, encode, query_string};
+use super::web::{self, HttpClient, Request, Response, encode, query_string};
 use super::{
-    Body, Error, Listing, ObjectMeta, ObjectReader, Storage, parse_rfc3339_utc, python_utc_text,
+    Error, Listing, ObjectMeta, ObjectReader, Storage, parse_rfc3339_utc, python_utc_text,
 };
 use crate::config::{GcsConfig, GcsCredentials};
 
@@ -119,14 +119,7 @@ impl GcsStore {
         let url = self.url(key);
         let uri = format!("{}?alt=media", self.object_api(key));
         let response = self.get_api(&uri, offset, &url, false).await?;
-        if let Some(offset) = offset {
-            web::check_partial(&response, offset, &url)?;
-        }
-        Ok(ObjectReader {
-            size: web::content_length(&response),
-            url,
-            body: Body::Async(Box::pin(BodyReader::new(response))),
-        })
+        web::object_reader(response, offset, url)
     }
 
     /// One page of a listing under the logical `prefix`.
@@ -219,10 +212,7 @@ impl Storage for GcsStore {
                 break;
             }
         }
-        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
-        listing.common_prefixes.sort();
-        listing.common_prefixes.dedup();
-        Ok(listing)
+        Ok(listing.sorted())
     }
 
     async fn list_after(

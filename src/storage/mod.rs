@@ -135,6 +135,17 @@ pub struct Listing {
     pub common_prefixes: Vec<String>,
 }
 
+impl Listing {
+    /// The listing in the order the contract promises whatever the store sent: objects by
+    /// key, prefixes sorted without repeats.
+    pub fn sorted(mut self) -> Listing {
+        self.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        self.common_prefixes.sort();
+        self.common_prefixes.dedup();
+        self
+    }
+}
+
 /// An object being read.
 pub struct ObjectReader {
     /// The object, as a URL for messages.

@@ -138,9 +138,7 @@ impl Storage for S3Store {
                 break;
             }
         }
-        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
-        listing.common_prefixes.sort();
-        Ok(listing)
+        Ok(listing.sorted())
     }
 
     async fn list_after(

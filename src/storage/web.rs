@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{Error, error_chain, innermost, refuses_connections};
+use super::{Body, Error, ObjectReader, error_chain, innermost, refuses_connections};
 
 /// As for S3: connecting should never take longer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -150,10 +150,27 @@ pub(super) fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> 
     response.headers().get(name)?.to_str().ok()
 }
 
+/// An object's body as the decoders read it, from the answer to a GET (`offset`: the
+/// ranged GET that resumes a broken read, whose answer is checked to start there).
+pub(super) fn object_reader(
+    response: Response,
+    offset: Option<u64>,
+    url: String,
+) -> Result<ObjectReader, Error> {
+    if let Some(offset) = offset {
+        check_partial(&response, offset, &url)?;
+    }
+    Ok(ObjectReader {
+        size: content_length(&response),
+        url,
+        body: Body::Async(Box::pin(BodyReader::new(response))),
+    })
+}
+
 /// Checks that a ranged GET from `offset` got that range (206 and `Content-Range: bytes
 /// offset-…`): a server that ignored the range and sent the whole object would make a
 /// resumed reader append the object from its start.
-pub(super) fn check_partial(response: &Response, offset: u64, url: &str) -> Result<(), Error> {
+fn check_partial(response: &Response, offset: u64, url: &str) -> Result<(), Error> {
     let range = header(response, "content-range").unwrap_or_default();
     let starts = range
         .strip_prefix("bytes ")
@@ -179,7 +196,7 @@ pub(super) fn content_length(response: &Response) -> Option<u64> {
 /// A response body as a byte stream for the decoders; a body that stays silent for
 /// [`READ_TIMEOUT`] fails (`TimedOut`), so a stalled connection is retried or resumed.
 /// Only time spent waiting on the network counts, not time the reader spent elsewhere.
-pub(super) struct BodyReader {
+struct BodyReader {
     body: Incoming,
     current: Bytes,
     silence: Pin<Box<tokio::time::Sleep>>,
@@ -189,7 +206,7 @@ pub(super) struct BodyReader {
 
 impl BodyReader {
     /// Streams `response`'s body.
-    pub(super) fn new(response: Response) -> BodyReader {
+    fn new(response: Response) -> BodyReader {
         BodyReader {
             body: response.into_body(),
             current: Bytes::new(),
