@@ -219,13 +219,10 @@ impl Storage for AzureStore {
             if objects.len() == limit || (fetched && marker.is_none()) {
                 break;
             }
+            // Pages as large as asked for: a walk's pages and the service's line up, and
+            // the marker carries each walk on.
             let (page, next) = self
-                .list_page(
-                    prefix,
-                    Some("/"),
-                    marker.take(),
-                    PAGE_LIMIT.min(limit.max(1000)),
-                )
+                .list_page(prefix, Some("/"), marker.take(), limit.min(PAGE_LIMIT))
                 .await?;
             pending = page.objects;
             pending.sort_by(|a, b| a.key.cmp(&b.key));
