@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
-
 use crate::backups::{self, Query};
 use crate::cli::BackupFetchArgs;
 use crate::config::{Config, RetryPolicy};
@@ -363,37 +361,27 @@ async fn restore_partitions(
     retry: RetryPolicy,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let mut tasks = JoinSet::new();
-    let mut pending = partitions.iter().cloned();
-    loop {
-        while tasks.len() < pool {
-            let Some(partition) = pending.next() else {
-                break;
-            };
+    // The first failure stops the others: the restore as a whole has failed.
+    super::for_each_bounded(
+        partitions.iter().cloned(),
+        pool,
+        |partition| {
             let (store, extractor, done, decoding) = (
                 store.clone(),
                 extractor.clone(),
                 progress.partitions_done.clone(),
                 decoding.clone(),
             );
-            tasks.spawn(async move {
+            async move {
                 let result =
                     restore_partition(&store, &extractor, &partition, &decoding, retry).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 result
-            });
-        }
-        let Some(finished) = tasks.join_next().await else {
-            break;
-        };
-        if let Err(err) = finished? {
-            // Stop the others: the restore as a whole has failed.
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            return Err(err);
-        }
-    }
-    Ok(())
+            }
+        },
+        |result| result,
+    )
+    .await
 }
 
 async fn restore_partition(

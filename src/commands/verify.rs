@@ -20,7 +20,6 @@ use std::io::BufReader;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use super::backup_fetch::{Partition, list_partitions, pool_size};
 use crate::backups::{self, Query};
@@ -208,26 +207,17 @@ async fn verify_backup(
     tracing::info!("verifying {backup}: {} partitions", partitions.len());
     let pool = pool_size(args.pool_size, partitions.len());
     let mut facts = PartitionFacts::default();
-    let mut tasks = JoinSet::new();
-    let mut pending = partitions.iter().cloned();
-    loop {
-        while tasks.len() < pool {
-            let Some(partition) = pending.next() else {
-                break;
-            };
-            let (store, decoding, retry) = (store.clone(), decoding.clone(), config.retry);
-            tasks.spawn(async move {
-                let url = store.url(&partition.key);
-                (
-                    url,
-                    verify_partition(store, decoding, retry, partition).await,
-                )
-            });
+    let work = |partition: Partition| {
+        let (store, decoding, retry) = (store.clone(), decoding.clone(), config.retry);
+        async move {
+            let url = store.url(&partition.key);
+            (
+                url,
+                verify_partition(store, decoding, retry, partition).await,
+            )
         }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let (url, result) = done?;
+    };
+    super::for_each_bounded(partitions.iter().cloned(), pool, work, |(url, result)| {
         match result {
             Ok(one) => {
                 facts.members += one.members;
@@ -251,7 +241,9 @@ async fn verify_backup(
             }),
             Err(err) => return Err(err),
         }
-    }
+        Ok(())
+    })
+    .await?;
     let base = store.url(&layout.tar_partitions(backup));
     if !partitions.is_empty() && !facts.backup_label {
         problems.push(Problem {
@@ -644,40 +636,32 @@ async fn check_segments(
 ) -> Result<(), Error> {
     let store = wal.store;
     let path: Arc<[u32]> = report.recovery_timelines.clone().into();
-    let mut tasks = JoinSet::new();
-    let mut pending = needed.iter().copied();
-    loop {
-        while tasks.len() < DEEP_CONCURRENCY {
-            let Some(segment) = pending.next() else {
-                break;
-            };
-            let key = wal.layout.wal_key(&segment.to_string());
-            let (store, decoding, retry, size, path) = (
-                store.clone(),
-                wal.decoding.clone(),
-                wal.config.retry,
-                wal.segment_size,
-                path.clone(),
-            );
-            tasks.spawn(async move {
-                let url = store.url(&key);
-                let checked = with_retries(&retry, "read a segment", || {
-                    let expected = Expected {
-                        segment,
-                        size,
-                        system_identifier,
-                        path: path.clone(),
-                    };
-                    check_segment(&store, &key, &decoding, expected)
-                })
-                .await;
-                (url, checked)
-            });
+    let work = |segment: SegmentName| {
+        let key = wal.layout.wal_key(&segment.to_string());
+        let (store, decoding, retry, size, path) = (
+            store.clone(),
+            wal.decoding.clone(),
+            wal.config.retry,
+            wal.segment_size,
+            path.clone(),
+        );
+        async move {
+            let url = store.url(&key);
+            let checked = with_retries(&retry, "read a segment", || {
+                let expected = Expected {
+                    segment,
+                    size,
+                    system_identifier,
+                    path: path.clone(),
+                };
+                check_segment(&store, &key, &decoding, expected)
+            })
+            .await;
+            (url, checked)
         }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        match done? {
+    };
+    super::for_each_bounded(needed.iter().copied(), DEEP_CONCURRENCY, work, |done| {
+        match done {
             (_, Ok(())) => {}
             (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
                 report.problems.push(Problem {
@@ -688,8 +672,9 @@ async fn check_segments(
             }
             (_, Err(err)) => return Err(err),
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// What a segment must be.

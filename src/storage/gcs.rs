@@ -35,10 +35,7 @@ pub struct GcsStore {
 impl GcsStore {
     /// Builds the client and checks the private key; nothing is sent until a command asks.
     pub fn connect(config: &GcsConfig) -> Result<GcsStore, Error> {
-        let tokens = match &config.credentials {
-            GcsCredentials::Anonymous => None,
-            credentials => Some(TokenSource::new(credentials, &config.bucket)?),
-        };
+        let tokens = TokenSource::new(&config.credentials)?;
         let tls = config.endpoint.starts_with("https://")
             || tokens.as_ref().is_some_and(TokenSource::uses_tls);
         Ok(GcsStore {
@@ -373,7 +370,8 @@ enum Grant {
 }
 
 impl TokenSource {
-    fn new(credentials: &GcsCredentials, bucket: &str) -> Result<TokenSource, Error> {
+    /// The token source for `credentials`; `None` when requests go unauthenticated.
+    fn new(credentials: &GcsCredentials) -> Result<Option<TokenSource>, Error> {
         let grant = match credentials {
             GcsCredentials::ServiceAccount {
                 path,
@@ -408,17 +406,12 @@ impl TokenSource {
                     "http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
                 ),
             },
-            GcsCredentials::Anonymous => {
-                return Err(Error::Permanent {
-                    url: format!("gs://{bucket}"),
-                    detail: "no credentials to issue tokens for".into(),
-                });
-            }
+            GcsCredentials::Anonymous => return Ok(None),
         };
-        Ok(TokenSource {
+        Ok(Some(TokenSource {
             grant,
             cached: tokio::sync::Mutex::new(None),
-        })
+        }))
     }
 
     /// Whether tokens come from an `https://` address.

@@ -158,7 +158,8 @@ pub(super) fn object_reader(
     url: String,
 ) -> Result<ObjectReader, Error> {
     if let Some(offset) = offset {
-        check_partial(&response, offset, &url)?;
+        let status = response.status().as_u16();
+        check_partial(status, header(&response, "content-range"), offset, &url)?;
     }
     Ok(ObjectReader {
         size: content_length(&response),
@@ -170,20 +171,19 @@ pub(super) fn object_reader(
 /// Checks that a ranged GET from `offset` got that range (206 and `Content-Range: bytes
 /// offset-…`): a server that ignored the range and sent the whole object would make a
 /// resumed reader append the object from its start.
-fn check_partial(response: &Response, offset: u64, url: &str) -> Result<(), Error> {
-    let range = header(response, "content-range").unwrap_or_default();
+fn check_partial(status: u16, range: Option<&str>, offset: u64, url: &str) -> Result<(), Error> {
+    let range = range.unwrap_or_default();
     let starts = range
         .strip_prefix("bytes ")
         .and_then(|r| r.split_once('-'))
         .and_then(|(from, _)| from.parse::<u64>().ok());
-    if response.status().as_u16() == 206 && starts == Some(offset) {
+    if status == 206 && starts == Some(offset) {
         return Ok(());
     }
     Err(Error::Permanent {
         url: url.to_string(),
         detail: format!(
-            "asked for the bytes from {offset} on, the store answered HTTP {} with range {range:?}",
-            response.status().as_u16()
+            "asked for the bytes from {offset} on, the store answered HTTP {status} with range {range:?}"
         ),
     })
 }
@@ -292,6 +292,18 @@ pub(super) fn query_string(pairs: &[(&str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_read_accepts_only_the_range_it_asked_for() {
+        let url = "gs://b/k";
+        assert!(check_partial(206, Some("bytes 1000-4999/5000"), 1000, url).is_ok());
+        // A server that ignored the range, or answered another one, must not be appended.
+        for (status, range) in [(200, None), (206, Some("bytes 0-4999/5000")), (206, None)] {
+            let err = check_partial(status, range, 1000, url).unwrap_err();
+            assert!(matches!(err, Error::Permanent { .. }), "{err}");
+            assert!(err.to_string().contains("from 1000"), "{err}");
+        }
+    }
 
     #[test]
     fn names_and_queries_are_encoded() {
