@@ -2,10 +2,15 @@
 //! ≥ 100 segments in the full suite) served from S3 on loopback, with each
 //! `restore_command` in the same run: wale with its prefetch, wale without, real WAL-E
 //! 1.1.1 as WAL-E users run it (its default prefetch of 8, with the fixture shim's repair
-//! of its prefetch on Python ≥ 3.8), and `cp` from a local directory of the same
-//! segments already decompressed (the limit: no download, no decoding). Each run
-//! restores the base backup first (untimed), then times PostgreSQL from start to the end
-//! of recovery (promotion); each `restore_command` call is timed by a wrapper.
+//! of its prefetch on Python ≥ 3.8), pgBackRest's `archive-get` from its local repository
+//! of the same WAL (asynchronous, one process per core, a queue as large as wale's
+//! prefetch), and `cp` from a local directory of the same segments already decompressed.
+//! The limit is PostgreSQL's replay alone: every segment already in `pg_wal`, no
+//! `restore_command` (crash recovery from the backup label to the end of the WAL). Each
+//! run restores the base backup first (untimed), then times PostgreSQL from start to the
+//! end of recovery (promotion); each `restore_command` call is timed by a wrapper. Runs
+//! are interleaved, one of each mode per round, so that the machine's drift spreads over
+//! all of them; the spread (min–max) is in each row's note.
 //!
 //! Run by `scripts/bench.sh`, or `cargo bench --bench recovery` (see `support`). Needs
 //! root: PostgreSQL runs as `postgres`.
@@ -19,14 +24,24 @@ use std::time::{Duration, Instant};
 
 use support::common::pg::*;
 use support::common::{Archive, Backend, Run, S3Server, wale_for};
-use support::{Comparison, Samples, Suite, wal_e_bin};
+use support::{Comparison, PgBackRest, Samples, Suite, wal_e_bin};
 
 const SECTION: &str = "PostgreSQL recovery, WAL from S3 loopback";
 const CP: &str = "cp from a local directory (the limit)";
 const WALE: &str = "wale wal-fetch (prefetch 8)";
 const WALE_NO_PREFETCH: &str = "wale wal-fetch --prefetch 0";
 const WAL_E: &str = "WAL-E 1.1.1 wal-fetch (prefetch 8)";
+const REPLAY: &str = "replay alone, segments in pg_wal (the limit)";
+/// Stands for the data directory in a mode's command, which differs from run to run.
+const PGDATA: &str = "{pgdata}";
 
+/// One way of giving PostgreSQL its WAL.
+struct Mode {
+    tool: String,
+    /// The restore_command; None: the segments are put in pg_wal before the start.
+    command: Option<String>,
+    runs: usize,
+}
 fn main() {
     let mut suite = Suite::from_env("recovery");
     let source = suite.archive.clone();
@@ -60,30 +75,73 @@ fn main() {
 
     let wale = env!("CARGO_BIN_EXE_wale");
     let env = envdir.display();
+    let (many, few) = (suite.runs(5, 3), suite.runs(2, 1));
+    let mode = |tool: &str, command: Option<String>, runs| Mode {
+        tool: tool.to_string(),
+        command,
+        runs,
+    };
     let mut modes = vec![
-        (CP, format!("cp {}/%f %p", plain.display())),
-        (WALE, format!("{wale} --envdir {env} wal-fetch %f %p")),
-        (
+        mode(REPLAY, None, many),
+        mode(CP, Some(format!("cp {}/%f %p", plain.display())), many),
+        mode(
+            WALE,
+            Some(format!("{wale} --envdir {env} wal-fetch %f %p")),
+            many,
+        ),
+        mode(
             WALE_NO_PREFETCH,
-            format!("{wale} --envdir {env} wal-fetch --prefetch 0 %f %p"),
+            Some(format!(
+                "{wale} --envdir {env} wal-fetch --prefetch 0 %f %p"
+            )),
+            few,
         ),
     ];
+    let pgbackrest = PgBackRest::of_archive(&source).map(|p| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tool = format!(
+            "{} archive-get (async, process-max {cores}, queue 128 MiB)",
+            p.name()
+        );
+        let command = p.command_line(&format!(
+            "--pg1-path={PGDATA} --archive-async --process-max={cores} \
+             --archive-get-queue-max=128MiB --spool-path={PGDATA}/../spool archive-get %f \"%p\""
+        ));
+        modes.push(mode(&tool, Some(command), many));
+        tool
+    });
     if let Some(bin) = wal_e_bin() {
-        modes.push((
+        modes.push(mode(
             WAL_E,
-            format!("envdir {env} {} wal-fetch %f %p", bin.display()),
+            Some(format!("envdir {env} {} wal-fetch %f %p", bin.display())),
+            few,
         ));
     }
-    let runs = suite.runs(3, 3);
     let segments = support::wal_segments(&source).len();
     let case = format!("{segments} archived segments, PostgreSQL start to promotion");
-    for (i, (tool, command)) in modes.iter().enumerate() {
+    let mut outcomes: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
+    let rounds = modes.iter().map(|m| m.runs).max().unwrap_or(0);
+    let mut slot = 0u16;
+    for round in 0..rounds {
+        for k in 0..modes.len() {
+            let i = (k + round) % modes.len();
+            if outcomes[i].len() >= modes[i].runs {
+                continue;
+            }
+            let how = match &modes[i].command {
+                Some(command) => Wal::Command(command),
+                None => Wal::InPgWal(&plain),
+            };
+            outcomes[i].push(recover(&archive, &server, work.path(), slot, &timer, how));
+            slot += 1;
+        }
+    }
+    for (mode, outcomes) in modes.iter().zip(outcomes) {
+        let tool = mode.tool.as_str();
         let mut samples = Samples::default();
         let mut calls = Vec::new();
         let mut replayed = 0;
-        for run in 0..runs {
-            let slot = (i * runs + run) as u16;
-            let outcome = recover(&archive, &server, work.path(), slot, &timer, command);
+        for outcome in outcomes {
             samples.push(support::Sample {
                 elapsed: outcome.elapsed,
                 peak_rss_kb: None,
@@ -97,14 +155,19 @@ fn main() {
                 .get(((calls.len().max(1) - 1) as f64 * q).round() as usize)
                 .map_or(0.0, |us| *us as f64 / 1000.0)
         };
-        let note = format!(
-            "{replayed} segments restored; restore_command median {:.1} ms, p99 {:.1} ms",
-            at(0.5),
-            at(0.99)
-        );
+        let note = if mode.command.is_some() {
+            format!(
+                "{replayed} segments restored; restore_command median {:.1} ms, p99 {:.1} ms; {}",
+                at(0.5),
+                at(0.99),
+                samples.spread()
+            )
+        } else {
+            format!("crash recovery from the backup label; {}", samples.spread())
+        };
         suite.record((SECTION, &case, tool), &samples, None, &note);
     }
-    let compare = |suite: &mut Suite, label, subject, baseline, max_ratio, target| {
+    let compare = |suite: &mut Suite, label, subject, baseline: &str, max_ratio, target| {
         suite.compare(Comparison {
             label,
             section: SECTION,
@@ -115,6 +178,24 @@ fn main() {
             target,
         })
     };
+    compare(
+        &mut suite,
+        "recovery, wale with prefetch vs replay alone",
+        WALE,
+        REPLAY,
+        Some(1.02),
+        "≤ 1.02× PostgreSQL's replay alone",
+    );
+    if let Some(tool) = &pgbackrest {
+        compare(
+            &mut suite,
+            "recovery, wale vs pgBackRest async archive-get",
+            WALE,
+            tool,
+            Some(0.9),
+            "≤ 0.9× pgBackRest's async archive-get",
+        );
+    }
     compare(
         &mut suite,
         "recovery, wale with prefetch vs cp",
@@ -149,15 +230,23 @@ struct Outcome {
     call_micros: Vec<u64>,
 }
 
-/// Restores the backup with wale (untimed), then times PostgreSQL from start to
-/// promotion with `restore_command`.
+/// Where a recovery gets its WAL.
+enum Wal<'a> {
+    /// From this restore_command (`{pgdata}` replaced by the data directory).
+    Command(&'a str),
+    /// Already in pg_wal, copied from this directory of decompressed segments (untimed).
+    InPgWal(&'a Path),
+}
+
+/// Restores the backup with wale (untimed), then times PostgreSQL from start to the end
+/// of recovery.
 fn recover(
     archive: &Archive,
     server: &S3Server,
     work: &Path,
     slot: u16,
     timer: &Path,
-    command: &str,
+    wal: Wal,
 ) -> Outcome {
     let dir = work.join(format!("run{slot}"));
     std::fs::create_dir(&dir).unwrap();
@@ -171,7 +260,15 @@ fn recover(
     let socket = dir.join("sock");
     std::fs::create_dir(&socket).unwrap();
     let calls = dir.join("calls.log");
-    let restore_command = format!("{} {} {command}", timer.display(), calls.display());
+    let restore_command = match wal {
+        Wal::Command(command) => format!(
+            "{} {} {}",
+            timer.display(),
+            calls.display(),
+            command.replace(PGDATA, &pgdata.display().to_string())
+        ),
+        Wal::InPgWal(_) => String::new(),
+    };
     write_recovery_conf(
         &pgdata,
         25432 + slot,
@@ -179,6 +276,19 @@ fn recover(
         &restore_command,
         "archive_mode = off\nshared_buffers = 256MB\n",
     );
+    if let Wal::InPgWal(plain) = wal {
+        // No recovery.signal: crash recovery from the backup label through pg_wal.
+        std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
+        // A copy, not links: PostgreSQL recycles old segments by renaming and rewriting.
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", plain.display()))
+            .arg(pgdata.join("pg_wal"))
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp of the segments into pg_wal");
+    }
+    std::fs::create_dir_all(dir.join("spool")).unwrap();
     give_to_postgres(&dir);
     assert!(Command::new("sync").status().unwrap().success());
     let start = Instant::now();
@@ -190,6 +300,13 @@ fn recover(
         .lines()
         .filter(|l| l.contains("restored log file \"0") && !l.contains(".history"))
         .count();
+    if let Wal::InPgWal(_) = wal {
+        assert!(
+            recovery.log_text().contains("redo done at"),
+            "crash recovery did not replay: {}",
+            recovery.log_text()
+        );
+    }
     drop(recovery);
     let micros: Vec<u64> = std::fs::read_to_string(&calls)
         .unwrap_or_default()

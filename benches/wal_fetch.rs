@@ -6,6 +6,12 @@
 //! prefetch hit (both tools with their prefetch on, calls spaced as replay spaces them),
 //! and process start-up (`version`).
 //!
+//! Against the store's limit: the largest segment's object fetched by one raw GET
+//! (`curl` signing with SigV4) from the same server, tuned (with s3s-fs's ETag records,
+//! as its own uploads leave them) and stock (without: it hashes the object before each
+//! answer). Against pgBackRest: a single `archive-get` from its local repository of the
+//! same WAL, and a queue hit of its asynchronous `archive-get` in recovery's order.
+//!
 //! Run by `scripts/bench.sh`, or `cargo bench --bench wal_fetch` (see `support` for the
 //! environment). The S3 server is s3s-fs, in this process, on loopback.
 
@@ -17,13 +23,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::common::{self, Archive, Backend, S3Server, wale_for};
-use support::{Comparison, Samples, Suite, run, run_expecting, wal_e, wal_e_bin};
+use support::{Comparison, PgBackRest, Samples, Suite, run, run_expecting, wal_e, wal_e_bin};
 
 const COLD: &str = "wal-fetch, cold process";
 const HIT: &str = "wal-fetch, prefetch hit";
 const START: &str = "process start-up";
 const WALE: &str = "wale";
 const WAL_E: &str = "WAL-E 1.1.1";
+const STORE: &str = "wal-fetch, cold process, against the store";
+const CURL: &str = "curl GET of the object (SigV4, one stream)";
 
 /// The archive served both ways, and where segments are written.
 struct Bench {
@@ -48,6 +56,7 @@ fn main() {
         .prefix("wale-bench-wal-")
         .tempdir_in("/var/tmp")
         .unwrap();
+    support::common::pg::give_to_postgres(out.path());
     let mut bench = Bench {
         wal_e: wal_e_bin(),
         suite,
@@ -65,10 +74,16 @@ fn main() {
         .collect();
     sized.sort();
     let (typical, smallest) = (sized[sized.len() / 2].clone(), sized[0].clone());
+    let largest = sized[sized.len() - 1].clone();
     bench.cold(&typical.1, "typical", typical.0);
     bench.cold(&smallest.1, "mostly zeros", smallest.0);
+    bench.against_the_store(&largest.1, largest.0);
     bench.not_found();
-    bench.prefetch_hits(&segments);
+    let pgbackrest = PgBackRest::of_archive(&bench.suite.archive);
+    if let Some(p) = &pgbackrest {
+        bench.pgbackrest_cold(p, &typical.1, typical.0);
+    }
+    bench.prefetch_hits(&segments, pgbackrest.as_ref());
     bench.start_up();
     bench.suite.save();
 }
@@ -158,6 +173,106 @@ impl Bench {
         });
     }
 
+    /// The largest segment: wale's whole call against one raw GET of its object from the
+    /// same server, tuned and stock.
+    fn against_the_store(&mut self, segment: &str, object_bytes: u64) {
+        let (stock_archive, stock_server) = support::serve_over_stock_s3(&self.suite.archive);
+        let dest = self.dest();
+        let servers = [
+            ("tuned", &self.archive, &self.server),
+            ("stock", &stock_archive, &stock_server),
+        ];
+        let mut rows = Vec::new();
+        for (kind, archive, server) in servers {
+            let case = format!(
+                "largest segment ({} KB object), S3 loopback, {kind} s3s-fs",
+                object_bytes / 1000
+            );
+            let wale = self.times(|| {
+                let mut cmd = wale_for(archive, Backend::S3, Some(server));
+                cmd.args(["--terse", "wal-fetch", "--prefetch", "0", segment])
+                    .arg(&dest);
+                cmd
+            });
+            let curl = self.times(|| curl_get(archive, server, segment));
+            rows.push((kind, case, wale, curl));
+        }
+        for (kind, case, wale, curl) in rows {
+            self.suite
+                .record((STORE, &case, WALE), &wale, Some(16 << 20), "--prefetch 0");
+            self.suite.record(
+                (STORE, &case, CURL),
+                &curl,
+                Some(object_bytes),
+                "to /dev/null",
+            );
+            self.suite.compare(Comparison {
+                label: &format!("cold wal-fetch of the largest segment vs one GET, {kind} s3s-fs"),
+                section: STORE,
+                case: &case,
+                subject: WALE,
+                baseline: CURL,
+                max_ratio: Some(0.75),
+                target: "≤ 0.75× one raw GET of the object",
+            });
+        }
+    }
+
+    /// A single `archive-get` from pgBackRest's local repository against a single
+    /// `wal-fetch` from `file://`, the same segment, both cold.
+    fn pgbackrest_cold(&mut self, p: &PgBackRest, segment: &str, object_bytes: u64) {
+        let dest = self.dest();
+        let pg1 = self.control_directory();
+        let case = format!(
+            "typical segment ({} KB object), file://",
+            object_bytes / 1000
+        );
+        let tool = format!("{} archive-get (local repository)", p.name());
+        let samples = self.times(|| {
+            let mut cmd = p.command(&["archive-get", segment]);
+            cmd.arg(&dest).arg(format!("--pg1-path={}", pg1.display()));
+            cmd
+        });
+        self.suite
+            .record((COLD, &case, &tool), &samples, Some(16 << 20), "");
+        self.suite.compare(Comparison {
+            label: "cold wal-fetch vs pgBackRest archive-get, local",
+            section: COLD,
+            case: &case,
+            subject: WALE,
+            baseline: &tool,
+            max_ratio: Some(1.0),
+            target: "no slower than pgBackRest",
+        });
+    }
+
+    /// A directory holding the backup's `global/pg_control`, which pgBackRest's
+    /// `archive-get` reads to find the archive of this cluster (made once, untimed).
+    fn control_directory(&self) -> PathBuf {
+        let dir = self.out.path().join("pg1");
+        if dir.join("global/pg_control").is_file() {
+            return dir;
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let backup = support::latest_backup(&self.suite.archive);
+        for partition in support::partitions_of(&self.suite.archive, &backup) {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "lzop -d -c '{}' | tar -x -C '{}' global/pg_control 2>/dev/null",
+                    partition.display(),
+                    dir.display()
+                ))
+                .status();
+        }
+        assert!(
+            dir.join("global/pg_control").is_file(),
+            "no global/pg_control in {backup}"
+        );
+        support::common::pg::give_to_postgres(&dir);
+        dir
+    }
+
     fn not_found(&mut self) {
         let dest = self.dest();
         let missing = "0000000100000009000000FF";
@@ -191,7 +306,7 @@ impl Bench {
 
     /// Recovery's order of calls, each tool with its default prefetch (8), a pause
     /// between calls like the replay of a segment; every call after the first two timed.
-    fn prefetch_hits(&mut self, segments: &[String]) {
+    fn prefetch_hits(&mut self, segments: &[String], pgbackrest: Option<&PgBackRest>) {
         let count = self.suite.runs(24, 10).min(segments.len());
         let sequence = &segments[segments.len() / 4..][..count];
         let case = format!("{count} segments in order, 100 ms apart, S3 loopback");
@@ -220,6 +335,9 @@ impl Bench {
             );
             self.suite
                 .record((HIT, &case, WAL_E), &e.0, Some(16 << 20), &e.1);
+            if let Some(p) = pgbackrest {
+                self.queue_hits(p, sequence, &case);
+            }
             self.suite.compare(Comparison {
                 label: "wal-fetch in recovery order, prefetch on, S3",
                 section: HIT,
@@ -232,6 +350,47 @@ impl Bench {
         }
     }
 
+    /// pgBackRest's asynchronous `archive-get` in the same order (its queue as large as
+    /// wale's prefetch, one process per core), from its local repository.
+    fn queue_hits(&mut self, p: &PgBackRest, sequence: &[String], case: &str) {
+        let pg1 = self.control_directory();
+        let spool = self.out.path().join("spool");
+        let _ = std::fs::remove_dir_all(&spool);
+        std::fs::create_dir_all(&spool).unwrap();
+        support::common::pg::give_to_postgres(&spool);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tool = format!("{} archive-get (async queue)", p.name());
+        let hits = self.replay(sequence, "found", "asynchronously", |_, seg, dest| {
+            let mut cmd = p.command(&[
+                "--log-level-console=info",
+                "--archive-async",
+                "--archive-get-queue-max=128MiB",
+                &format!("--process-max={cores}"),
+                &format!("--spool-path={}", spool.display()),
+                &format!("--pg1-path={}", pg1.display()),
+                "archive-get",
+                seg,
+            ]);
+            cmd.arg(dest);
+            cmd
+        });
+        let note = format!("{}; local repository", hits.1);
+        self.suite
+            .record((HIT, case, &tool), &hits.0, Some(16 << 20), &note);
+        self.suite.compare_within(
+            Comparison {
+                label: "prefetch hit vs pgBackRest queue hit",
+                section: HIT,
+                case,
+                subject: WALE,
+                baseline: &tool,
+                max_ratio: Some(1.0),
+                target: "no slower than pgBackRest's queue, ≤ 2 ms",
+            },
+            Duration::from_millis(2),
+        );
+    }
+
     /// Runs the sequence in a fresh WAL directory; returns the timed calls and a note
     /// saying how many were served from the prefetch area (a log line with both words).
     fn replay(
@@ -242,6 +401,7 @@ impl Bench {
         command: impl Fn(&Bench, &str, &Path) -> Command,
     ) -> (Samples, String) {
         let wal_dir = tempfile::tempdir_in(self.out.path()).unwrap();
+        support::common::pg::give_to_postgres(wal_dir.path());
         let dest = wal_dir.path().join("RECOVERYXLOG");
         let log = self.out.path().join("replay.log");
         let mut times = Vec::new();
@@ -249,8 +409,8 @@ impl Bench {
         for (i, segment) in sequence.iter().enumerate() {
             let _ = std::fs::remove_file(&dest);
             let mut cmd = command(self, segment, &dest);
-            cmd.stderr(std::fs::File::create(&log).unwrap())
-                .stdout(std::process::Stdio::null());
+            let log_file = std::fs::File::create(&log).unwrap();
+            cmd.stdout(log_file.try_clone().unwrap()).stderr(log_file);
             let start = Instant::now();
             let status = cmd.status().unwrap();
             let elapsed = start.elapsed();
@@ -328,4 +488,26 @@ impl Bench {
     fn codes(&self, code: i32, command: impl Fn() -> Command) -> Samples {
         Samples::collect(self.calls(), 1, || run_expecting(command(), code))
     }
+}
+
+/// `curl` GETting the segment's object from `server` to /dev/null, signed with SigV4.
+fn curl_get(archive: &Archive, server: &S3Server, segment: &str) -> Command {
+    let path = archive.s3_prefix();
+    let path = path.trim_start_matches("s3://").trim_end_matches('/');
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-f",
+        "-o",
+        "/dev/null",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ])
+    .arg("--user")
+    .arg(format!("{}:{}", common::ACCESS_KEY, common::SECRET_KEY))
+    .arg(format!(
+        "http://{}/{path}/wal_005/{segment}.lzo",
+        server.addr
+    ));
+    cmd
 }

@@ -12,11 +12,12 @@
 #                              backup_fetch, recovery, gpg, verify), keeping the others'
 #                              results
 #
-# Steps: installs lzop, PostgreSQL 15, daemontools and WAL-E 1.1.1 in a private venv with
-# pinned versions and the two Python 3.11 / PostgreSQL 15 fixes
-# (fixtures/make-wale-fixture.sh, setup only); builds the archive with real WAL-E from a
-# real PostgreSQL under pgbench load (fixtures/make-bench-archive.sh), or reuses it from
-# its cache directory; runs the benches (the S3 server is s3s-fs, built by cargo as a
+# Steps: installs lzop, PostgreSQL 15, daemontools, pgBackRest (Debian's package) and
+# WAL-E 1.1.1 in a private venv with pinned versions and the two Python 3.11 /
+# PostgreSQL 15 fixes (fixtures/make-wale-fixture.sh, setup only); builds the archive with
+# real WAL-E from a real PostgreSQL under pgbench load, with pgBackRest backing up the
+# same cluster beside it (fixtures/make-bench-archive.sh), or reuses it from its cache
+# directory (the full suite builds the quick archive as well, for its scale rows); runs the benches (the S3 server is s3s-fs, built by cargo as a
 # dev-dependency and run in each bench process on loopback); merges their results
 # (target/bench-results/*.json) with scripts/bench_report.py.
 set -euo pipefail
@@ -39,6 +40,8 @@ command -v lzop >/dev/null || missing+=(lzop)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v envdir >/dev/null || missing+=(daemontools)
 command -v gpg >/dev/null || missing+=(gnupg)
+command -v pgbackrest >/dev/null || missing+=(pgbackrest)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt-get install ${missing[*]}"
   apt-get update -qq
@@ -47,18 +50,25 @@ fi
 say "WAL-E 1.1.1 venv"
 WALE_FIXTURE_SETUP_ONLY=1 bash fixtures/make-wale-fixture.sh
 
+# The quick archive: 0.3 GB restored from 2 partitions (WAL-E cuts one every 6144
+# members), 20 segments. The full suite builds it too, for the scale rows.
+quick_cache="${WALE_BENCH_QUICK_CACHE:-/var/tmp/wale-bench-cache-quick}"
+build_quick_archive() {
+  say "quick archive in $quick_cache"
+  WALE_BENCH_CACHE="$quick_cache" BENCH_SCALE="${BENCH_SCALE:-10}" \
+    BENCH_PGBENCH_PARTITIONS="${BENCH_PGBENCH_PARTITIONS:-50}" \
+    BENCH_TARGET_MEMBERS="${BENCH_TARGET_MEMBERS:-12200}" BENCH_WAL_SEGMENTS="${BENCH_WAL_SEGMENTS:-20}" \
+    bash fixtures/make-bench-archive.sh
+}
+build_quick_archive
 if [ "$mode" = quick ]; then
-  # 0.3 GB restored from 2 partitions (WAL-E cuts one every 6144 members), 20 segments.
-  export WALE_BENCH_CACHE="${WALE_BENCH_CACHE:-/var/tmp/wale-bench-cache-quick}"
-  export BENCH_SCALE="${BENCH_SCALE:-10}" BENCH_PGBENCH_PARTITIONS="${BENCH_PGBENCH_PARTITIONS:-50}"
-  export BENCH_TARGET_MEMBERS="${BENCH_TARGET_MEMBERS:-12200}" BENCH_WAL_SEGMENTS="${BENCH_WAL_SEGMENTS:-20}"
-  export WALE_BENCH_QUICK=1
+  export WALE_BENCH_CACHE="$quick_cache" WALE_BENCH_QUICK=1
 else
   export WALE_BENCH_CACHE="${WALE_BENCH_CACHE:-/var/tmp/wale-bench-cache}"
-  export WALE_BENCH_QUICK=0
+  export WALE_BENCH_QUICK=0 WALE_BENCH_SMALL_ARCHIVE="$quick_cache/archive"
+  say "full archive in $WALE_BENCH_CACHE"
+  bash fixtures/make-bench-archive.sh
 fi
-say "archive in $WALE_BENCH_CACHE ($mode)"
-bash fixtures/make-bench-archive.sh
 
 export WALE_BENCH_ARCHIVE="$WALE_BENCH_CACHE/archive"
 export WALE_BENCH_RESULTS="$PWD/target/bench-results"

@@ -37,8 +37,9 @@ rows: one tool measured in one case. `median_s` (required, > 0) and `p90_s` are 
     may be null or absent.
 comparisons: one line of the targets table. Both rows are looked up in the same
     section and case by tool name; ratio = subject median / baseline median (below 1:
-    wale is faster), speed-up = 1 / ratio. The target is met when ratio <= max_ratio;
-    `max_ratio` null means no target. A missing row (e.g. WAL-E not installed) shows as
+    wale is faster), speed-up = 1 / ratio. The target is met when ratio <= max_ratio
+    (and, with the optional `max_subject_s`, the subject's median is at most that many
+    seconds); `max_ratio` null means no target. A missing row (e.g. WAL-E not installed) shows as
     "not measured" and is left out of the chart.
 
 Output: the targets table is also printed to stdout. Errors (unreadable or malformed
@@ -104,6 +105,7 @@ class Comparison:
     baseline: str
     max_ratio: float | None
     target: str | None
+    max_subject_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def parse_comparison(obj: dict[str, Any], where: str) -> Comparison:
         baseline=_field(obj, "baseline", where, "str", True),
         max_ratio=_field(obj, "max_ratio", where, "positive", False),
         target=_field(obj, "target", where, "str", False) or None,
+        max_subject_s=_field(obj, "max_subject_s", where, "positive", False),
     )
 
 
@@ -235,7 +238,13 @@ class Outcome:
         ratio, max_ratio = self.ratio, self.comparison.max_ratio
         if ratio is None or max_ratio is None:
             return None
-        return ratio <= max_ratio
+        return ratio <= max_ratio and self.within_time_limit
+
+    @property
+    def within_time_limit(self) -> bool:
+        """Whether the subject's median is within the comparison's absolute limit, if any."""
+        limit = self.comparison.max_subject_s
+        return limit is None or self.subject is None or self.subject.median_s <= limit
 
     @property
     def missing_tools(self) -> list[str]:
@@ -359,10 +368,12 @@ def target_cells(outcome: Outcome) -> list[str]:
         return [c.label, wale, baseline, DASH, DASH, target, f"not measured ({missing} missing)"]
     if max_ratio is None:
         met = DASH
-    elif ratio <= max_ratio:
-        met = "yes"
-    else:
+    elif ratio > max_ratio:
         met = f"**no** (missed by {fmt_sig(ratio / max_ratio)}×)"
+    elif not outcome.within_time_limit:
+        met = f"**no** (over {fmt_seconds(c.max_subject_s)})"
+    else:
+        met = "yes"
     return [c.label, wale, baseline, fmt_sig(ratio), fmt_speedup(1 / ratio), target, met]
 
 

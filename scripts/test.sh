@@ -19,13 +19,14 @@ install_packages() {
 # The cloud emulators the GCS and Azure tests serve the archive from are installed,
 # pinned, once under WALE_EMULATORS: Google's storage API (gcp-storage-emulator, from
 # PyPI) and Azure's Blob service (Azurite, from npm). curl uploads the archive into them;
-# openssl makes a throwaway service-account key.
+# openssl makes a throwaway service-account key. strace shows which files wal-fetch fsyncs.
 missing=()
 command -v lzop >/dev/null || missing+=(lzop)
 command -v gpg >/dev/null || missing+=(gnupg)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v strace >/dev/null || missing+=(strace)
 command -v npm >/dev/null || missing+=(nodejs npm)
 python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -409,7 +409,8 @@ pub struct WalFetchArgs {
     /// The WAL file name PostgreSQL asks for (%f): a segment, .history, .backup or .partial.
     pub wal_segment: String,
 
-    /// Where to write it (%p); written whole and fsynced, or not at all.
+    /// Where to write it (%p): written whole or not at all, and fsynced unless it is
+    /// PostgreSQL's RECOVERYXLOG or RECOVERYHISTORY (PostgreSQL fsyncs what it keeps).
     pub wal_destination: PathBuf,
 
     /// How many following segments to keep prefetched in the background (0: none).

@@ -72,18 +72,24 @@ impl StagedFile {
     }
 
     /// Makes the file durable and visible at its destination, replacing what was there.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub fn commit(self) -> io::Result<()> {
         self.file.sync_all()?;
+        let dir = parent_dir(&self.dest).to_path_buf();
+        self.publish()?;
+        sync_dir(&dir)
+    }
+
+    /// Makes the file visible at its destination atomically, replacing what was there,
+    /// without waiting for the disk: for a file whose reader makes it durable itself and
+    /// never relies on it surviving a crash (PostgreSQL's `RECOVERYXLOG`). A crash may
+    /// lose the name or the contents; it never shows a reader a partial file before it.
+    pub fn publish(mut self) -> io::Result<()> {
         match self.named.take() {
-            Some(path) => {
-                if let Err(err) = std::fs::rename(&path, &self.dest) {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(err);
-                }
-            }
-            None => self.link_anonymous()?,
+            Some(path) => std::fs::rename(&path, &self.dest).inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            }),
+            None => self.link_anonymous(),
         }
-        sync_dir(parent_dir(&self.dest))
     }
 
     /// Gives the anonymous file its name: directly when the name is free, else through a
@@ -278,6 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn publishing_replaces_atomically_without_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        std::fs::write(&dest, "old").unwrap();
+        let mut staged = StagedFile::create(&dest).unwrap();
+        staged.file().write_all(b"new contents").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        staged.publish().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn the_named_fallback_commits_and_cleans_up_too() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
@@ -289,7 +308,7 @@ mod tests {
             2,
             "the temp file is visible"
         );
-        staged.commit().unwrap();
+        staged.publish().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new");
         let dropped = StagedFile::create_named(&dir.path().join("other")).unwrap();
         drop(dropped);

@@ -5,6 +5,15 @@
 
 use std::fmt;
 
+/// Whether `file_name` is one PostgreSQL restores into (`%p` of `restore_command`):
+/// `RECOVERYXLOG` for segments, `RECOVERYHISTORY` for timeline history files. PostgreSQL
+/// reads such a file at once; when it keeps it, it fsyncs it and renames it durably
+/// itself (`KeepFileRestoredFromArchive`); after a crash it removes the name and asks
+/// `restore_command` again. So the file needs an atomic rename but no fsync of ours.
+pub fn is_restore_scratch_name(file_name: &str) -> bool {
+    matches!(file_name, "RECOVERYXLOG" | "RECOVERYHISTORY")
+}
+
 /// PostgreSQL's default WAL segment size, assumed until a segment or `pg_control` says
 /// otherwise.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -359,6 +368,20 @@ mod tests {
             assert_eq!(WalFileKind::of(other), WalFileKind::Other, "{other}");
         }
         assert_eq!(seg.to_string(), "000000010000000000000003");
+    }
+
+    #[test]
+    fn only_postgres_restore_names_are_scratch() {
+        assert!(is_restore_scratch_name("RECOVERYXLOG"));
+        assert!(is_restore_scratch_name("RECOVERYHISTORY"));
+        for other in [
+            "000000010000000000000003",
+            "recoveryxlog",
+            "RECOVERYXLOG.tmp",
+            "",
+        ] {
+            assert!(!is_restore_scratch_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -324,3 +324,50 @@ fn history_and_partial_files_are_fetched_like_segments() {
         assert!(std::fs::read(&dest).unwrap() == lzop_decompress(&archive.wal_object(&segment)));
     }
 }
+
+/// The system calls of one `wal-fetch --prefetch 0` of `name` into `dest`, as strace
+/// records them (every thread).
+fn syscalls_of_fetch(archive: &Archive, name: &str, dest: &Path) -> String {
+    let trace = dest.with_extension("strace");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2,linkat",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(env!("CARGO_BIN_EXE_wale"))
+    .env("WALE_FILE_PREFIX", archive.file_prefix())
+    .args(["--terse", "wal-fetch", "--prefetch", "0", name])
+    .arg(dest);
+    Run::of(cmd).expect_code(0);
+    std::fs::read_to_string(&trace).unwrap()
+}
+
+#[test]
+fn postgres_scratch_names_are_renamed_into_place_without_fsync_other_names_with() {
+    let archive = Archive::fixture_copy();
+    let name = fixture_meta("BACKUP_START_WAL_SEGMENT");
+    let expected = lzop_decompress(&archive.wal_object(&name));
+    let out = tempfile::tempdir().unwrap();
+    // PostgreSQL fsyncs what it keeps (durable_rename) and asks again after a crash: the
+    // scratch name needs the atomic link, not a wait for the disk.
+    let scratch = out.path().join("RECOVERYXLOG");
+    let calls = syscalls_of_fetch(&archive, &name, &scratch);
+    assert!(calls.contains("linkat("), "no atomic link: {calls}");
+    assert!(
+        !calls.contains("fsync(") && !calls.contains("fdatasync("),
+        "RECOVERYXLOG was fsynced: {calls}"
+    );
+    assert_eq!(std::fs::read(&scratch).unwrap(), expected);
+    // Any other destination is an operator's file: durable before it appears.
+    let kept = out.path().join(&name);
+    let calls = syscalls_of_fetch(&archive, &name, &kept);
+    assert!(
+        calls.matches("fsync(").count() >= 2,
+        "{name} was not fsynced (file and directory): {calls}"
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), expected);
+}

@@ -119,6 +119,15 @@ impl Suite {
         }));
     }
 
+    /// Like [`Suite::compare`], with a limit on the subject's median as well (a target
+    /// such as "no slower than the peer, and at most 2 ms").
+    pub fn compare_within(&mut self, c: Comparison<'_>, max_subject: Duration) {
+        self.compare(c);
+        if let Some(Value::Object(last)) = self.comparisons.last_mut() {
+            last.insert("max_subject_s".into(), json!(max_subject.as_secs_f64()));
+        }
+    }
+
     /// Puts two recorded tools side by side in the targets table.
     pub fn compare(&mut self, c: Comparison<'_>) {
         self.comparisons.push(json!({
@@ -147,7 +156,7 @@ impl Suite {
 }
 
 /// The runs of one measurement.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Samples {
     times: Vec<Duration>,
     rss_kb: Vec<i64>,
@@ -187,6 +196,13 @@ impl Samples {
 
     pub fn p90(&self) -> Duration {
         self.quantile(0.9)
+    }
+
+    /// "n runs, min–max", for a row's note where the spread matters.
+    pub fn spread(&self) -> String {
+        let min = self.times.iter().min().copied().unwrap_or_default();
+        let max = self.times.iter().max().copied().unwrap_or_default();
+        format!("{} runs, {}–{}", self.times.len(), human(min), human(max))
     }
 
     fn quantile(&self, q: f64) -> Duration {
@@ -378,8 +394,22 @@ pub fn human(d: Duration) -> String {
 /// (as WAL-E's uploads would have made); without it s3s-fs hashes the whole object on
 /// every GET before answering, which real S3 does not.
 pub fn serve_over_s3(source: &Path) -> (common::Archive, common::S3Server) {
+    let (archive, server) = serve_over_stock_s3(source);
+    write_etag_records(&archive);
+    (archive, server)
+}
+
+/// The archive served by s3s-fs as it comes (no ETag records): it hashes the whole object
+/// before answering each GET.
+pub fn serve_over_stock_s3(source: &Path) -> (common::Archive, common::S3Server) {
     let archive = common::Archive::empty();
     link_tree(source, &archive.root());
+    let server = common::S3Server::start(&archive.s3_root());
+    (archive, server)
+}
+
+/// s3s-fs's per-object ETag records, as its uploads write them.
+fn write_etag_records(archive: &common::Archive) {
     let s3_root = archive.s3_root();
     let listing = Command::new("sh")
         .arg("-c")
@@ -398,8 +428,6 @@ pub fn serve_over_s3(source: &Path) -> (common::Archive, common::S3Server) {
         ));
         std::fs::write(record, format!("{{\"e_tag\":\"{md5}\"}}")).unwrap();
     }
-    let server = common::S3Server::start(&s3_root);
-    (archive, server)
 }
 
 /// URL-safe base64 without padding (how s3s-fs names its per-object records).
@@ -416,4 +444,84 @@ fn base64_url(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A value of the archive's `meta.env` (written by `fixtures/make-bench-archive.sh` beside
+/// the archive directory), if it has one.
+pub fn archive_meta(archive: &Path, key: &str) -> Option<String> {
+    let meta = archive.parent()?.join("meta.env");
+    let text = std::fs::read_to_string(meta).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// pgBackRest's copy of the benchmark cluster: a full backup taken right after WAL-E's and
+/// every segment pushed by the same `archive_command`, in a local-disk repository (lz4,
+/// one process per core).
+pub struct PgBackRest {
+    pub config: PathBuf,
+    pub stanza: String,
+    pub version: String,
+}
+
+impl PgBackRest {
+    /// The copy made with the archive, if there is one; with `WALE_BENCH_REQUIRE_WAL_E=1`
+    /// (as the suite runs) its absence is fatal, as WAL-E's is.
+    pub fn of_archive(archive: &Path) -> Option<PgBackRest> {
+        let found = archive_meta(archive, "PGBACKREST_CONFIG").map(|config| PgBackRest {
+            config: PathBuf::from(config),
+            stanza: archive_meta(archive, "PGBACKREST_STANZA").unwrap_or_else(|| "bench".into()),
+            version: archive_meta(archive, "PGBACKREST_VERSION").unwrap_or_default(),
+        });
+        if found.as_ref().is_some_and(|p| p.config.is_file()) {
+            return found;
+        }
+        if std::env::var("WALE_BENCH_REQUIRE_WAL_E").is_ok_and(|v| v == "1") {
+            panic!("the archive has no pgBackRest copy: scripts/bench.sh rebuilds it");
+        }
+        println!(
+            "no pgBackRest copy beside {}: no pgBackRest rows",
+            archive.display()
+        );
+        None
+    }
+
+    /// The tool's name and version, for row labels.
+    pub fn name(&self) -> String {
+        format!("pgBackRest {}", self.version)
+    }
+
+    /// `pgbackrest --config=… --stanza=… ARGS`, as `postgres` (the repository's owner;
+    /// through `setpriv`, which only changes ids and execs, when we are root), logging
+    /// nothing to files (warnings to stderr, its default).
+    pub fn command(&self, args: &[&str]) -> Command {
+        // SAFETY: geteuid has no preconditions.
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut cmd = Command::new("setpriv");
+            cmd.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "pgbackrest",
+            ]);
+            cmd
+        } else {
+            Command::new("pgbackrest")
+        };
+        cmd.arg(format!("--config={}", self.config.display()))
+            .arg(format!("--stanza={}", self.stanza))
+            .arg("--log-level-file=off")
+            .args(args);
+        cmd
+    }
+
+    /// The same as a shell command line, for `restore_command`.
+    pub fn command_line(&self, args: &str) -> String {
+        format!(
+            "pgbackrest --config={} --stanza={} --log-level-file=off {args}",
+            self.config.display(),
+            self.stanza
+        )
+    }
 }

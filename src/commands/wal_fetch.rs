@@ -1,8 +1,10 @@
 //! `wal-fetch WAL_SEGMENT WAL_DESTINATION`: PostgreSQL's `restore_command`.
 //!
 //! GET `wal_005/<name>.lzo` → lzop decode (every checksum verified) → an invisible staged
-//! file beside the destination → fsync → atomic rename. The destination either does not
-//! change or holds the complete, verified file. Transient storage failures retry the whole
+//! file beside the destination → atomic rename. The destination either does not change
+//! or holds the complete, verified file. The file is fsynced first unless the destination
+//! is PostgreSQL's `RECOVERYXLOG`/`RECOVERYHISTORY`, which PostgreSQL fsyncs itself when it
+//! keeps the file and never reads after a crash. Transient storage failures retry the whole
 //! pipeline; a missing object is the only outcome that exits 1.
 
 use std::io::BufReader;
@@ -207,8 +209,24 @@ fn decode_into(
             reason: format!("decompressed to {written} bytes, which is not a WAL segment size"),
         });
     }
-    staged
-        .commit()
-        .map_err(|e| Error::local(&destination, "cannot fsync and rename into place", e))?;
+    if is_restore_scratch(&destination) {
+        staged
+            .publish()
+            .map_err(|e| Error::local(&destination, "cannot rename into place", e))?;
+    } else {
+        staged
+            .commit()
+            .map_err(|e| Error::local(&destination, "cannot fsync and rename into place", e))?;
+    }
     Ok(written)
+}
+
+/// Whether `destination` is PostgreSQL's own scratch name, which it makes durable itself
+/// when it keeps the file (see [`wal::is_restore_scratch_name`]); any other destination
+/// is fsynced before it appears.
+fn is_restore_scratch(destination: &Path) -> bool {
+    destination
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(wal::is_restore_scratch_name)
 }
