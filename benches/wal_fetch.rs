@@ -490,7 +490,8 @@ impl Bench {
     }
 }
 
-/// `curl` GETting the segment's object from `server` to /dev/null, signed with SigV4.
+/// `curl` GETting the segment's object from `server` to /dev/null, signed with SigV4 (with
+/// the payload-hash header s3s requires, as wale's GETs send it).
 fn curl_get(archive: &Archive, server: &S3Server, segment: &str) -> Command {
     let path = archive.s3_prefix();
     let path = path.trim_start_matches("s3://").trim_end_matches('/');
@@ -502,6 +503,8 @@ fn curl_get(archive: &Archive, server: &S3Server, segment: &str) -> Command {
         "/dev/null",
         "--aws-sigv4",
         "aws:amz:us-east-1:s3",
+        "-H",
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD",
     ])
     .arg("--user")
     .arg(format!("{}:{}", common::ACCESS_KEY, common::SECRET_KEY))

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The benchmark suite, one command on a fresh Debian machine (as root, package registries
-# reachable): wale against real WAL-E 1.1.1 and the physical baselines, same archive,
-# same run.
+# reachable): wale against real WAL-E 1.1.1, pgBackRest (backing up the same cluster) and
+# the physical limits, same archive, same run.
 #
-#   scripts/bench.sh           full: >= 1 GB base backup in 3 partitions, 166 WAL segments;
+#   scripts/bench.sh           full: >= 1 GB base backup in 3 partitions, ~160 WAL segments;
 #                              writes benchmarks/results.md, benchmarks/ratios.svg and the
-#                              table in README.md
-#   scripts/bench.sh --quick   smaller archive, fewer runs (under 5 minutes once built);
+#                              table in README.md (about 50 minutes here)
+#   scripts/bench.sh --quick   smaller archive, fewer runs (about 12 minutes once built);
 #                              writes target/bench-results/report.md and ratios.svg only
 #   scripts/bench.sh [--quick] BENCH...   reruns only these benches (micro, wal_fetch,
 #                              backup_fetch, recovery, gpg, verify), keeping the others'
