@@ -209,16 +209,16 @@ fn main() {
         "recovery, wale --prefetch 0 vs cp",
         WALE_NO_PREFETCH,
         CP,
-        None,
-        "(no target)",
+        Some(1.15),
+        "≤ 1.15× the cp baseline",
     );
     compare(
         &mut suite,
         "recovery, wale vs WAL-E (both prefetch 8)",
         WALE,
         WAL_E,
-        None,
-        "(no target)",
+        Some(1.0 / 3.0),
+        "≥ 3× faster than WAL-E",
     );
     suite.save();
 }
