@@ -267,33 +267,24 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn nothing_is_visible_until_commit_and_commit_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("RECOVERYXLOG");
-        std::fs::write(&dest, "old").unwrap();
-        let mut staged = StagedFile::create(&dest).unwrap();
-        staged.file().write_all(b"new contents").unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
-        staged.commit().unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["RECOVERYXLOG"]);
-    }
-
-    #[test]
-    fn publishing_replaces_atomically_without_a_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("RECOVERYXLOG");
-        std::fs::write(&dest, "old").unwrap();
-        let mut staged = StagedFile::create(&dest).unwrap();
-        staged.file().write_all(b"new contents").unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
-        staged.publish().unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    fn nothing_is_visible_until_commit_or_publish_and_both_replace() {
+        let finishers: [fn(StagedFile) -> io::Result<()>; 2] =
+            [StagedFile::commit, StagedFile::publish];
+        for finish in finishers {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("RECOVERYXLOG");
+            std::fs::write(&dest, "old").unwrap();
+            let mut staged = StagedFile::create(&dest).unwrap();
+            staged.file().write_all(b"new contents").unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+            finish(staged).unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["RECOVERYXLOG"]);
+        }
     }
 
     #[test]
