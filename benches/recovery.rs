@@ -136,6 +136,18 @@ fn main() {
             slot += 1;
         }
     }
+    // Every mode must replay the same WAL: a store that lacks segments ends recovery
+    // early, at the wrong point, and would look fast.
+    let counts: std::collections::BTreeSet<usize> = modes
+        .iter()
+        .zip(&outcomes)
+        .filter(|(mode, _)| mode.command.is_some())
+        .flat_map(|(_, runs)| runs.iter().map(|run| run.segments))
+        .collect();
+    assert!(
+        counts.len() <= 1,
+        "the modes restored different numbers of segments ({counts:?}): one store lacks WAL"
+    );
     for (mode, outcomes) in modes.iter().zip(outcomes) {
         let tool = mode.tool.as_str();
         let mut samples = Samples::default();
