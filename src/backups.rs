@@ -77,6 +77,77 @@ pub async fn list(store: &Store, layout: &Layout) -> Result<Vec<Backup>, Error> 
         .collect())
 }
 
+/// When a backup stopped and where that was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopTime {
+    /// The instant.
+    pub at: std::time::SystemTime,
+    /// Its source: the backup history file's `STOP TIME`, or the sentinel's modification
+    /// time when the archive holds no readable history file.
+    pub source: String,
+}
+
+/// When `backup` stopped, as PostgreSQL recorded it: the `STOP TIME` line of the backup
+/// history file (`<start segment>.<offset>.backup`) that WAL-E archived beside the WAL.
+/// Falls back to the sentinel's modification time, which a copied or re-uploaded
+/// archive changes.
+pub async fn stop_time(
+    store: &Store,
+    layout: &Layout,
+    backup: &Backup,
+    decoding: &crate::decode::Decoding,
+) -> Result<StopTime, Error> {
+    let prefix = format!("{}{}.", layout.wal_dir(), backup.name.start_segment());
+    let listing = store.list(&prefix, None).await?;
+    let wanted_offset = backup
+        .name
+        .start_offset()
+        .parse::<u64>()
+        .ok()
+        .map(|offset| format!("{offset:08X}"));
+    let history = listing
+        .objects
+        .iter()
+        .filter(|o| o.key.ends_with(".backup.lzo"))
+        .min_by_key(|o| wanted_offset.as_deref().is_none_or(|w| !o.key.contains(w)));
+    let fallback = StopTime {
+        at: backup.sentinel.modified,
+        source: "the sentinel's modification time".into(),
+    };
+    let Some(history) = history else {
+        return Ok(fallback);
+    };
+    let object = store.get(&history.key).await?;
+    let url = object.url.clone();
+    let decoding = decoding.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut decoder =
+            decoding.decoder(std::io::BufReader::new(object.into_blocking_read()), &url)?;
+        let mut text = String::new();
+        (&mut decoder).take(64 * 1024).read_to_string(&mut text)?;
+        Ok::<_, std::io::Error>(text)
+    })
+    .await?
+    .map_err(|e| Error::from_read(&store.url(&history.key), e))?;
+    let stop = text
+        .lines()
+        .find_map(|line| line.strip_prefix("STOP TIME:"))
+        .and_then(crate::time::parse_timestamp);
+    Ok(match stop {
+        Some(at) => StopTime {
+            at,
+            source: format!("STOP TIME in {}", store.url(&history.key)),
+        },
+        None => {
+            tracing::warn!(
+                "{}: no STOP TIME wale can read; using the sentinel's modification time",
+                store.url(&history.key)
+            );
+            fallback
+        }
+    })
+}
+
 /// Why a named backup is not among the complete ones: it does not exist at all, or it
 /// exists without its sentinel (WAL-E never finished it). One listing of its directory.
 pub async fn missing_backup(store: &Store, layout: &Layout, name: &BackupName) -> Error {

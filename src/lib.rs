@@ -28,7 +28,10 @@
 //! * [`fetch_state`]: what `wal-fetch` records for `wale status`.
 //! * [`pg`]: PostgreSQL's control data, configuration files, binaries and running server.
 //! * [`users`]: operating-system users and groups.
+//! * [`archive`]: questions that take more than one object: a segment's first page
+//!   header, the oldest segment.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
+//! * [`time`]: times as PostgreSQL writes them.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).
 //! * [`commands`]: one module per subcommand.
@@ -36,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod backups;
 pub mod cli;
 pub mod commands;
@@ -55,5 +59,6 @@ pub mod retry;
 pub mod storage;
 pub mod tablespaces;
 pub mod tar;
+pub mod time;
 pub mod users;
 pub mod wal;

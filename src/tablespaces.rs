@@ -262,7 +262,8 @@ fn make_link(target: &Path, link: &Path, location: &Path, with_parents: bool) ->
 /// with links to the source machine's paths and fail). Returns what was changed.
 pub fn fix_tablespace_map(target: &Path) -> Result<Option<String>, Error> {
     let path = target.join("tablespace_map");
-    let Some(text) = read_small_file(&path).map_err(|e| Error::local(&path, "cannot read", e))?
+    let Some(text) = crate::durable::read_small_file(&path)
+        .map_err(|e| Error::local(&path, "cannot read", e))?
     else {
         return Ok(None);
     };
@@ -307,32 +308,6 @@ pub fn fix_tablespace_map(target: &Path) -> Result<Option<String>, Error> {
     };
     result.map_err(|e| Error::local(&path, "cannot rewrite", e))?;
     Ok(Some(changes.join("; ")))
-}
-
-/// Reads a small regular file from a restored directory without following a symlink the
-/// archive may have put there; `None` when absent. At most 64 KiB.
-pub fn read_small_file(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    const LIMIT: u64 = 64 * 1024;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(LIMIT + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > LIMIT {
-        return Err(std::io::Error::other("larger than 64 KiB"));
-    }
-    Ok(Some(text))
 }
 
 #[cfg(test)]

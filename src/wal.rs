@@ -77,6 +77,15 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
     Ok(entries)
 }
 
+/// The timeline `lsn` was written on, on the way to `timeline` whose history is
+/// `history` (as PostgreSQL's `tliOfPointInHistory`: a switch point belongs to the child).
+pub fn timeline_at(lsn: Lsn, timeline: u32, history: &[TimelineSwitch]) -> u32 {
+    history
+        .iter()
+        .find(|switch| lsn < switch.switch)
+        .map_or(timeline, |switch| switch.parent)
+}
+
 /// A 24-hex-digit WAL segment name: timeline, log and segment number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentName {
@@ -318,6 +327,15 @@ pub fn check_archive_name(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_map_to_the_timeline_that_wrote_them() {
+        let history = parse_history("1\t0/60000A0\tno recovery target\n2\t0/9000000\n").unwrap();
+        assert_eq!(timeline_at(Lsn(0x5FF_FFFF), 3, &history), 1);
+        assert_eq!(timeline_at(Lsn(0x60000A0), 3, &history), 2);
+        assert_eq!(timeline_at(Lsn(0x9000000), 3, &history), 3);
+        assert_eq!(timeline_at(Lsn(1), 1, &[]), 1);
+    }
 
     #[test]
     fn history_files_parse_as_postgres_reads_them() {

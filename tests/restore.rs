@@ -688,7 +688,7 @@ fn pg_control_is_read_as_pg_controldata_reads_it() {
         field("max_worker_processes setting:")
     );
     assert_eq!(
-        settings.max_wal_senders.to_string(),
+        settings.max_wal_senders.unwrap().to_string(),
         field("max_wal_senders setting:")
     );
     assert_eq!(

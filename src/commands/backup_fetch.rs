@@ -562,7 +562,7 @@ fn check_size(restored: u64, planned: Option<u64>) {
 }
 
 fn read_major_version(target: &Path) -> Option<u32> {
-    let text = crate::tablespaces::read_small_file(&target.join("PG_VERSION")).ok()??;
+    let text = crate::durable::read_small_file(&target.join("PG_VERSION")).ok()??;
     text.trim().split('.').next()?.parse().ok()
 }
 

@@ -10,7 +10,9 @@ use crate::cli::PromoteArgs;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pg::conf;
+use crate::pg::datadir::DataDir;
 use crate::pg::server::{self, Binaries, Connection, PidFile};
+use crate::users::User;
 
 use super::status;
 
@@ -33,7 +35,13 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
             pgdata.display()
         )));
     }
-    if !report.caught_up {
+    if report.paused_at_target {
+        tracing::info!(
+            "{}: paused at its recovery target ({}); ending recovery there",
+            pgdata.display(),
+            report.recovery_target.as_deref().unwrap_or_default()
+        );
+    } else if !report.caught_up {
         if !args.force {
             return Err(Error::Usage(format!(
                 "{}: not caught up with the archive ({}); wait and check `wale status`, or pass --force to promote anyway and lose what the archive holds beyond this point",
@@ -43,35 +51,36 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
         }
         tracing::warn!("promoting although not caught up: {}", report.reason);
     }
-    if report.paused {
+    if report.paused && !report.paused_at_target {
         tracing::warn!("replay is paused; promotion ends recovery at the paused position");
     }
 
-    let version = std::fs::read_to_string(pgdata.join("PG_VERSION"))
-        .map_err(|e| Error::local(pgdata.join("PG_VERSION"), "cannot read", e))?;
-    let major = server::major_of_version_text(&version).ok_or_else(|| Error::Corrupt {
-        url: pgdata.join("PG_VERSION").display().to_string(),
-        reason: format!("no major version in {:?}", version.trim()),
-    })?;
+    let data_dir = DataDir::new(pgdata);
+    let major = data_dir
+        .major()
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .number();
+    let running = PidFile::read(pgdata).ok().flatten();
     let binaries =
-        Binaries::find(major, args.pg_bin.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
+        Binaries::for_data_dir(major, args.pg_bin.as_deref(), &data_dir, running.as_ref())
+            .map_err(|e| Error::Usage(e.to_string()))?;
     let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
-    let output = server::command_as(&binaries.program("pg_ctl"), &owner)
-        .arg("-D")
-        .arg(pgdata)
-        .args(["-w", "-t", "120", "promote"])
-        .output()
-        .map_err(|e| Error::local(binaries.program("pg_ctl"), "cannot run", e))?;
-    if !output.status.success() {
-        return Err(Error::Server {
-            detail: format!(
-                "pg_ctl promote failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-                    .trim()
-                    .replace('\n', " ")
-            ),
-            log: server::log_path(pgdata),
-        });
+    if report.paused_at_target {
+        // Resuming a recovery paused at its target ends it and promotes, in every
+        // version; `pg_ctl promote` is not heard by a paused recovery before 14.
+        let pid = running
+            .as_ref()
+            .ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
+        let connection = Connection::new(&binaries, &owner, pid)
+            .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
+        connection
+            .value("select pg_wal_replay_resume()")
+            .map_err(|detail| Error::Server {
+                detail,
+                log: server::log_path(pgdata),
+            })?;
+    } else {
+        promote_with_pg_ctl(&binaries, &owner, pgdata)?;
     }
     let pid = PidFile::read(pgdata)
         .ok()
@@ -104,6 +113,28 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
         println!("next: {follow_up}");
     }
     Ok(())
+}
+
+/// `pg_ctl promote`, as the data directory's owner, waiting for it.
+fn promote_with_pg_ctl(binaries: &Binaries, owner: &User, pgdata: &Path) -> Result<(), Error> {
+    let output = server::command_as(&binaries.program("pg_ctl"), owner)
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-w", "-t", "120", "promote"])
+        .output()
+        .map_err(|e| Error::local(binaries.program("pg_ctl"), "cannot run", e))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Server {
+        detail: format!(
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .replace('\n', " ")
+        ),
+        log: server::log_path(pgdata),
+    })
 }
 
 /// Waits until the server is out of recovery and can assign a transaction id.

@@ -17,7 +17,9 @@ use crate::error::Error;
 use crate::fetch_state::FetchState;
 use crate::layout::Layout;
 use crate::pg::control::ControlData;
+use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::pg::server::{self, Binaries, Connection, PidFile};
+use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{self, Storage, Store};
 use crate::wal::{Lsn, SegmentName};
@@ -31,8 +33,10 @@ pub struct Report {
     pub running: bool,
     /// Whether it is in recovery (`None`: not running).
     pub in_recovery: Option<bool>,
-    /// Whether it is a standby (`standby.signal`).
+    /// Whether it is a standby (`standby.signal`, or `standby_mode` in `recovery.conf`).
     pub standby: bool,
+    /// The recovery target configured, as `name = 'value'` (a point-in-time restore).
+    pub recovery_target: Option<String>,
     /// The timeline being replayed.
     pub timeline: Option<u32>,
     /// The last replayed position.
@@ -51,6 +55,8 @@ pub struct Report {
     pub lag_bytes: Option<u64>,
     /// Whether replay is paused (by request, at a target, or for settings too low).
     pub paused: bool,
+    /// Paused where the configured recovery target asked it to stop.
+    pub paused_at_target: bool,
     /// The last segment `wal-fetch` was told is not in the archive.
     pub last_not_found: Option<String>,
     /// The last `wal-fetch` failure, if none succeeded since.
@@ -92,15 +98,15 @@ pub async fn gather(
     pg_bin: Option<&Path>,
 ) -> Result<Report, Error> {
     let control = read_control(pgdata)?;
-    let standby = pgdata.join("standby.signal").is_file();
-    let wal_dir =
-        std::fs::canonicalize(pgdata.join("pg_wal")).unwrap_or_else(|_| pgdata.join("pg_wal"));
-    let state = FetchState::for_wal_dir(&wal_dir);
+    let data_dir = DataDir::new(pgdata);
+    let state = data_dir.fetch_state();
+    let request = data_dir.recovery_request();
     let mut report = Report {
         pgdata: pgdata.to_path_buf(),
         running: false,
         in_recovery: None,
-        standby,
+        standby: request == RecoveryRequest::Standby,
+        recovery_target: data_dir.recovery_target(),
         timeline: None,
         replay_lsn: None,
         replay_segment: None,
@@ -110,6 +116,7 @@ pub async fn gather(
         lag_segments: None,
         lag_bytes: None,
         paused: false,
+        paused_at_target: false,
         last_not_found: state.last_not_found().map(|(_, s)| s.to_string()),
         last_error: state.last_error().map(|r| r.text),
         caught_up: false,
@@ -123,8 +130,8 @@ pub async fn gather(
         return Ok(report);
     };
     report.running = true;
-    let binaries =
-        Binaries::find(control.major_version, pg_bin).map_err(|e| Error::Usage(e.to_string()))?;
+    let binaries = Binaries::for_data_dir(control.major_version, pg_bin, &data_dir, Some(&pid))
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
     let connection = Connection::new(&binaries, &owner, &pid).ok_or_else(|| {
         Error::Usage(format!(
@@ -132,7 +139,8 @@ pub async fn gather(
             pgdata.display()
         ))
     })?;
-    let replay = match ask_server(&connection, pgdata, control.major_version, &state) {
+    let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
+    let replay = match ask_server(&connection, &data_dir, major, &state) {
         Err(Error::Server { detail, .. }) if detail.contains("starting up") => {
             report.in_recovery = Some(true);
             report.reason = "the server is starting up: it accepts no connections until it is consistent (last_error says why it may be stuck)".into();
@@ -156,6 +164,10 @@ pub async fn gather(
     let replay_segment = SegmentName::ending_at(replay.timeline, lsn, size);
     report.replay_lsn = Some(lsn.to_string());
     report.replay_segment = Some(replay_segment.to_string());
+    report.paused_at_target = replay.paused
+        && request == RecoveryRequest::Archive
+        && report.recovery_target.is_some()
+        && stopped_at_target(pgdata);
 
     let store = Store::open(&config.store).await?;
     let layout = Layout::new(config.store.path_prefix());
@@ -175,7 +187,12 @@ pub async fn gather(
                 .last_not_found()
                 .is_some_and(|(_, missing)| missing == last.next(size))
     });
-    report.reason = if report.paused {
+    report.reason = if report.paused_at_target {
+        format!(
+            "paused at the recovery target ({}); `wale promote` ends recovery here",
+            report.recovery_target.as_deref().unwrap_or_default()
+        )
+    } else if report.paused {
         "replay is paused (pg_wal_replay_resume(), or raise the settings the log names)".into()
     } else if let Some(timeline) = report.newer_timeline {
         format!("the archive has a newer timeline {timeline} to follow")
@@ -185,10 +202,8 @@ pub async fn gather(
             replay.timeline
         )
     } else if last != Some(replay_segment) {
-        format!(
-            "{} segments behind the archive",
-            report.lag_segments.unwrap_or_default()
-        )
+        let behind = report.lag_segments.unwrap_or_default();
+        format!("{behind} {} behind the archive", plural(behind, "segment"))
     } else if !read_to_end {
         "in the archive's newest segment; not yet read to its end (wal-fetch has not asked for the next one)".into()
     } else {
@@ -199,6 +214,24 @@ pub async fn gather(
         report.reason = "replayed everything the archive holds".into();
     }
     Ok(report)
+}
+
+/// Whether the server's log says recovery stopped at its target; with no log to read
+/// (a server started by hand), a pause with a target configured is taken as one.
+fn stopped_at_target(pgdata: &Path) -> bool {
+    match std::fs::read_to_string(server::log_path(pgdata)) {
+        Ok(log) => log.contains("recovery stopping"),
+        Err(_) => true,
+    }
+}
+
+/// `noun`, or its plural for a count other than one.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        noun.to_string()
+    } else {
+        format!("{noun}s")
+    }
 }
 
 /// `pg_control` of the data directory (read twice if a restartpoint was writing it).
@@ -221,15 +254,11 @@ fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
 
 fn ask_server(
     connection: &Connection,
-    pgdata: &Path,
-    major: u32,
+    data_dir: &DataDir,
+    major: Major,
     state: &FetchState,
 ) -> Result<Replay, Error> {
-    let pause = if major >= 14 {
-        "pg_get_wal_replay_pause_state() <> 'not paused'"
-    } else {
-        "pg_is_wal_replay_paused()"
-    };
+    let pause = major.replay_paused_sql();
     let sql = format!(
         "select pg_is_in_recovery(), \
          case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end, \
@@ -242,33 +271,45 @@ fn ask_server(
         .query(&sql)
         .map_err(|detail| Error::Server {
             detail,
-            log: server::log_path(pgdata),
+            log: server::log_path(data_dir.path()),
         })?
         .into_iter()
         .next()
         .unwrap_or_default();
     let field = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
     let lsn = Lsn::parse(field(1));
-    // The checkpoint's and minimum recovery point's timelines lag behind a switch until
-    // the next restartpoint; wal-fetch's last "not found" is asked on the timeline
-    // recovery follows.
-    let mut timeline = [field(3), field(4)]
+    Ok(Replay {
+        in_recovery: field(0) == "t",
+        lsn,
+        timeline: replay_timeline(data_dir, lsn, state, [field(3), field(4)]),
+        paused: field(2) == "t",
+        timestamp: Some(field(5).to_string()).filter(|s| !s.is_empty()),
+    })
+}
+
+/// The timeline replay is on. The history files recovery keeps in `pg_wal` name the
+/// timeline it follows and where each ancestor ended, so the replay position settles it
+/// (a paused point-in-time recovery on timeline 2 has no restartpoint on 2 yet). Without
+/// them: the newest of the checkpoint's and minimum recovery point's timelines, and the
+/// timeline `wal-fetch` was last asked on.
+fn replay_timeline(
+    data_dir: &DataDir,
+    lsn: Option<Lsn>,
+    state: &FetchState,
+    control_timelines: [&str; 2],
+) -> u32 {
+    let from_control = control_timelines
         .iter()
         .filter_map(|t| t.parse::<u32>().ok())
         .max()
         .unwrap_or(1);
-    if let Some((_, missing)) = state.last_not_found()
-        && missing.timeline > timeline
-    {
-        timeline = missing.timeline;
+    if let (Some(lsn), Some((target, history))) = (lsn, data_dir.timeline_histories().pop()) {
+        return crate::wal::timeline_at(lsn, target, &history).max(from_control);
     }
-    Ok(Replay {
-        in_recovery: field(0) == "t",
-        lsn,
-        timeline,
-        paused: field(2) == "t",
-        timestamp: Some(field(5).to_string()).filter(|s| !s.is_empty()),
-    })
+    match state.last_not_found() {
+        Some((_, missing)) if missing.timeline > from_control => missing.timeline,
+        _ => from_control,
+    }
 }
 
 /// The newest segment on `from`'s timeline, listing from `from` itself on.
@@ -329,12 +370,18 @@ fn print_human(report: &Report) {
     let what = match (report.running, report.in_recovery, report.standby) {
         (false, _, _) => "not running".to_string(),
         (true, Some(true), true) => "hot standby following the archive".to_string(),
+        (true, Some(true), false) if report.paused_at_target => {
+            "paused at the recovery target".to_string()
+        }
         (true, Some(true), false) => "recovering from the archive".to_string(),
         _ => "running, not in recovery".to_string(),
     };
     println!("{}: {what}", report.pgdata.display());
     if let Some(timeline) = report.timeline {
         println!("  timeline:        {timeline}");
+    }
+    if let Some(target) = &report.recovery_target {
+        println!("  recovery target: {target}");
     }
     if let (Some(lsn), Some(segment)) = (&report.replay_lsn, &report.replay_segment) {
         println!("  replayed to:     {lsn} (segment {segment})");
@@ -344,8 +391,9 @@ fn print_human(report: &Report) {
     }
     if let Some(last) = &report.archive_last_segment {
         println!(
-            "  archive newest:  {last} ({} segments, {} bytes behind)",
+            "  archive newest:  {last} ({} {}, {} bytes behind)",
             report.lag_segments.unwrap_or_default(),
+            plural(report.lag_segments.unwrap_or_default(), "segment"),
             report.lag_bytes.unwrap_or_default()
         );
     }
@@ -357,7 +405,7 @@ fn print_human(report: &Report) {
         if report.caught_up { "yes" } else { "no" },
         report.reason
     );
-    if report.caught_up && report.standby {
+    if (report.caught_up && report.standby) || report.paused_at_target {
         println!(
             "  next:            wale promote {} at cutover",
             report.pgdata.display()

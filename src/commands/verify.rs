@@ -96,6 +96,9 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
     })
     .await?;
     let chosen = backups::select(listed, &query);
+    if chosen.is_empty() && args.wal_only && !matches!(query, Query::Named(_)) {
+        return verify_wal_only_prefix(config, &store, &layout, decoding, args).await;
+    }
     if chosen.is_empty() {
         return Err(match &query {
             Query::Named(name) => backups::missing_backup(&store, &layout, name).await,
@@ -115,7 +118,12 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
     };
     let mut segment_size = wal::DEFAULT_SEGMENT_SIZE;
     let mut system_identifier = None;
-    if !args.wal_only {
+    if args.wal_only {
+        let oldest = chosen.iter().map(|b| &b.name).min_by_key(|n| n.as_str());
+        if let Some(start) = oldest.and_then(|n| SegmentName::parse(n.start_segment())) {
+            segment_size = segment_size_of(config, &store, &layout, decoding, &start).await?;
+        }
+    } else {
         for backup in &chosen {
             let (result, control) =
                 verify_backup(config, &store, &layout, decoding, &backup.name, args).await?;
@@ -142,12 +150,27 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
             decoding,
             segment_size,
         };
-        let needed = verify_wal(&wal, backup, &detail, &mut report).await?;
+        let start = SegmentName::parse(backup.start_segment())
+            .ok_or_else(|| Error::Internal(format!("backup name {backup} has no segment")))?;
+        let from = WalStart {
+            segment: start,
+            stop_segment: detail
+                .wal_segment_backup_stop
+                .as_deref()
+                .and_then(SegmentName::parse),
+            backup: Some(backup),
+        };
+        let needed = verify_wal(&wal, &from, &mut report).await?;
         if args.wal_deep {
             check_segments(&wal, &needed, system_identifier, &mut report).await?;
         }
     }
-    print(&report, args.json);
+    finish(&report, config, &store, args)
+}
+
+/// Prints the report; problems become the command's error.
+fn finish(report: &Report, config: &Config, store: &Store, args: &VerifyArgs) -> Result<(), Error> {
+    print(report, args.json);
     let corrupt = report.problems.iter().any(|p| p.kind == "corrupt");
     if corrupt {
         return Err(Error::Corrupt {
@@ -488,12 +511,90 @@ struct WalContext<'a> {
     segment_size: u64,
 }
 
+/// Where the WAL chain starts: a backup's start segment (and its stop segment, which
+/// must be reached for the backup to be consistent), or a WAL-only archive's oldest.
+struct WalStart<'a> {
+    segment: SegmentName,
+    stop_segment: Option<SegmentName>,
+    backup: Option<&'a BackupName>,
+}
+
+/// `verify --wal-only` on a prefix that holds WAL but no complete backup: the chain from
+/// its oldest segment, in the segment size the WAL itself records.
+async fn verify_wal_only_prefix(
+    config: &Config,
+    store: &Arc<Store>,
+    layout: &Layout,
+    decoding: &Decoding,
+    args: &VerifyArgs,
+) -> Result<(), Error> {
+    let Some(oldest) = crate::archive::oldest_segment(config, store, layout).await? else {
+        return Err(Error::NotFound(format!(
+            "no complete backups and no WAL segments in {}",
+            store.url(config.store.path_prefix())
+        )));
+    };
+    tracing::info!(
+        "no complete backup in {}: checking the WAL from its oldest segment, {oldest}",
+        store.url(&layout.basebackups())
+    );
+    let segment_size = segment_size_of(config, store, layout, decoding, &oldest).await?;
+    let mut report = Report {
+        backups: Vec::new(),
+        timelines: Vec::new(),
+        recovery_timelines: Vec::new(),
+        restorable_to: None,
+        restorable_to_end: false,
+        problems: Vec::new(),
+    };
+    let wal = WalContext {
+        config,
+        store,
+        layout,
+        decoding,
+        segment_size,
+    };
+    let from = WalStart {
+        segment: oldest,
+        stop_segment: None,
+        backup: None,
+    };
+    let needed = verify_wal(&wal, &from, &mut report).await?;
+    if args.wal_deep {
+        check_segments(&wal, &needed, None, &mut report).await?;
+    }
+    finish(&report, config, store, args)
+}
+
+/// The segment size the WAL records in `segment`'s first page.
+async fn segment_size_of(
+    config: &Config,
+    store: &Store,
+    layout: &Layout,
+    decoding: &Decoding,
+    segment: &SegmentName,
+) -> Result<u64, Error> {
+    let header = crate::archive::segment_header(config, store, layout, segment, decoding).await?;
+    let size = u64::from(header.segment_size);
+    if !wal::is_valid_segment_size(size) {
+        return Err(Error::Corrupt {
+            url: store.url(&layout.wal_key(&segment.to_string())),
+            reason: format!("its first page records a segment size of {size} bytes"),
+        });
+    }
+    Ok(size)
+}
+
 async fn verify_wal(
     wal: &WalContext<'_>,
-    backup: &BackupName,
-    detail: &backups::SentinelDetail,
+    from_start: &WalStart<'_>,
     report: &mut Report,
 ) -> Result<Vec<SegmentName>, Error> {
+    let start = from_start.segment;
+    let what = match from_start.backup {
+        Some(backup) => format!("backup {backup}"),
+        None => format!("the archive's oldest segment {start}"),
+    };
     let (store, layout, segment_size) = (wal.store, wal.layout, wal.segment_size);
     let mut needed = Vec::new();
     let listing = list_wal(wal.config, store, layout, segment_size).await?;
@@ -530,11 +631,6 @@ async fn verify_wal(
             });
         }
     }
-    let Some(start) = SegmentName::parse(backup.start_segment()) else {
-        return Err(Error::Internal(format!(
-            "backup name {backup} has no segment"
-        )));
-    };
     // Timelines that descend from the backup's, with where each began.
     let mut chains: BTreeMap<u32, Vec<wal::TimelineSwitch>> = BTreeMap::new();
     for (&timeline, key) in &listing.histories {
@@ -566,11 +662,7 @@ async fn verify_wal(
     steps.push((target, None));
     report.recovery_timelines = steps.iter().map(|(t, _)| *t).collect();
 
-    let stop_number = detail
-        .wal_segment_backup_stop
-        .as_deref()
-        .and_then(SegmentName::parse)
-        .map(|s| s.number(segment_size));
+    let stop_number = from_start.stop_segment.map(|s| s.number(segment_size));
     let mut from = start.number(segment_size);
     let mut reached: Option<(u32, u64)> = None;
     let mut complete = true;
@@ -596,12 +688,10 @@ async fn verify_wal(
                 object: url_of(&name),
                 kind: "missing",
                 reason: if before_stop {
-                    format!(
-                        "needed to make backup {backup} consistent: the backup cannot be restored"
-                    )
+                    format!("needed to make {what} consistent: the backup cannot be restored")
                 } else {
                     format!(
-                        "a gap: recovery from backup {backup} stops before it{}",
+                        "a gap: recovery from {what} stops before it{}",
                         reached
                             .map(|(t, n)| format!(", at {}", name_of(t, n)))
                             .unwrap_or_default()

@@ -20,6 +20,7 @@ use crate::error::{Error, exit};
 use crate::fetch_state::FetchState;
 use crate::layout::Layout;
 use crate::lzop::DecodeToError;
+use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::prefetch::{Prefetching, wal_directory_of};
 use crate::storage::{ObjectReader, Storage, Store};
 use crate::wal::{self, WalFileKind};
@@ -128,9 +129,11 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
 }
 
 /// Whether PostgreSQL runs this `restore_command` for a standby: it runs it in the data
-/// directory, which then holds `standby.signal`.
+/// directory, which then holds `standby.signal` (or, up to PostgreSQL 11, a
+/// `recovery.conf` in standby mode).
 fn in_standby_mode() -> bool {
-    Path::new("standby.signal").is_file() && Path::new("PG_VERSION").is_file()
+    Path::new("PG_VERSION").is_file()
+        && DataDir::new(Path::new(".")).recovery_request() == RecoveryRequest::Standby
 }
 
 /// The records for `wale status`, kept only when PostgreSQL runs us (in its data

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::datadir::DataDir;
 use crate::users::{self, User};
 
 /// Server binaries of one major version.
@@ -35,47 +36,70 @@ impl Binaries {
     /// `/usr/lib/postgresql/N/bin`, PGDG's `/usr/pgsql-N/bin`, then `PATH`; each checked
     /// with `postgres --version`.
     pub fn find(major: u32, pg_bin: Option<&Path>) -> Result<Binaries, NotFound> {
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Some(dir) = pg_bin {
-            candidates.push(dir.to_path_buf());
-        } else {
-            candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
-            candidates.push(PathBuf::from(format!("/usr/pgsql-{major}/bin")));
-            if let Some(path) = std::env::var_os("PATH") {
-                candidates.extend(std::env::split_paths(&path));
-            }
+        match pg_bin {
+            Some(dir) => find_among(major, vec![dir.to_path_buf()], true),
+            None => find_among(major, usual_places(major), false),
         }
-        let mut looked = Vec::new();
-        for dir in candidates {
-            let postgres = dir.join("postgres");
-            if !postgres.is_file() {
-                if pg_bin.is_some() {
-                    looked.push(format!("{} (no postgres there)", dir.display()));
+    }
+
+    /// The binaries of the server of a data directory: `pg_bin` when given; else the
+    /// directory of the running postmaster's own executable, then the one `wale restore`
+    /// recorded, then the usual places. A restore made with `--pg-bin` needs it only once.
+    pub fn for_data_dir(
+        major: u32,
+        pg_bin: Option<&Path>,
+        data_dir: &DataDir,
+        running: Option<&PidFile>,
+    ) -> Result<Binaries, NotFound> {
+        if pg_bin.is_some() {
+            return Binaries::find(major, pg_bin);
+        }
+        let mut candidates = Vec::new();
+        if let Some(dir) = running.and_then(PidFile::executable_dir) {
+            candidates.push(dir);
+        }
+        if let Some(record) = data_dir.restore_record() {
+            candidates.push(record.pg_bin);
+        }
+        candidates.extend(usual_places(major));
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|dir| seen.insert(dir.clone()));
+        find_among(major, candidates, false)
+    }
+
+    /// A `psql` for queries: this directory's, else one of the same or a newer major
+    /// (older servers understand a newer client), else any found, with a note.
+    pub fn psql(&self) -> PathBuf {
+        let own = self.program("psql");
+        if own.is_file() {
+            return own;
+        }
+        let mut found: Vec<(u32, PathBuf)> = psql_candidates()
+            .into_iter()
+            .filter(|p| p.is_file())
+            .filter_map(|p| version_of(&p).map(|(major, _)| (major, p)))
+            .collect();
+        found.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+        let newest = found.first().cloned();
+        let choice = found
+            .iter()
+            .filter(|(major, _)| *major >= self.major)
+            .min_by_key(|(major, _)| *major)
+            .cloned()
+            .or(newest);
+        match choice {
+            Some((major, path)) => {
+                if major < self.major {
+                    tracing::debug!(
+                        "no psql {} or newer here; asking the server with {} (psql {major})",
+                        self.major,
+                        path.display()
+                    );
                 }
-                continue;
+                path
             }
-            match version_of(&postgres) {
-                Some((found, line)) if found == major => {
-                    return Ok(Binaries {
-                        dir,
-                        major,
-                        version_line: line,
-                    });
-                }
-                Some((found, _)) => looked.push(format!("{} (PostgreSQL {found})", dir.display())),
-                None => looked.push(format!("{} (postgres --version failed)", dir.display())),
-            }
+            None => own,
         }
-        if pg_bin.is_none() {
-            looked.insert(
-                0,
-                format!("/usr/lib/postgresql/{major}/bin, /usr/pgsql-{major}/bin, PATH"),
-            );
-        }
-        Err(NotFound {
-            major,
-            looked: looked.join("; "),
-        })
     }
 
     /// The path of one of the binaries.
@@ -98,6 +122,80 @@ impl Binaries {
             .parent()
             .map_or_else(|| self.dir.join("../lib"), |p| p.join("lib"))
     }
+}
+
+/// Debian's, PGDG's, then `PATH`.
+fn usual_places(major: u32) -> Vec<PathBuf> {
+    let mut places = vec![
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        PathBuf::from(format!("/usr/pgsql-{major}/bin")),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        places.extend(std::env::split_paths(&path));
+    }
+    places
+}
+
+/// Every `psql` in the usual places of any major, and on `PATH`.
+fn psql_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    for pattern_dir in ["/usr/lib/postgresql", "/usr"] {
+        let Ok(entries) = std::fs::read_dir(pattern_dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let versioned = if pattern_dir == "/usr" {
+                name.strip_prefix("pgsql-")
+                    .is_some_and(|v| v.parse::<u32>().is_ok())
+            } else {
+                name.parse::<u32>().is_ok()
+            };
+            if versioned {
+                candidates.push(entry.path().join("bin/psql"));
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("psql")));
+    }
+    candidates
+}
+
+/// The first directory of `candidates` whose `postgres` is of major `major`. Only an
+/// `explicit` choice reports directories without a `postgres` in them.
+fn find_among(major: u32, candidates: Vec<PathBuf>, explicit: bool) -> Result<Binaries, NotFound> {
+    let mut looked = Vec::new();
+    for dir in candidates {
+        let postgres = dir.join("postgres");
+        if !postgres.is_file() {
+            if explicit {
+                looked.push(format!("{} (no postgres there)", dir.display()));
+            }
+            continue;
+        }
+        match version_of(&postgres) {
+            Some((found, line)) if found == major => {
+                return Ok(Binaries {
+                    dir,
+                    major,
+                    version_line: line,
+                });
+            }
+            Some((found, _)) => looked.push(format!("{} (PostgreSQL {found})", dir.display())),
+            None => looked.push(format!("{} (postgres --version failed)", dir.display())),
+        }
+    }
+    if !explicit {
+        looked.insert(
+            0,
+            format!("/usr/lib/postgresql/{major}/bin, /usr/pgsql-{major}/bin, PATH"),
+        );
+    }
+    Err(NotFound {
+        major,
+        looked: looked.join("; "),
+    })
 }
 
 /// Runs `postgres --version` and reads the major version from
@@ -186,6 +284,13 @@ impl PidFile {
         }))
     }
 
+    /// The directory of the running postmaster's executable (`/proc/PID/exe`), when it
+    /// can be read and still exists.
+    pub fn executable_dir(&self) -> Option<PathBuf> {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok()?;
+        exe.is_file().then(|| exe.parent().map(Path::to_path_buf))?
+    }
+
     /// Whether its process still exists.
     pub fn is_alive(&self) -> bool {
         self.pid > 0
@@ -212,7 +317,7 @@ impl Connection {
     /// The server described by `pid`, through the `psql` of `binaries`.
     pub fn new(binaries: &Binaries, owner: &User, pid: &PidFile) -> Option<Connection> {
         Some(Connection {
-            psql: binaries.program("psql"),
+            psql: binaries.psql(),
             owner: owner.clone(),
             socket_dir: pid.socket_dir.clone()?,
             port: pid.port,

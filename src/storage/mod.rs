@@ -366,13 +366,22 @@ impl Store {
                 // A prefix naming no directory (a typo, `file://tmp/…` read as a host) is
                 // a configuration mistake, never an empty archive.
                 let root = std::path::Path::new("/").join(&file.path_prefix);
-                if !root.is_dir() {
-                    return Err(Error::Permanent {
-                        url: format!("file://{}", root.display()),
+                let url = format!("file://{}", root.display());
+                match std::fs::metadata(&root) {
+                    Ok(meta) if meta.is_dir() => Ok(Store::File(fs::FileStore)),
+                    Ok(_) => Err(Error::Permanent {
+                        url,
+                        detail: "not a directory (check the prefix)".into(),
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Permanent {
+                        url,
                         detail: "the archive directory does not exist (check the prefix)".into(),
-                    });
+                    }),
+                    Err(e) => Err(Error::AccessDenied {
+                        url,
+                        detail: format!("{e} (as user id {})", crate::users::effective_uid()),
+                    }),
                 }
-                Ok(Store::File(fs::FileStore))
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::pg::conf::{self, Finding};
 use crate::pg::control::ControlData;
+use crate::pg::version::{self, Major, RecoveryConfig};
 
 /// The five settings, and every other name wale writes in `postgresql.conf`: a line for
 /// any of them in `postgresql.auto.conf` would override wale's, so it is commented out.
@@ -38,6 +39,8 @@ const OWNED_SETTINGS: &[&str] = &[
     "recovery_target_timeline",
     "logging_collector",
     "log_destination",
+    "min_wal_size",
+    "max_wal_size",
 ];
 
 /// What `--cluster` adds to what wale writes: the Debian configuration directory names
@@ -62,7 +65,7 @@ pub(super) fn configure(
     let pgdata = &plan.pgdata;
     let pkglibdir = plan.binaries.pkglibdir();
     let auto_path = pgdata.join("postgresql.auto.conf");
-    if let Some(original) = crate::tablespaces::read_small_file(&auto_path)
+    if let Some(original) = crate::durable::read_small_file(&auto_path)
         .map_err(|e| Error::local(&auto_path, "cannot read", e))?
     {
         let mut owned = OWNED_SETTINGS.to_vec();
@@ -97,16 +100,40 @@ pub(super) fn configure(
     };
     let restore_command = restore_command(&envdir, options)?;
 
-    let text = postgresql_conf(args, plan, control, &restore_command);
+    let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
+    let recovery = recovery_settings(args, major, &restore_command);
+    let mut text = postgresql_conf(args, plan, control, major);
+    match major.recovery_config() {
+        RecoveryConfig::SignalFiles => {
+            append_settings(&mut text, &recovery);
+            let signal = if args.standby {
+                "standby.signal"
+            } else {
+                "recovery.signal"
+            };
+            write_file(&pgdata.join(signal), "", 0o600)?;
+        }
+        RecoveryConfig::RecoveryConf => {
+            let mut recovery_conf = format!(
+                "# Written by wale restore: PostgreSQL {major} reads its recovery settings here and\n\
+                 # renames this file to recovery.done when recovery ends.\n"
+            );
+            if args.standby {
+                append_settings(&mut recovery_conf, &[("standby_mode", "on".to_string())]);
+            }
+            append_settings(&mut recovery_conf, &recovery);
+            write_file(&pgdata.join("recovery.conf"), &recovery_conf, 0o600)?;
+        }
+    }
+    if !plan.settings.is_empty() {
+        text.push_str("\n# --set\n");
+        for (name, value) in &plan.settings {
+            let _ = writeln!(text, "{name} = {}", conf::quote(value));
+        }
+    }
     write_file(&pgdata.join("postgresql.conf"), &text, 0o600)?;
     write_file(&pgdata.join("pg_hba.conf"), &conf::local_only_hba(), 0o600)?;
     write_file(&pgdata.join("pg_ident.conf"), &conf::empty_ident(), 0o600)?;
-    let signal = if args.standby {
-        "standby.signal"
-    } else {
-        "recovery.signal"
-    };
-    write_file(&pgdata.join(signal), "", 0o600)?;
     if let Some(cluster) = &args.cluster {
         register_cluster(cluster, plan, &text)?;
     }
@@ -154,12 +181,44 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
     Ok(words.join(" "))
 }
 
-fn postgresql_conf(
+/// The recovery settings of this restore: `restore_command`, the timeline, the target.
+/// PostgreSQL 10 and 11 know no `current` (it is their default, so it is left out).
+fn recovery_settings(
     args: &RestoreArgs,
-    plan: &Plan,
-    control: &ControlData,
+    major: Major,
     restore_command: &str,
-) -> String {
+) -> Vec<(&'static str, String)> {
+    let mut settings = vec![("restore_command", restore_command.to_string())];
+    let default_current = major.recovery_config() == RecoveryConfig::RecoveryConf;
+    if !(default_current && args.target_timeline == "current") {
+        settings.push(("recovery_target_timeline", args.target_timeline.clone()));
+    }
+    let targets = [
+        ("recovery_target_time", &args.target_time),
+        ("recovery_target_lsn", &args.target_lsn),
+        ("recovery_target_name", &args.target_name),
+        ("recovery_target_xid", &args.target_xid),
+        ("recovery_target_action", &args.target_action),
+    ];
+    for (name, value) in targets {
+        if let Some(value) = value {
+            settings.push((name, value.clone()));
+        }
+    }
+    if args.target_immediate {
+        settings.push(("recovery_target", "immediate".to_string()));
+    }
+    settings
+}
+
+/// Appends `name = 'value'` lines.
+fn append_settings(text: &mut String, settings: &[(&str, String)]) {
+    for (name, value) in settings {
+        let _ = writeln!(text, "{name} = {}", conf::quote(value));
+    }
+}
+
+fn postgresql_conf(args: &RestoreArgs, plan: &Plan, control: &ControlData, major: Major) -> String {
     let mut text = String::new();
     let now = crate::storage::civil_utc(
         SystemTime::now()
@@ -186,6 +245,9 @@ fn postgresql_conf(
     line("port", args.port.to_string(), "");
     line("hot_standby", "on".into(), "");
     for (name, primary) in control.settings.named() {
+        if name == "max_wal_senders" && !major.checks_max_wal_senders() {
+            continue;
+        }
         line(
             name,
             primary.to_string(),
@@ -193,6 +255,21 @@ fn postgresql_conf(
         );
     }
     line("wal_level", control.wal_level.to_string(), "the source's");
+    let (min_wal, max_wal) = version::wal_size_settings_mb(control.segment_size);
+    let segment_why = format!(
+        "at least two of the backup's {} MiB WAL segments",
+        control.segment_size >> 20
+    );
+    line(
+        "min_wal_size",
+        conf::quote(&format!("{min_wal}MB")),
+        &segment_why,
+    );
+    line(
+        "max_wal_size",
+        conf::quote(&format!("{max_wal}MB")),
+        &segment_why,
+    );
     line(
         "logging_collector",
         "off".into(),
@@ -204,36 +281,6 @@ fn postgresql_conf(
         "off".into(),
         "a restored server must never write into the archive it reads",
     );
-    line("restore_command", conf::quote(restore_command), "");
-    line(
-        "recovery_target_timeline",
-        conf::quote(&args.target_timeline),
-        "",
-    );
-    if let Some(time) = &args.target_time {
-        line("recovery_target_time", conf::quote(time), "");
-    }
-    if let Some(lsn) = &args.target_lsn {
-        line("recovery_target_lsn", conf::quote(lsn), "");
-    }
-    if let Some(name) = &args.target_name {
-        line("recovery_target_name", conf::quote(name), "");
-    }
-    if let Some(xid) = &args.target_xid {
-        line("recovery_target_xid", conf::quote(xid), "");
-    }
-    if args.target_immediate {
-        line("recovery_target", conf::quote("immediate"), "");
-    }
-    if let Some(action) = &args.target_action {
-        line("recovery_target_action", conf::quote(action), "");
-    }
-    if !plan.settings.is_empty() {
-        text.push_str("\n# --set\n");
-        for (name, value) in &plan.settings {
-            let _ = writeln!(text, "{name} = {}", conf::quote(value));
-        }
-    }
     text
 }
 

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::layout::{BackupName, Layout};
 use crate::pg::control::ControlData;
+use crate::pg::datadir::{DataDir, RESTORE_RECORD, RestoreRecord};
 use crate::pg::server::{self, Binaries};
 use crate::storage::Store;
 use crate::users::{self, User};
@@ -92,6 +93,14 @@ async fn fetch_and_configure(
     give_to_owner(plan)?;
     report_tablespace_contents(plan);
     configure::configure(config, options, args, plan, &control)?;
+    let record = RestoreRecord {
+        backup: plan.backup.to_string(),
+        major: plan.binaries.major,
+        pg_bin: plan.binaries.dir.clone(),
+    };
+    DataDir::new(&plan.pgdata)
+        .write_restore_record(&record)
+        .map_err(|e| Error::local(plan.pgdata.join(RESTORE_RECORD), "cannot write", e))?;
     give_to_owner(plan)
 }
 

@@ -1,9 +1,8 @@
 //! Preflight: everything `restore` checks before it writes anything.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use super::{PlacedTablespace, Plan, absolute, default_tablespace_root, human_bytes};
 use crate::backups::{self, Backup, SentinelDetail};
@@ -14,11 +13,12 @@ use crate::decode::Decoding;
 use crate::error::Error;
 use crate::layout::{BackupName, Layout};
 use crate::pg::server::{self, Binaries, PidFile};
+use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{Storage, Store};
 use crate::tablespaces;
 use crate::users::{self, User};
-use crate::wal::{LONG_PAGE_HEADER_SIZE, LongPageHeader, SegmentName};
+use crate::wal::{LongPageHeader, SegmentName};
 
 pub(super) async fn preflight(
     config: &Config,
@@ -34,6 +34,8 @@ pub(super) async fn preflight(
     check_target_directory(&pgdata)?;
     check_reachable(&pgdata, &owner)?;
     check_key_readable(&options.envdir_settings, &owner)?;
+    check_archive_readable(config, &owner)?;
+    check_port(args)?;
     match &options.envdir {
         Some(envdir) => check_envdir_readable(&absolute(envdir)?, &owner)?,
         None => {
@@ -49,12 +51,18 @@ pub(super) async fn preflight(
         }
     }
 
-    let backup = choose_backup(config, store, layout, args).await?;
+    let backup = choose_backup(config, store, layout, args, &options.decoding).await?;
     let detail = with_retries(&config.retry, "read the sentinel", || {
         backups::read_detail(store, layout, &backup.name)
     })
     .await?;
     let major = read_major_version(config, store, layout, &backup.name).await?;
+    Major::new(major).map_err(|e| {
+        Error::Usage(format!(
+            "{}: {e}",
+            store.url(&layout.extended_version_key(&backup.name))
+        ))
+    })?;
     let binaries =
         Binaries::find(major, args.pg_bin.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
     tracing::info!(
@@ -167,7 +175,7 @@ fn check_recovery_options(args: &RestoreArgs) -> Result<(), Error> {
         )));
     }
     if let Some(time) = &args.target_time
-        && parse_timestamp(time).is_none()
+        && crate::time::parse_timestamp(time).is_none()
     {
         return Err(Error::Usage(format!(
             "--target-time {time:?}: expected a time such as '2026-11-30 10:00:00+00'"
@@ -223,12 +231,48 @@ fn check_target_directory(pgdata: &Path) -> Result<(), Error> {
     let mut entries =
         std::fs::read_dir(pgdata).map_err(|e| Error::local(pgdata, "cannot read", e))?;
     if entries.next().is_some() {
+        if let Some(cluster) = debian_cluster_at(pgdata) {
+            return Err(Error::Usage(format!(
+                "{} is Debian's cluster {cluster} (pg_lsclusters lists it): restore into another directory (with --cluster NAME to register it), or, if that cluster is empty and unused, remove it first with `pg_dropcluster --stop {}`",
+                pgdata.display(),
+                cluster.replace('/', " ")
+            )));
+        }
         return Err(Error::Usage(format!(
             "{} is not empty: wale restore only writes into an empty or new directory",
             pgdata.display()
         )));
     }
     Ok(())
+}
+
+/// The Debian cluster (`N/NAME`) whose configuration in `/etc/postgresql` names `pgdata`
+/// as its data directory, e.g. `15/main` that installing `postgresql-15` creates.
+fn debian_cluster_at(pgdata: &Path) -> Option<String> {
+    let versions = std::fs::read_dir("/etc/postgresql").ok()?;
+    for version in versions.flatten() {
+        let Ok(clusters) = std::fs::read_dir(version.path()) else {
+            continue;
+        };
+        for cluster in clusters.flatten() {
+            let conf = cluster.path().join("postgresql.conf");
+            let Ok(text) = std::fs::read_to_string(&conf) else {
+                continue;
+            };
+            let names_it = text
+                .lines()
+                .filter_map(crate::pg::conf::parse_line)
+                .any(|s| s.name == "data_directory" && Path::new(&s.value) == pgdata);
+            if names_it {
+                return Some(format!(
+                    "{}/{}",
+                    version.file_name().to_string_lossy(),
+                    cluster.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The named backup; or LATEST; or, with `--target-time` and no name, the newest backup
@@ -238,6 +282,7 @@ async fn choose_backup(
     store: &Store,
     layout: &Layout,
     args: &RestoreArgs,
+    decoding: &Decoding,
 ) -> Result<Backup, Error> {
     let all = with_retries(&config.retry, "list backups", || {
         backups::list(store, layout)
@@ -254,16 +299,7 @@ async fn choose_backup(
         && args.backup_name.is_none()
         && let Some(time) = args.target_time.as_deref()
     {
-        let target = parse_timestamp(time).expect("checked before");
-        return all
-            .into_iter()
-            .filter(|b| b.sentinel.modified < target)
-            .max_by_key(|b| b.sentinel.modified)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "no backup in {where_} finished before --target-time {time}"
-                ))
-            });
+        return backup_before(config, store, layout, all, time, decoding).await;
     }
     let parsed = backups::Query::parse(Some(query))?;
     match backups::select(all, &parsed).into_iter().next() {
@@ -275,6 +311,52 @@ async fn choose_backup(
             ))),
         },
     }
+}
+
+/// The newest backup that stopped before `--target-time`, by the stop time PostgreSQL
+/// recorded (newest backups asked first); the refusal shows every time compared.
+async fn backup_before(
+    config: &Config,
+    store: &Store,
+    layout: &Layout,
+    mut all: Vec<Backup>,
+    time: &str,
+    decoding: &Decoding,
+) -> Result<Backup, Error> {
+    let target = crate::time::parse_timestamp(time).ok_or_else(|| {
+        Error::Usage(format!(
+            "--target-time {time:?}: expected a time such as '2026-11-30 10:00:00+00'"
+        ))
+    })?;
+    all.sort_by(|a, b| b.name.cmp(&a.name));
+    let mut compared = Vec::new();
+    for backup in all {
+        let stop = with_retries(&config.retry, "read the backup history file", || {
+            backups::stop_time(store, layout, &backup, decoding)
+        })
+        .await?;
+        if stop.at < target {
+            tracing::info!(
+                "backup {} stopped at {} ({}), before --target-time {time}",
+                backup.name,
+                crate::storage::python_utc_text(stop.at, true),
+                stop.source
+            );
+            return Ok(backup);
+        }
+        compared.push(format!(
+            "{} stopped at {} ({})",
+            backup.name,
+            crate::storage::python_utc_text(stop.at, true),
+            stop.source
+        ));
+    }
+    Err(Error::NotFound(format!(
+        "no backup in {} stopped before --target-time {time} ({}): {}",
+        store.url(&layout.basebackups()),
+        crate::storage::python_utc_text(target, true),
+        compared.join("; ")
+    )))
 }
 
 async fn read_major_version(
@@ -339,54 +421,18 @@ async fn read_first_header(
     backup: &BackupName,
     decoding: &Decoding,
 ) -> Result<LongPageHeader, Error> {
-    let name = backup.start_segment().to_string();
-    let key = layout.wal_key(&name);
-    let url = store.url(&key);
-    let bytes = with_retries(&config.retry, "read the backup's first WAL segment", || async {
-        let object = match store.get(&key).await {
-            Err(crate::storage::Error::NotFound { .. }) => {
-                return Err(Error::NotFound(format!(
-                    "{url}: the WAL segment where backup {backup} starts is not in the archive, so the backup cannot be made consistent"
-                )));
-            }
-            other => other?,
-        };
-        let url = url.clone();
-        let (decoding, object_url) = (decoding.clone(), url.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut decoder =
-                decoding.decoder(BufReader::new(object.into_blocking_read()), &object_url)?;
-            let mut header = [0u8; LONG_PAGE_HEADER_SIZE];
-            decoder.read_exact(&mut header).map(|()| header)
-        })
-        .await?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
-                url: url.clone(),
-                reason: format!("cannot read its first page: {e}"),
-            },
-            _ => Error::from_read(&url, e),
-        })
-    })
-    .await?;
-    let header = LongPageHeader::parse(&bytes).map_err(|reason| Error::Corrupt {
-        url: url.clone(),
-        reason,
+    let segment = SegmentName::parse(backup.start_segment()).ok_or_else(|| {
+        Error::Usage(format!(
+            "{backup}: the start segment is not a WAL segment name"
+        ))
     })?;
-    let size = u64::from(header.segment_size);
-    if let Some(segment) = SegmentName::parse(&name)
-        && crate::wal::is_valid_segment_size(size)
-        && (header.page_address != segment.start_lsn(size) || header.timeline != segment.timeline)
-    {
-        return Err(Error::Corrupt {
-            url,
-            reason: format!(
-                "its first page is for timeline {} at {}, not {name}: the object is another segment",
-                header.timeline, header.page_address
-            ),
-        });
+    match crate::archive::segment_header(config, store, layout, &segment, decoding).await {
+        Err(Error::NotFound(_)) => Err(Error::NotFound(format!(
+            "{}: the WAL segment where backup {backup} starts is not in the archive, so the backup cannot be made consistent",
+            store.url(&layout.wal_key(&segment.to_string()))
+        ))),
+        other => other,
     }
-    Ok(header)
 }
 
 /// Every segment from the backup's start through its stop segment must be in the archive:
@@ -521,63 +567,6 @@ fn place_tablespaces(
     Ok(placed)
 }
 
-/// A time as `--target-time` accepts it, to compare with a sentinel's time: PostgreSQL's
-/// `YYYY-MM-DD HH:MM:SS[.fff][+HH[:MM]|Z| UTC]` (no zone means UTC here).
-pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    let (date, rest) = text.split_at_checked(10)?;
-    let mut parts = date.split('-');
-    let year: i64 = parts.next()?.parse().ok()?;
-    let month: u32 = parts.next()?.parse().ok()?;
-    let day: u32 = parts.next()?.parse().ok()?;
-    let rest = rest.strip_prefix([' ', 'T']).unwrap_or(rest);
-    let (time, zone) = match rest.find(['+', '-', 'Z', ' ']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let mut hms = time.split(':');
-    let hour: u32 = hms
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("0")
-        .parse()
-        .ok()?;
-    let minute: u32 = hms.next().unwrap_or("0").parse().ok()?;
-    let seconds: f64 = hms.next().unwrap_or("0").parse().ok()?;
-    let zone = zone.trim();
-    let offset_secs: i64 = match zone {
-        "" | "Z" | "UTC" | "+00" | "-00" => 0,
-        _ => {
-            let sign = if zone.starts_with('-') { -1 } else { 1 };
-            let digits = zone.trim_start_matches(['+', '-']).replace(':', "");
-            let (h, m) = match digits.len() {
-                2 => (digits.parse::<i64>().ok()?, 0),
-                4 => (digits[..2].parse().ok()?, digits[2..].parse().ok()?),
-                _ => return None,
-            };
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86400 + i64::from(hour) * 3600 + i64::from(minute) * 60 - offset_secs;
-    let whole = secs as f64 + seconds;
-    (whole >= 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(whole))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// The server runs as `owner`: the nearest existing ancestor of PGDATA must be
 /// searchable by it (directories wale creates on the way are 0755), or it could not reach
 /// its own data directory.
@@ -639,6 +628,56 @@ fn check_key_readable(settings: &[(String, String)], owner: &User) -> Result<(),
     Ok(())
 }
 
+/// A `file://` archive is read by `restore_command` as the server's owner: one it cannot
+/// enter would leave a server that can restore nothing (and wale, run as root, would not
+/// notice).
+fn check_archive_readable(config: &Config, owner: &User) -> Result<(), Error> {
+    let crate::config::StoreConfig::File(file) = &config.store else {
+        return Ok(());
+    };
+    let root = Path::new("/").join(&file.path_prefix);
+    let wal = root.join("wal_005");
+    let mut places = vec![root.to_string_lossy().into_owned()];
+    if wal.is_dir() {
+        places.push(wal.to_string_lossy().into_owned());
+    }
+    for place in places {
+        if !owner_can(owner, &["-r", &place, "-a", "-x", &place]) {
+            return Err(Error::Usage(format!(
+                "file://{place}: permission denied for user {}, who runs restore_command for the restored server; let {} read the archive (chmod or chown), or restore as another --owner",
+                owner.name, owner.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--start` needs the port free: a server already listening there would make the new
+/// one fail after the whole restore.
+fn check_port(args: &RestoreArgs) -> Result<(), Error> {
+    let in_use = [
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ]
+    .into_iter()
+    .any(|ip| {
+        std::net::TcpListener::bind((ip, args.port))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if !in_use {
+        return Ok(());
+    }
+    let line = format!(
+        "port {} is in use on this machine (another PostgreSQL?); pass --port with a free one",
+        args.port
+    );
+    if args.start {
+        return Err(Error::Usage(line));
+    }
+    tracing::warn!("{line} before starting the restored server");
+    Ok(())
+}
+
 /// Asks the kernel, as `owner`, whether `test EXPR` holds (exact, groups included).
 fn owner_can(owner: &User, expr: &[&str]) -> bool {
     if users::effective_uid() == owner.uid {
@@ -648,43 +687,4 @@ fn owner_can(owner: &User, expr: &[&str]) -> bool {
         .args(expr)
         .status()
         .is_ok_and(|s| s.success())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_times_parse_as_postgres_writes_them() {
-        let epoch = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-        };
-        assert_eq!(
-            epoch(parse_timestamp("1970-01-02 00:00:00").unwrap()),
-            86400.0
-        );
-        assert_eq!(
-            epoch(parse_timestamp("1970-01-02 01:00:00+01").unwrap()),
-            86400.0
-        );
-        assert_eq!(
-            epoch(parse_timestamp("1970-01-01T23:30:00-00:30").unwrap()),
-            86400.0
-        );
-        assert_eq!(
-            epoch(parse_timestamp("2026-11-30 10:00:00.5Z").unwrap()),
-            1796032800.5
-        );
-        assert_eq!(epoch(parse_timestamp("2000-03-01").unwrap()), 951868800.0);
-        for bad in [
-            "",
-            "yesterday",
-            "2026-13-01 00:00:00",
-            "2026-11-30 10:00:00+5",
-        ] {
-            assert!(parse_timestamp(bad).is_none(), "{bad}");
-        }
-    }
 }

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::fetch_state::FetchState;
 use crate::pg::conf;
 use crate::pg::server::{self, Connection, PidFile};
+use crate::pg::version::Major;
 use crate::users;
 
 /// How long to wait for a server to accept connections.
@@ -123,11 +124,9 @@ fn wait_until_accepting(plan: &Plan, log: &Path, since: u64) -> Result<PidFile, 
 fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), Error> {
     let connection = Connection::new(&plan.binaries, &plan.owner, pid)
         .ok_or_else(|| failure(log, "the server listens on no Unix socket"))?;
-    let pause = if plan.binaries.major >= 14 {
-        "pg_get_wal_replay_pause_state() = 'paused'"
-    } else {
-        "pg_is_wal_replay_paused()"
-    };
+    let pause = Major::new(plan.binaries.major)
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .replay_paused_sql();
     let sql = format!(
         "select pg_is_in_recovery(), case when pg_is_in_recovery() then {pause} else false end, \
          case when pg_is_in_recovery() then pg_last_wal_replay_lsn() end"
@@ -164,9 +163,10 @@ fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), E
             }
             if field(1) == "t" {
                 tracing::info!(
-                    "{}: recovery paused at {} (its target): check the data, then `select pg_wal_replay_resume()` to promote",
+                    "{}: recovery paused at {} (its target): check the data, then `wale promote {}` ends recovery there",
                     plan.pgdata.display(),
-                    field(2)
+                    field(2),
+                    plan.pgdata.display()
                 );
                 return Ok(());
             }
