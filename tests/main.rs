@@ -14,6 +14,8 @@ mod cloud;
 mod gpg;
 /// The lzop decoder against the real `lzop` and real WAL-E objects.
 mod lzop_compat;
+/// PostgreSQL 10 to 18, each from a real WAL-E archive of its own: standby and PITR.
+mod matrix;
 /// Real PostgreSQL recovering through `wale wal-fetch`.
 mod postgres;
 /// The background prefetcher: hits, clean-up, kill -9.

@@ -432,7 +432,7 @@ fn restore_refuses_with_one_clear_line() {
         &site,
         &["--target-time", "1999-01-01 00:00:00+00"],
         1,
-        "finished before",
+        "stopped before --target-time",
     );
     nothing_written(&site);
 

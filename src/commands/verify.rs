@@ -120,9 +120,8 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
     let mut system_identifier = None;
     if args.wal_only {
         let oldest = chosen.iter().map(|b| &b.name).min_by_key(|n| n.as_str());
-        if let Some(start) = oldest.and_then(|n| SegmentName::parse(n.start_segment())) {
-            segment_size = segment_size_of(config, &store, &layout, decoding, &start).await?;
-        }
+        let start = oldest.and_then(|n| SegmentName::parse(n.start_segment()));
+        segment_size = learn_segment_size(config, &store, &layout, decoding, start).await?;
     } else {
         for backup in &chosen {
             let (result, control) =
@@ -538,7 +537,7 @@ async fn verify_wal_only_prefix(
         "no complete backup in {}: checking the WAL from its oldest segment, {oldest}",
         store.url(&layout.basebackups())
     );
-    let segment_size = segment_size_of(config, store, layout, decoding, &oldest).await?;
+    let segment_size = learn_segment_size(config, store, layout, decoding, Some(oldest)).await?;
     let mut report = Report {
         backups: Vec::new(),
         timelines: Vec::new(),
@@ -564,6 +563,27 @@ async fn verify_wal_only_prefix(
         check_segments(&wal, &needed, None, &mut report).await?;
     }
     finish(&report, config, store, args)
+}
+
+/// The segment size the WAL records: in `preferred`'s first page, else (it is missing)
+/// in the archive's oldest segment's; PostgreSQL's default when there is no WAL at all.
+async fn learn_segment_size(
+    config: &Config,
+    store: &Store,
+    layout: &Layout,
+    decoding: &Decoding,
+    preferred: Option<SegmentName>,
+) -> Result<u64, Error> {
+    if let Some(segment) = preferred {
+        match segment_size_of(config, store, layout, decoding, &segment).await {
+            Err(Error::NotFound(_)) => {}
+            other => return other,
+        }
+    }
+    match crate::archive::oldest_segment(config, store, layout).await? {
+        Some(oldest) => segment_size_of(config, store, layout, decoding, &oldest).await,
+        None => Ok(wal::DEFAULT_SEGMENT_SIZE),
+    }
 }
 
 /// The segment size the WAL records in `segment`'s first page.
