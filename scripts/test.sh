@@ -44,6 +44,12 @@ if [ ! -x "$WALE_EMULATORS/azurite/node_modules/.bin/azurite-blob" ]; then
   (cd "$WALE_EMULATORS/azurite" && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
 fi
 
+# The version matrix (tests/matrix.rs) runs PostgreSQL 10 to 18 from the npm registry's
+# server builds, pinned, installed once under WALE_PG_MATRIX (a non-standard directory on
+# purpose: only `wale restore` is told where they are).
+export WALE_PG_MATRIX="${WALE_PG_MATRIX:-/var/tmp/wale-pg}"
+bash scripts/install-pg-matrix.sh
+
 # The benchmarks must keep compiling even when nobody runs them.
 cargo bench --locked --no-run
 
