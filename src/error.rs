@@ -30,6 +30,8 @@ pub mod exit {
     /// A usage or configuration error under `wal-fetch`: above 125, so that a broken
     /// envdir stops archive recovery instead of ending it and promoting the server.
     pub const WAL_FETCH_USAGE: u8 = 204;
+    /// Interrupted by SIGINT or SIGTERM (the shell's 128 + SIGINT).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Everything a command can fail with, each naming the object or path at fault.
@@ -76,6 +78,9 @@ pub enum Error {
     /// A failure inside wale itself (a worker task died).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Stopped by SIGINT or SIGTERM (or work cancelled because of it).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {
@@ -151,6 +156,7 @@ impl Error {
             ) => exit::STORE_REFUSED,
             Error::Corrupt { .. } => exit::CORRUPT,
             Error::Local { .. } | Error::Server { .. } | Error::Internal(_) => exit::LOCAL,
+            Error::Interrupted => exit::INTERRUPTED,
         }
     }
 }

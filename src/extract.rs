@@ -75,6 +75,9 @@ pub struct Options {
     pub trusted_links: HashSet<PathBuf>,
     /// Relative paths no member may use (the caller's own files in the target).
     pub reserved: Vec<PathBuf>,
+    /// Raised when the restore failed elsewhere or was interrupted: every stream stops
+    /// at its next member.
+    pub cancellation: crate::pool::Cancellation,
 }
 
 /// Counts of what was restored.
@@ -125,8 +128,6 @@ pub struct Extractor {
     state: Mutex<State>,
     /// File bytes written so far, for progress reports.
     pub bytes_written: AtomicU64,
-    /// Set when the restore has failed elsewhere: every stream stops at its next member.
-    cancelled: std::sync::atomic::AtomicBool,
 }
 
 /// Members are copied through a buffer of this size.
@@ -145,7 +146,6 @@ impl Extractor {
             options,
             state: Mutex::new(state),
             bytes_written: AtomicU64::new(0),
-            cancelled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -154,18 +154,13 @@ impl Extractor {
         let mut buffer = vec![0u8; COPY_BUFFER];
         let mut members = 0;
         while let Some(header) = archive.next_header()? {
-            if self.cancelled.load(Ordering::Relaxed) {
+            if self.options.cancellation.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             self.extract_member(&header, archive, &mut buffer)?;
             members += 1;
         }
         Ok(members)
-    }
-
-    /// Makes every running [`Extractor::extract`] stop at its next member.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
     }
 
     fn extract_member<R: Read>(

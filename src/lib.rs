@@ -32,6 +32,7 @@
 //!   header, the oldest segment.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`time`]: times as PostgreSQL writes them.
+//! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).
 //! * [`commands`]: one module per subcommand.
@@ -53,6 +54,7 @@ pub mod fetch_state;
 pub mod layout;
 pub mod lzop;
 pub mod pg;
+pub mod pool;
 pub mod prefetch;
 pub mod progress;
 pub mod retry;

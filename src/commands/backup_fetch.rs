@@ -20,6 +20,7 @@ use crate::decode::Decoding;
 use crate::error::Error;
 use crate::extract::{self, Extractor};
 use crate::layout::{BackupName, Layout, partition_number};
+use crate::pool::{Cancellation, for_each_bounded};
 use crate::storage::{ResumingReader, Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
@@ -85,7 +86,10 @@ pub async fn run(
         restore_spec: args.restore_spec.clone(),
         mappings,
         keep_wal_link: args.keep_wal_link,
+        cancellation: Cancellation::new(),
+        reserved: Vec::new(),
     };
+    let _signals = crate::pool::cancel_on_signals(&request.cancellation);
     fetch(config, &store, decoding, &request).await
 }
 
@@ -105,6 +109,10 @@ pub struct FetchRequest {
     pub mappings: Vec<(String, PathBuf)>,
     /// `--keep-wal-link`.
     pub keep_wal_link: bool,
+    /// Raised by a failing partition or from outside (a signal): every partition stops.
+    pub cancellation: Cancellation,
+    /// Paths in the target that are the caller's own: no member may use them.
+    pub reserved: Vec<PathBuf>,
 }
 
 /// Fetches the backup: GET → (decryption) → lzop → tar → extraction for every partition,
@@ -148,7 +156,10 @@ pub async fn fetch(
                 set_owner: crate::users::effective_uid() == 0,
                 keep_wal_link: request.keep_wal_link,
                 trusted_links,
-                reserved: vec![PathBuf::from(MARKER)],
+                reserved: std::iter::once(PathBuf::from(MARKER))
+                    .chain(request.reserved.iter().cloned())
+                    .collect(),
+                cancellation: request.cancellation.clone(),
             },
         )
         .map_err(|e| extract_error(&target.display().to_string(), e))?,
@@ -176,6 +187,7 @@ pub async fn fetch(
         decoding,
         config.retry,
         &progress,
+        &request.cancellation,
     )
     .await;
     progress.stop();
@@ -360,21 +372,31 @@ async fn restore_partitions(
     decoding: &Decoding,
     retry: RetryPolicy,
     progress: &Progress,
+    cancellation: &Cancellation,
 ) -> Result<(), Error> {
     // The first failure stops the others: the restore as a whole has failed.
-    super::for_each_bounded(
+    for_each_bounded(
         partitions.iter().cloned(),
         pool,
+        cancellation,
         |partition| {
-            let (store, extractor, done, decoding) = (
+            let (store, extractor, done, decoding, cancellation) = (
                 store.clone(),
                 extractor.clone(),
                 progress.partitions_done.clone(),
                 decoding.clone(),
+                cancellation.clone(),
             );
             async move {
-                let result =
-                    restore_partition(&store, &extractor, &partition, &decoding, retry).await;
+                let result = restore_partition(
+                    &store,
+                    &extractor,
+                    &partition,
+                    &decoding,
+                    retry,
+                    &cancellation,
+                )
+                .await;
                 done.fetch_add(1, Ordering::Relaxed);
                 result
             }
@@ -390,12 +412,24 @@ async fn restore_partition(
     partition: &Partition,
     decoding: &Decoding,
     retry: RetryPolicy,
+    cancellation: &Cancellation,
 ) -> Result<(), Error> {
     let started = Instant::now();
     let what = format!("fetch {}", partition.file_name());
-    let first = crate::retry::with_retries(&retry, &what, || store.get(&partition.key)).await?;
+    // Waiting for the store may be dropped when cancelled; the extraction below may not
+    // (its thread would go on writing), so it watches the flag itself.
+    let first = tokio::select! {
+        biased;
+        () = cancellation.cancelled() => return Err(Error::Interrupted),
+        first = crate::retry::with_retries(&retry, &what, || store.get(&partition.key)) => first?,
+    };
     let url = first.url.clone();
-    let body = ResumingReader::new(store.clone(), &partition.key, first, retry);
+    let body = cancellation.reader(ResumingReader::new(
+        store.clone(),
+        &partition.key,
+        first,
+        retry,
+    ));
     let extractor = extractor.clone();
     let (decoding, object) = (decoding.clone(), url.clone());
     let members = tokio::task::spawn_blocking(move || {

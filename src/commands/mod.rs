@@ -44,37 +44,3 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::Version | Command::Generate(_) => Ok(()),
     }
 }
-
-/// Runs `work` on every item, at most `pool` at a time, and hands each result to `each`
-/// as it finishes. The first error (from `each`, or a task that panicked) stops the
-/// others, and they are waited for before it is returned, so nothing is still writing
-/// when the caller sees it. The one bounded worker pool of `backup-fetch` and `verify`.
-async fn for_each_bounded<T, R, Fut>(
-    items: impl IntoIterator<Item = T>,
-    pool: usize,
-    mut work: impl FnMut(T) -> Fut,
-    mut each: impl FnMut(R) -> Result<(), Error>,
-) -> Result<(), Error>
-where
-    Fut: std::future::Future<Output = R> + Send + 'static,
-    R: Send + 'static,
-{
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut pending = items.into_iter();
-    loop {
-        while tasks.len() < pool.max(1) {
-            let Some(item) = pending.next() else {
-                break;
-            };
-            tasks.spawn(work(item));
-        }
-        let Some(finished) = tasks.join_next().await else {
-            return Ok(());
-        };
-        if let Err(err) = finished.map_err(Error::from).and_then(&mut each) {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            return Err(err);
-        }
-    }
-}

@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::extract::member_path;
 use crate::layout::{BackupName, Layout};
 use crate::pg::control::ControlData;
+use crate::pool::{Cancellation, for_each_bounded};
 use crate::retry::with_retries;
 use crate::storage::{ResumingReader, Storage, Store};
 use crate::tar;
@@ -229,42 +230,52 @@ async fn verify_backup(
     tracing::info!("verifying {backup}: {} partitions", partitions.len());
     let pool = pool_size(args.pool_size, partitions.len());
     let mut facts = PartitionFacts::default();
+    let cancellation = Cancellation::new();
     let work = |partition: Partition| {
         let (store, decoding, retry) = (store.clone(), decoding.clone(), config.retry);
+        let cancellation = cancellation.clone();
         async move {
             let url = store.url(&partition.key);
             (
                 url,
-                verify_partition(store, decoding, retry, partition).await,
+                verify_partition(store, decoding, retry, partition, cancellation).await,
             )
         }
     };
-    super::for_each_bounded(partitions.iter().cloned(), pool, work, |(url, result)| {
-        match result {
-            Ok(one) => {
-                facts.members += one.members;
-                facts.bytes += one.bytes;
-                facts.backup_label |= one.backup_label;
-                if one.pg_control.is_some() {
-                    facts.pg_control = one.pg_control;
+    for_each_bounded(
+        partitions.iter().cloned(),
+        pool,
+        &cancellation,
+        work,
+        |(url, result)| {
+            match result {
+                Ok(one) => {
+                    facts.members += one.members;
+                    facts.bytes += one.bytes;
+                    facts.backup_label |= one.backup_label;
+                    if one.pg_control.is_some() {
+                        facts.pg_control = one.pg_control;
+                    }
+                    for member in one.refused {
+                        problems.push(Problem {
+                            object: url.clone(),
+                            kind: "corrupt",
+                            reason: member,
+                        });
+                    }
                 }
-                for member in one.refused {
+                Err(err) if err.exit_code() == crate::error::exit::CORRUPT => {
                     problems.push(Problem {
-                        object: url.clone(),
+                        object: url,
                         kind: "corrupt",
-                        reason: member,
-                    });
+                        reason: corrupt_reason(&err),
+                    })
                 }
+                Err(err) => return Err(err),
             }
-            Err(err) if err.exit_code() == crate::error::exit::CORRUPT => problems.push(Problem {
-                object: url,
-                kind: "corrupt",
-                reason: corrupt_reason(&err),
-            }),
-            Err(err) => return Err(err),
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await?;
     let base = store.url(&layout.tar_partitions(backup));
     if !partitions.is_empty() && !facts.backup_label {
@@ -336,11 +347,21 @@ async fn verify_partition(
     decoding: Decoding,
     retry: crate::config::RetryPolicy,
     partition: Partition,
+    cancellation: Cancellation,
 ) -> Result<PartitionFacts, Error> {
     let what = format!("fetch {}", partition.file_name());
-    let first = with_retries(&retry, &what, || store.get(&partition.key)).await?;
+    let first = tokio::select! {
+        biased;
+        () = cancellation.cancelled() => return Err(Error::Interrupted),
+        first = with_retries(&retry, &what, || store.get(&partition.key)) => first?,
+    };
     let url = first.url.clone();
-    let body = ResumingReader::new(store.clone(), &partition.key, first, retry);
+    let body = cancellation.reader(ResumingReader::new(
+        store.clone(),
+        &partition.key,
+        first,
+        retry,
+    ));
     let read_url = url.clone();
     tokio::task::spawn_blocking(move || {
         let decoder = decoding
@@ -770,20 +791,27 @@ async fn check_segments(
             (url, checked)
         }
     };
-    super::for_each_bounded(needed.iter().copied(), DEEP_CONCURRENCY, work, |done| {
-        match done {
-            (_, Ok(())) => {}
-            (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
-                report.problems.push(Problem {
-                    object: url,
-                    kind: "corrupt",
-                    reason: corrupt_reason(&err),
-                });
+    let cancellation = Cancellation::new();
+    for_each_bounded(
+        needed.iter().copied(),
+        DEEP_CONCURRENCY,
+        &cancellation,
+        work,
+        |done| {
+            match done {
+                (_, Ok(())) => {}
+                (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
+                    report.problems.push(Problem {
+                        object: url,
+                        kind: "corrupt",
+                        reason: corrupt_reason(&err),
+                    });
+                }
+                (_, Err(err)) => return Err(err),
             }
-            (_, Err(err)) => return Err(err),
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
 }
 

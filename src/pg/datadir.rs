@@ -55,7 +55,9 @@ pub enum RecoveryRequest {
     None,
 }
 
-/// What `wale restore` wrote down for the commands that come after it.
+/// What `wale restore` wrote down, first thing, in the data directory it fills: which
+/// restore this is (so that the same command run again after a kill recognises its own
+/// work), what it may remove again, and, once complete, what `status` and `promote` need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRecord {
     /// The backup restored.
@@ -64,6 +66,16 @@ pub struct RestoreRecord {
     pub major: u32,
     /// The directory of the server binaries the restore used.
     pub pg_bin: PathBuf,
+    /// Whether the restore finished (fetched and configured); until then the tree is
+    /// work in progress that the same command removes and redoes.
+    #[serde(default)]
+    pub complete: bool,
+    /// The restore's request (its arguments that decide the result), as the restore wrote it.
+    #[serde(default)]
+    pub request: serde_json::Value,
+    /// What the restore created or filled, with whether each existed before it.
+    #[serde(default)]
+    pub places: Vec<(PathBuf, bool)>,
 }
 
 /// A PostgreSQL data directory.
@@ -269,6 +281,9 @@ mod tests {
             backup: "base_000000010000000000000002_00000028".into(),
             major: 11,
             pg_bin: "/opt/pg11/bin".into(),
+            complete: true,
+            request: serde_json::json!({"standby": true}),
+            places: vec![("/srv/data".into(), false)],
         };
         data.write_restore_record(&record).unwrap();
         assert_eq!(data.restore_record(), Some(record));

@@ -131,9 +131,11 @@ pub(super) fn configure(
             let _ = writeln!(text, "{name} = {}", conf::quote(value));
         }
     }
-    write_file(&pgdata.join("postgresql.conf"), &text, 0o600)?;
     write_file(&pgdata.join("pg_hba.conf"), &conf::local_only_hba(), 0o600)?;
     write_file(&pgdata.join("pg_ident.conf"), &conf::empty_ident(), 0o600)?;
+    // Last: without postgresql.conf PostgreSQL refuses to start, so a restore interrupted
+    // before this point can never be started by mistake.
+    write_file(&pgdata.join("postgresql.conf"), &text, 0o600)?;
     if let Some(cluster) = &args.cluster {
         register_cluster(cluster, plan, &text)?;
     }

@@ -23,7 +23,9 @@ use crate::error::Error;
 use crate::layout::{BackupName, Layout};
 use crate::pg::control::ControlData;
 use crate::pg::datadir::{DataDir, RESTORE_RECORD, RestoreRecord};
+use crate::pg::server::PidFile;
 use crate::pg::server::{self, Binaries};
+use crate::pool::Cancellation;
 use crate::storage::Store;
 use crate::users::{self, User};
 use crate::wal::LongPageHeader;
@@ -35,34 +37,206 @@ mod preflight;
 mod start;
 
 /// Runs `wale restore`.
+///
+/// The first thing it writes into PGDATA is [`RESTORE_RECORD`], naming this restore (its
+/// request) and what it may create; it is marked complete once the configuration is in
+/// place, after `pg_control` (written last by the fetch) and `postgresql.conf` (written
+/// last by the configuration), so PostgreSQL cannot start a half-made tree. Run again
+/// after a kill, the same command recognises its work: unfinished, it is removed and
+/// redone; complete, the command goes on from there (starts the server, or waits for the
+/// one it started). SIGINT and SIGTERM stop the work and roll everything back.
 pub async fn run(config: &Config, options: &Options, args: &RestoreArgs) -> Result<(), Error> {
+    let cancellation = Cancellation::new();
+    let _signals = crate::pool::cancel_on_signals(&cancellation);
+    let pgdata = absolute(&args.pgdata)?;
+    let request = request_of(config, options, args, &pgdata)?;
+    if let Some(record) = DataDir::new(&pgdata).restore_record() {
+        match earlier_restore(&pgdata, record, &request)? {
+            Some(complete) => return finish_earlier(&pgdata, complete, args, &cancellation).await,
+            None => {}
+        }
+    }
     let store = Arc::new(Store::open(&config.store).await?);
     let layout = Layout::new(config.store.path_prefix());
-    let plan = preflight::preflight(config, options, args, &store, &layout).await?;
+    let plan = tokio::select! {
+        biased;
+        () = cancellation.cancelled() => {
+            return Err(Error::Interrupted);
+        }
+        plan = preflight::preflight(config, options, args, &store, &layout) => plan?,
+    };
 
-    // From here on wale writes. Until the configuration is in place, a failure removes
-    // what this run created, so the same command can simply be run again.
+    // From here on wale writes. Until the restore is complete, a failure removes what
+    // this run created, so the same command can simply be run again.
     let undo = Undo::record(&plan);
-    let restored = fetch_and_configure(config, options, args, &store, &plan).await;
+    let restored = fetch_and_configure(
+        config,
+        options,
+        args,
+        &store,
+        &plan,
+        &undo,
+        &request,
+        &cancellation,
+    )
+    .await;
     if let Err(err) = restored {
-        undo.roll_back();
-        return Err(err);
+        return Err(undo.roll_back(err));
     }
-
-    if args.start {
-        start::start(&plan, args)?;
-    } else {
-        tracing::info!("restored; start it with: {}", start::command_line(&plan));
+    if !args.start {
+        tracing::info!(
+            "restored; start it with: {}",
+            start::command_line(&plan.server())
+        );
+        return Ok(());
     }
-    Ok(())
+    let server = plan.server();
+    match start::start(&server, args, &cancellation).await {
+        Err(Error::Interrupted) => {
+            start::stop(&server);
+            Err(undo.roll_back(Error::Interrupted))
+        }
+        other => other,
+    }
 }
 
+/// What decides a restore's result, compared when the same command is run again: every
+/// argument but `--start`, `--pool-size` and `--pg-bin`, and the archive.
+fn request_of(
+    config: &Config,
+    options: &Options,
+    args: &RestoreArgs,
+    pgdata: &Path,
+) -> Result<serde_json::Value, Error> {
+    let envdir = options.envdir.as_deref().map(absolute).transpose()?;
+    Ok(serde_json::json!({
+        "archive": format!("{:?}", config.store.path_prefix()),
+        "pgdata": pgdata,
+        "backup": args.backup_name,
+        "standby": args.standby,
+        "port": args.port,
+        "tablespaces": args.tablespaces,
+        "settings": args.settings,
+        "cluster": args.cluster,
+        "owner": args.owner,
+        "envdir": envdir,
+        "target_time": args.target_time,
+        "target_lsn": args.target_lsn,
+        "target_name": args.target_name,
+        "target_xid": args.target_xid,
+        "target_immediate": args.target_immediate,
+        "target_action": args.target_action,
+        "target_timeline": args.target_timeline,
+    }))
+}
+
+/// A data directory holding a record of an earlier `wale restore`: of another request,
+/// refused; unfinished, rolled back (so the restore starts afresh, `None`); complete,
+/// returned for [`finish_earlier`].
+fn earlier_restore(
+    pgdata: &Path,
+    record: RestoreRecord,
+    request: &serde_json::Value,
+) -> Result<Option<RestoreRecord>, Error> {
+    if record.request != *request {
+        return Err(Error::Usage(format!(
+            "{} holds a {} restore of {} made by wale with other options; run that same command again to {}, or remove {} (and what it created beside it) to start over",
+            pgdata.display(),
+            if record.complete {
+                "complete"
+            } else {
+                "unfinished"
+            },
+            record.backup,
+            if record.complete {
+                "use it"
+            } else {
+                "finish it"
+            },
+            pgdata.display()
+        )));
+    }
+    if record.complete {
+        return Ok(Some(record));
+    }
+    tracing::warn!(
+        "{} holds an unfinished restore of {} by this same command (interrupted); removing it and restoring again",
+        pgdata.display(),
+        record.backup
+    );
+    Undo {
+        places: record.places,
+    }
+    .remove_all();
+    Ok(None)
+}
+
+/// The same command after a complete restore: without `--start`, nothing to do; with it,
+/// the server is started, or the one an interrupted run started is waited for as the
+/// run would have.
+async fn finish_earlier(
+    pgdata: &Path,
+    record: RestoreRecord,
+    args: &RestoreArgs,
+    cancellation: &Cancellation,
+) -> Result<(), Error> {
+    let binaries = Binaries::for_data_dir(
+        record.major,
+        args.pg_bin.as_deref(),
+        &DataDir::new(pgdata),
+        None,
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
+    let server = start::Server {
+        pgdata: pgdata.to_path_buf(),
+        binaries,
+        owner,
+    };
+    let running = PidFile::read(pgdata)
+        .ok()
+        .flatten()
+        .filter(PidFile::is_alive);
+    match (args.start, running) {
+        (false, _) => {
+            tracing::info!(
+                "{} already holds this restore of {}, complete; start it with: {}",
+                pgdata.display(),
+                record.backup,
+                start::command_line(&server)
+            );
+            Ok(())
+        }
+        (true, Some(pid)) => {
+            tracing::info!(
+                "{} already holds this restore of {}, and its server (pid {}) runs: waiting for it as the interrupted run would have",
+                pgdata.display(),
+                record.backup,
+                pid.pid
+            );
+            start::settle(&server, args, &server::log_path(pgdata), 0, cancellation).await
+        }
+        (true, None) => {
+            tracing::info!(
+                "{} already holds this restore of {}, complete: starting it",
+                pgdata.display(),
+                record.backup
+            );
+            start::start(&server, args, cancellation).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn fetch_and_configure(
     config: &Config,
     options: &Options,
     args: &RestoreArgs,
     store: &Arc<Store>,
     plan: &Plan,
+    undo: &Undo,
+    request: &serde_json::Value,
+    cancellation: &Cancellation,
 ) -> Result<(), Error> {
     if let Some(parent) = plan.pgdata.parent() {
         // Directories on the way are 0755, so the server's owner can pass through them.
@@ -73,7 +247,16 @@ async fn fetch_and_configure(
             .map_err(|e| Error::local(parent, "cannot create", e))?;
     }
     backup_fetch::prepare_target(&plan.pgdata, false)?;
-    let request = FetchRequest {
+    let mut record = RestoreRecord {
+        backup: plan.backup.to_string(),
+        major: plan.binaries.major,
+        pg_bin: plan.binaries.dir.clone(),
+        complete: false,
+        request: request.clone(),
+        places: undo.places.clone(),
+    };
+    write_record(&plan.pgdata, &record)?;
+    let fetch = FetchRequest {
         target: plan.pgdata.clone(),
         backup: plan.backup.clone(),
         pool_size: args.pool_size,
@@ -85,23 +268,35 @@ async fn fetch_and_configure(
             .map(|t| (t.oid.clone(), t.location.clone()))
             .collect(),
         keep_wal_link: false,
+        cancellation: cancellation.clone(),
+        reserved: vec![PathBuf::from(RESTORE_RECORD)],
     };
-    backup_fetch::fetch(config, store, &options.decoding, &request).await?;
-
+    backup_fetch::fetch(config, store, &options.decoding, &fetch).await?;
+    let interrupted = || {
+        if cancellation.is_cancelled() {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+    interrupted()?;
     let control = validate(plan)?;
     check_settings(&plan.settings, &control)?;
     give_to_owner(plan)?;
     report_tablespace_contents(plan);
     configure::configure(config, options, args, plan, &control)?;
-    let record = RestoreRecord {
-        backup: plan.backup.to_string(),
-        major: plan.binaries.major,
-        pg_bin: plan.binaries.dir.clone(),
-    };
-    DataDir::new(&plan.pgdata)
-        .write_restore_record(&record)
-        .map_err(|e| Error::local(plan.pgdata.join(RESTORE_RECORD), "cannot write", e))?;
+    give_to_owner(plan)?;
+    interrupted()?;
+    record.complete = true;
+    write_record(&plan.pgdata, &record)?;
     give_to_owner(plan)
+}
+
+/// Writes the restore's record (durably, so that a restart after a crash sees it).
+fn write_record(pgdata: &Path, record: &RestoreRecord) -> Result<(), Error> {
+    DataDir::new(pgdata)
+        .write_restore_record(record)
+        .map_err(|e| Error::local(pgdata.join(RESTORE_RECORD), "cannot write", e))
 }
 
 /// What this run may create, noted before it writes: removed again if it fails before
@@ -123,7 +318,34 @@ impl Undo {
         Undo { places }
     }
 
-    fn roll_back(self) {
+    /// Removes what the restore wrote, and says so in one line; returns the error to end
+    /// the command with.
+    fn roll_back(self, err: Error) -> Error {
+        let complete = self.remove_all();
+        let what = if matches!(err, Error::Interrupted) {
+            "interrupted"
+        } else {
+            "the restore failed before completion"
+        };
+        if complete {
+            tracing::warn!(
+                "{what}: removed everything this restore had written, so the same command can be run again"
+            );
+        } else {
+            tracing::warn!(
+                "{what}: could not remove everything this restore had written (see above); remove what is left by hand before running it again"
+            );
+        }
+        match err {
+            Error::Interrupted => Error::Interrupted,
+            other => other,
+        }
+    }
+
+    /// Removes the directories this restore created, empties those it filled; whether
+    /// all of it went.
+    fn remove_all(self) -> bool {
+        let mut complete = true;
         for (path, existed) in self.places {
             let result = if existed {
                 empty_directory(&path)
@@ -135,12 +357,14 @@ impl Undo {
             };
             match result {
                 Ok(()) => tracing::debug!("removed what this restore wrote in {}", path.display()),
-                Err(e) => tracing::warn!("could not clean up {}: {e}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!("could not clean up {}: {e}", path.display());
+                }
             }
         }
-        tracing::warn!(
-            "the restore failed before completion; removed what it had written, so the same command can be run again"
-        );
+        complete
     }
 }
 
@@ -169,6 +393,17 @@ pub(super) struct Plan {
     /// Directories beside PGDATA that this run creates (the default tablespace root, the
     /// envdir): the run's to give to the owner, or to remove if it fails.
     pub(super) created_beside: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// The server this plan restores, for starting it.
+    fn server(&self) -> start::Server {
+        start::Server {
+            pgdata: self.pgdata.clone(),
+            binaries: self.binaries.clone(),
+            owner: self.owner.clone(),
+        }
+    }
 }
 
 /// A tablespace of the backup and the directory it is restored into.

@@ -95,6 +95,9 @@ pub(super) async fn preflight(
     if options.envdir.is_none() {
         created_beside.push(super::default_envdir(&pgdata));
     }
+    if let Some(cluster) = &args.cluster {
+        created_beside.push(PathBuf::from(format!("/etc/postgresql/{major}/{cluster}")));
+    }
     Ok(Plan {
         created_beside,
         pgdata,

@@ -6,85 +6,116 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Plan, chown_tree};
+use super::chown_tree;
 use crate::cli::RestoreArgs;
 use crate::error::Error;
-use crate::fetch_state::FetchState;
 use crate::pg::conf;
-use crate::pg::server::{self, Connection, PidFile};
+use crate::pg::server::Binaries;
+use crate::pg::server::{self as pg_server, Connection, PidFile};
 use crate::pg::version::Major;
+use crate::pool::Cancellation;
 use crate::users;
+use crate::users::User;
 
 /// How long to wait for a server to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a long recovery reports its position.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-use server::log_path;
+use pg_server::log_path;
+
+/// The restored server: its data directory, binaries and owner.
+pub(super) struct Server {
+    pub(super) pgdata: std::path::PathBuf,
+    pub(super) binaries: Binaries,
+    pub(super) owner: User,
+}
 
 /// The command that starts the restored server by hand.
-pub(super) fn command_line(plan: &Plan) -> String {
-    let pg_ctl = plan.binaries.program("pg_ctl");
+pub(super) fn command_line(server: &Server) -> String {
+    let pg_ctl = server.binaries.program("pg_ctl");
     let base = format!(
         "{} -D {} -l {} start",
         conf::shell_quote(&pg_ctl.to_string_lossy()),
-        conf::shell_quote(&plan.pgdata.to_string_lossy()),
-        conf::shell_quote(&log_path(&plan.pgdata).to_string_lossy())
+        conf::shell_quote(&server.pgdata.to_string_lossy()),
+        conf::shell_quote(&log_path(&server.pgdata).to_string_lossy())
     );
-    if users::effective_uid() == plan.owner.uid {
+    if users::effective_uid() == server.owner.uid {
         base
     } else {
-        format!("runuser -u {} -- {base}", plan.owner.name)
+        format!("runuser -u {} -- {base}", server.owner.name)
     }
 }
 
 /// Starts the server and waits: a standby until it accepts connections; any other
 /// recovery until it ends (promoted, paused at its target, or shut down as asked).
-pub(super) fn start(plan: &Plan, args: &RestoreArgs) -> Result<(), Error> {
-    let log = log_path(&plan.pgdata);
+pub(super) async fn start(
+    server: &Server,
+    args: &RestoreArgs,
+    cancellation: &Cancellation,
+) -> Result<(), Error> {
+    let log = log_path(&server.pgdata);
     let log_dir = log.parent().expect("a file in a directory");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(log_dir)
         .map_err(|e| Error::local(log_dir, "cannot create", e))?;
-    chown_tree(log_dir, &plan.owner)?;
+    chown_tree(log_dir, &server.owner)?;
     let since = unix_now();
-    let pg_ctl = plan.binaries.program("pg_ctl");
-    let output = server::command_as(&pg_ctl, &plan.owner)
+    let pg_ctl = server.binaries.program("pg_ctl");
+    let output = pg_server::command_as(&pg_ctl, &server.owner)
         .arg("-D")
-        .arg(&plan.pgdata)
+        .arg(&server.pgdata)
         .arg("-l")
         .arg(&log)
         .args(["-W", "start"])
-        .current_dir(&plan.pgdata)
+        .current_dir(&server.pgdata)
         .output()
         .map_err(|e| Error::local(&pg_ctl, "cannot run", e))?;
     if !output.status.success() {
         return Err(failure(&log, &String::from_utf8_lossy(&output.stderr)));
     }
-    let pid = wait_until_accepting(plan, &log, since)?;
+    settle(server, args, &log, since, cancellation).await
+}
+
+/// Waits for a started server as `start` does: a standby until it accepts connections;
+/// any other recovery until it ends. Also for the server of an interrupted run of the
+/// same command.
+pub(super) async fn settle(
+    server: &Server,
+    args: &RestoreArgs,
+    log: &Path,
+    since: u64,
+    cancellation: &Cancellation,
+) -> Result<(), Error> {
+    let pid = wait_until_accepting(server, log, since, cancellation).await?;
     if args.standby {
         tracing::info!(
             "{} is running on port {} as a hot standby following the archive; `wale status {}` shows how far behind it is",
-            plan.pgdata.display(),
+            server.pgdata.display(),
             pid.port,
-            plan.pgdata.display()
+            server.pgdata.display()
         );
         return Ok(());
     }
-    wait_for_recovery_end(plan, &pid, &log)
+    wait_for_recovery_end(server, &pid, log, cancellation).await
 }
 
 /// Polls `postmaster.pid` until the server accepts connections; fails as soon as the
 /// server exits or `restore_command` records a failure (a standby would retry it
 /// forever, never becoming consistent).
-fn wait_until_accepting(plan: &Plan, log: &Path, since: u64) -> Result<PidFile, Error> {
-    let state = fetch_state(&plan.pgdata);
+async fn wait_until_accepting(
+    server: &Server,
+    log: &Path,
+    since: u64,
+    cancellation: &Cancellation,
+) -> Result<PidFile, Error> {
+    let state = crate::pg::datadir::DataDir::new(&server.pgdata).fetch_state();
     let started = Instant::now();
     let mut seen = false;
     loop {
-        match PidFile::read(&plan.pgdata) {
+        match PidFile::read(&server.pgdata) {
             Ok(Some(pid)) if pid.is_alive() => {
                 seen = true;
                 if pid.status == "ready" || pid.status == "standby" {
@@ -97,7 +128,7 @@ fn wait_until_accepting(plan: &Plan, log: &Path, since: u64) -> Result<PidFile, 
             _ => {}
         }
         if let Some(error) = state.last_error().filter(|e| e.unix_time >= since) {
-            stop(plan);
+            stop(server);
             return Err(Error::Server {
                 detail: format!(
                     "restore_command fails before the server could become consistent, so it was stopped: {}",
@@ -115,16 +146,21 @@ fn wait_until_accepting(plan: &Plan, log: &Path, since: u64) -> Result<PidFile, 
                 log: log.to_path_buf(),
             });
         }
-        std::thread::sleep(Duration::from_millis(200));
+        nap(Duration::from_millis(200), cancellation).await?;
     }
 }
 
 /// Waits for the end of a recovery that is not a standby: promoted, paused at its target,
 /// or shut down at it; a server that dies instead is explained.
-fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), Error> {
-    let connection = Connection::new(&plan.binaries, &plan.owner, pid)
+async fn wait_for_recovery_end(
+    server: &Server,
+    pid: &PidFile,
+    log: &Path,
+    cancellation: &Cancellation,
+) -> Result<(), Error> {
+    let connection = Connection::new(&server.binaries, &server.owner, pid)
         .ok_or_else(|| failure(log, "the server listens on no Unix socket"))?;
-    let pause = Major::new(plan.binaries.major)
+    let pause = Major::new(server.binaries.major)
         .map_err(|e| Error::Usage(e.to_string()))?
         .replay_paused_sql();
     let sql = format!(
@@ -133,13 +169,13 @@ fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), E
     );
     let mut last_report = Instant::now();
     loop {
-        if !PidFile::read(&plan.pgdata)
+        if !PidFile::read(&server.pgdata)
             .ok()
             .flatten()
             .is_some_and(|p| p.is_alive())
         {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            if server::explain_startup_failure(&text).is_none()
+            if pg_server::explain_startup_failure(&text).is_none()
                 && text.contains("recovery stopping")
             {
                 tracing::info!(
@@ -156,7 +192,7 @@ fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), E
             if field(0) == "f" {
                 tracing::info!(
                     "{}: recovery finished and the server was promoted; it accepts writes on port {}",
-                    plan.pgdata.display(),
+                    server.pgdata.display(),
                     pid.port
                 );
                 return Ok(());
@@ -164,9 +200,9 @@ fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), E
             if field(1) == "t" {
                 tracing::info!(
                     "{}: recovery paused at {} (its target): check the data, then `wale promote {}` ends recovery there",
-                    plan.pgdata.display(),
+                    server.pgdata.display(),
                     field(2),
-                    plan.pgdata.display()
+                    server.pgdata.display()
                 );
                 return Ok(());
             }
@@ -175,15 +211,23 @@ fn wait_for_recovery_end(plan: &Plan, pid: &PidFile, log: &Path) -> Result<(), E
                 last_report = Instant::now();
             }
         }
-        std::thread::sleep(Duration::from_millis(300));
+        nap(Duration::from_millis(300), cancellation).await?;
+    }
+}
+
+/// Sleeps `how_long`, or fails at once with [`Error::Interrupted`] when cancelled.
+async fn nap(how_long: Duration, cancellation: &Cancellation) -> Result<(), Error> {
+    tokio::select! {
+        () = cancellation.cancelled() => Err(Error::Interrupted),
+        () = tokio::time::sleep(how_long) => Ok(()),
     }
 }
 
 /// `pg_ctl stop -m fast`, as the owner; best effort.
-fn stop(plan: &Plan) {
-    let _ = server::command_as(&plan.binaries.program("pg_ctl"), &plan.owner)
+pub(super) fn stop(server: &Server) {
+    let _ = pg_server::command_as(&server.binaries.program("pg_ctl"), &server.owner)
         .arg("-D")
-        .arg(&plan.pgdata)
+        .arg(&server.pgdata)
         .args(["-m", "fast", "-w", "stop"])
         .output();
 }
@@ -191,7 +235,7 @@ fn stop(plan: &Plan) {
 /// A start that failed: the log's explanation, else `fallback`.
 fn failure(log: &Path, fallback: &str) -> Error {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let detail = server::explain_startup_failure(&text)
+    let detail = pg_server::explain_startup_failure(&text)
         .unwrap_or_else(|| fallback.trim().replace('\n', " "));
     Error::Server {
         detail,
@@ -199,13 +243,7 @@ fn failure(log: &Path, fallback: &str) -> Error {
     }
 }
 
-fn fetch_state(pgdata: &Path) -> FetchState {
-    let wal =
-        std::fs::canonicalize(pgdata.join("pg_wal")).unwrap_or_else(|_| pgdata.join("pg_wal"));
-    FetchState::for_wal_dir(&wal)
-}
-
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
