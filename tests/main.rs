@@ -12,6 +12,8 @@ mod backup_list;
 mod cloud;
 /// GPG-encrypted archives: in process and through gpg, damage, keys, a real recovery.
 mod gpg;
+/// `restore` interrupted: failing partitions, SIGINT/SIGTERM, SIGKILL and the same command.
+mod interrupted;
 /// The lzop decoder against the real `lzop` and real WAL-E objects.
 mod lzop_compat;
 /// PostgreSQL 10 to 18, each from a real WAL-E archive of its own: standby and PITR.

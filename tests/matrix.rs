@@ -14,14 +14,14 @@ use crate::common::pg::*;
 use crate::common::*;
 
 /// One major's archive and server binaries.
-struct Version {
+pub(crate) struct Version {
     major: u32,
     fixture: PathBuf,
     bin: PathBuf,
 }
 
 impl Version {
-    fn of(major: u32) -> Version {
+    pub(crate) fn of(major: u32) -> Version {
         let fixture = repo().join(format!("fixtures/matrix/pg{major}"));
         let root = std::env::var_os("WALE_PG_MATRIX")
             .map_or_else(|| PathBuf::from("/var/tmp/wale-pg"), PathBuf::from);
@@ -38,7 +38,7 @@ impl Version {
         }
     }
 
-    fn meta(&self, key: &str) -> String {
+    pub(crate) fn meta(&self, key: &str) -> String {
         meta_of(&self.fixture, key)
     }
 
@@ -52,7 +52,7 @@ impl Version {
 
 /// A scratch area the `postgres` user can read: the archive, the data directory beside
 /// it, a private socket directory.
-struct Site<'a> {
+pub(crate) struct Site<'a> {
     version: &'a Version,
     work: tempfile::TempDir,
     port: u16,
@@ -60,7 +60,7 @@ struct Site<'a> {
 
 impl<'a> Site<'a> {
     /// The archive with the base backups and the WAL objects `keep` accepts.
-    fn new(version: &'a Version, keep: impl Fn(&str) -> bool) -> Site<'a> {
+    pub(crate) fn new(version: &'a Version, keep: impl Fn(&str) -> bool) -> Site<'a> {
         let work = tempfile::tempdir().unwrap();
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let site = Site {
@@ -104,11 +104,11 @@ impl<'a> Site<'a> {
         .unwrap();
     }
 
-    fn archive(&self) -> PathBuf {
+    pub(crate) fn archive(&self) -> PathBuf {
         self.work.path().join("archive")
     }
 
-    fn pgdata(&self) -> PathBuf {
+    pub(crate) fn pgdata(&self) -> PathBuf {
         self.work.path().join("data/main")
     }
 
@@ -116,7 +116,7 @@ impl<'a> Site<'a> {
         self.work.path().join("sock")
     }
 
-    fn wale(&self) -> std::process::Command {
+    pub(crate) fn wale(&self) -> std::process::Command {
         let mut cmd = wale();
         cmd.env(
             "WALE_FILE_PREFIX",
@@ -127,17 +127,31 @@ impl<'a> Site<'a> {
 
     /// `wale restore` with this major's binaries named by `--pg-bin` (the only command
     /// that is told where they are).
-    fn restore(&self, args: &[&str]) -> Run {
+    pub(crate) fn restore(&self, args: &[&str]) -> Run {
+        Run::of(self.restore_command(args))
+    }
+
+    /// The `wale restore` command [`Site::restore`] runs, to spawn it.
+    pub(crate) fn restore_command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = self.wale();
         cmd.arg("restore").arg(self.pgdata()).args(args);
         cmd.arg("--pg-bin").arg(&self.version.bin);
         cmd.args(["--port", &self.port.to_string(), "--set"])
             .arg(format!("unix_socket_directories={}", self.sock().display()));
-        Run::of(cmd)
+        cmd
+    }
+
+    /// Whatever `restore` writes beside the data directory.
+    pub(crate) fn beside(&self) -> Vec<PathBuf> {
+        let pgdata = self.pgdata().display().to_string();
+        vec![
+            PathBuf::from(format!("{pgdata}.wale-env")),
+            PathBuf::from(format!("{pgdata}_tablespaces")),
+        ]
     }
 
     /// `wale status --json`: no prefix, no `--pg-bin`.
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let mut cmd = wale();
         cmd.arg("status").arg(self.pgdata()).arg("--json");
         let run = Run::of(cmd).expect_code(0);
@@ -153,18 +167,18 @@ impl<'a> Site<'a> {
 
     /// One query through Debian's psql (older or newer than the server: plain queries
     /// work across majors).
-    fn query(&self, sql: &str) -> String {
+    pub(crate) fn query(&self, sql: &str) -> String {
         let mut cmd = as_postgres(Path::new("/usr/lib/postgresql/15/bin/psql"));
         cmd.args(["-X", "-q", "-A", "-t", "-h"]).arg(self.sock());
         cmd.args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]);
         run_ok(cmd, "psql").trim().to_string()
     }
 
-    fn counted(&self) -> String {
+    pub(crate) fn counted(&self) -> String {
         self.query(&self.version.meta("EXPECTED_QUERY"))
     }
 
-    fn wait_for_status(
+    pub(crate) fn wait_for_status(
         &self,
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
@@ -185,7 +199,7 @@ impl<'a> Site<'a> {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.pgdata().join("log/postgresql.log")).unwrap_or_default()
     }
 }
