@@ -32,6 +32,10 @@ pub mod exit {
     pub const WAL_FETCH_USAGE: u8 = 204;
     /// Interrupted by SIGINT or SIGTERM (the shell's 128 + SIGINT).
     pub const INTERRUPTED: u8 = 130;
+    /// `wal-fetch` for a standby could not deliver for a local reason (a full disk): not
+    /// 1, which means "not in the archive", but below 126 so that PostgreSQL asks again
+    /// instead of shutting the standby down (`EX_TEMPFAIL`).
+    pub const STANDBY_RETRY: u8 = 75;
 }
 
 /// Everything a command can fail with, each naming the object or path at fault.
@@ -67,6 +71,16 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A file system ran out of space while wale wrote `path`.
+    #[error("{}: no space left on the file system ({}{})", path.display(), free_text(*free), needed_text(*needed))]
+    NoSpace {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// What is free there now, when it can be read.
+        free: Option<u64>,
+        /// What the whole operation needs, when known.
+        needed: Option<u64>,
+    },
     /// A PostgreSQL server wale started or asked did not do what it should.
     #[error("PostgreSQL: {detail} (log: {})", log.display())]
     Server {
@@ -84,13 +98,40 @@ pub enum Error {
 }
 
 impl Error {
-    /// A local failure on `path`.
+    /// A local failure on `path`; a full file system is [`Error::NoSpace`], with what is
+    /// free there.
     pub fn local(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Error {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            let free = free_space_near(&path);
+            return Error::NoSpace {
+                path,
+                free,
+                needed: None,
+            };
+        }
         Error::Local {
-            path: path.into(),
+            path,
             action,
             source,
         }
+    }
+
+    /// Says how much space the operation needed, when this is [`Error::NoSpace`].
+    pub fn needing(self, bytes: u64) -> Error {
+        match self {
+            Error::NoSpace { path, free, .. } => Error::NoSpace {
+                path,
+                free,
+                needed: Some(bytes),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether a file system filled up.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::NoSpace { .. })
     }
 
     /// A failure reading an object through the decode chain (body → lzop → tar), classified
@@ -155,9 +196,46 @@ impl Error {
                 storage::Error::AccessDenied { .. } | storage::Error::Permanent { .. },
             ) => exit::STORE_REFUSED,
             Error::Corrupt { .. } => exit::CORRUPT,
-            Error::Local { .. } | Error::Server { .. } | Error::Internal(_) => exit::LOCAL,
+            Error::Local { .. }
+            | Error::NoSpace { .. }
+            | Error::Server { .. }
+            | Error::Internal(_) => exit::LOCAL,
             Error::Interrupted => exit::INTERRUPTED,
         }
+    }
+}
+
+/// Free bytes on the file system of `path` (or its nearest existing ancestor).
+fn free_space_near(path: &std::path::Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = rustix::fs::statvfs(existing).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+fn free_text(free: Option<u64>) -> String {
+    free.map_or_else(
+        || "free space unknown".into(),
+        |f| format!("{} free", bytes_text(f)),
+    )
+}
+
+fn needed_text(needed: Option<u64>) -> String {
+    needed.map_or_else(String::new, |n| format!(", {} needed", bytes_text(n)))
+}
+
+/// A size in the largest binary unit that keeps it at least 1.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

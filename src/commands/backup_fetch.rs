@@ -191,7 +191,10 @@ pub async fn fetch(
     )
     .await;
     progress.stop();
-    result?;
+    result.map_err(|e| match detail.expanded_size_bytes {
+        Some(planned) => e.needing(planned),
+        None => e,
+    })?;
 
     let place = target.display().to_string();
     let finisher = extractor.clone();
@@ -469,11 +472,7 @@ fn extract_error(place: &str, err: extract::Error) -> Error {
             path,
             action,
             source,
-        } => Error::Local {
-            path,
-            action,
-            source,
-        },
+        } => Error::local(path, action, source),
         extract::Error::Unsafe { member, reason } => Error::Corrupt {
             url: place.to_string(),
             reason: format!("unsafe member {member:?} refused: {reason}"),

@@ -111,21 +111,51 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         remove_stale(&args.wal_destination);
         return exit::NOT_FOUND;
     }
-    tracing::error!("{line}");
+    let line = match err {
+        Error::NoSpace { path, free, .. }
+            if WalFileKind::of(&args.wal_segment).is_full_segment() =>
+        {
+            Error::NoSpace {
+                path: path.clone(),
+                free: *free,
+                needed: Some(segment_size_here()),
+            }
+            .to_string()
+        }
+        _ => line,
+    };
+    let code = if in_standby_mode() {
+        // Any status below 126 makes a standby ask again a few seconds later; above 125
+        // it would shut down. A full disk is not "not in the archive": not 1.
+        let code = if err.is_no_space() {
+            exit::STANDBY_RETRY
+        } else {
+            exit::NOT_FOUND
+        };
+        tracing::error!("{line} (standby mode: exiting {code} so that PostgreSQL asks again)");
+        code
+    } else {
+        tracing::error!("{line}");
+        match err.exit_code() {
+            exit::USAGE => exit::WAL_FETCH_USAGE,
+            code => code,
+        }
+    };
     remove_stale(&args.wal_destination);
     if let Some(state) = &state {
-        state.record_error(&err.to_string().replace('\n', " "));
+        state.record_error(&line);
     }
-    if in_standby_mode() {
-        tracing::error!(
-            "standby mode: exiting 1 so that PostgreSQL asks again in a few seconds (the failure above would otherwise shut the standby down)"
-        );
-        return exit::NOT_FOUND;
-    }
-    match err.exit_code() {
-        exit::USAGE => exit::WAL_FETCH_USAGE,
-        code => code,
-    }
+    code
+}
+
+/// The WAL segment size of the data directory PostgreSQL runs us in (16 MiB elsewhere).
+fn segment_size_here() -> u64 {
+    std::fs::read("global/pg_control")
+        .ok()
+        .and_then(|bytes| crate::pg::control::ControlData::parse(&bytes).ok())
+        .map_or(crate::wal::DEFAULT_SEGMENT_SIZE, |c| {
+            u64::from(c.segment_size)
+        })
 }
 
 /// Whether PostgreSQL runs this `restore_command` for a standby: it runs it in the data
