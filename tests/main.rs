@@ -30,6 +30,8 @@ mod resources;
 mod restore;
 /// S3 specifics: signatures, faults, retries, envdir, request shapes.
 mod s3;
+/// A standby through faults: store outages, SIGKILL, prefetchers killed, a growing archive.
+mod standby_faults;
 /// The storage contract, run against both backends.
 mod storage_contract;
 /// `verify`: whole archives and each kind of damage.

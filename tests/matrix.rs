@@ -42,7 +42,7 @@ impl Version {
         meta_of(&self.fixture, key)
     }
 
-    fn words(&self, key: &str) -> Vec<String> {
+    pub(crate) fn words(&self, key: &str) -> Vec<String> {
         self.meta(key)
             .split_whitespace()
             .map(str::to_string)
@@ -56,17 +56,50 @@ pub(crate) struct Site<'a> {
     version: &'a Version,
     work: tempfile::TempDir,
     port: u16,
+    /// Where `basebackups_005/` and `wal_005/` are written.
+    archive_root: PathBuf,
+    /// How `wale` finds the archive (the prefix and its settings).
+    archive_env: Vec<(String, String)>,
 }
 
 impl<'a> Site<'a> {
     /// The archive with the base backups and the WAL objects `keep` accepts.
     pub(crate) fn new(version: &'a Version, keep: impl Fn(&str) -> bool) -> Site<'a> {
         let work = tempfile::tempdir().unwrap();
+        let archive_root = work.path().join("archive");
+        let archive_env = vec![(
+            "WALE_FILE_PREFIX".to_string(),
+            format!("file://{}", archive_root.display()),
+        )];
+        Site::in_archive(version, keep, work, archive_root, archive_env)
+    }
+
+    /// The same, with the archive written under `archive_root` and found through
+    /// `archive_env` (an S3 server's, say).
+    pub(crate) fn on(
+        version: &'a Version,
+        keep: impl Fn(&str) -> bool,
+        archive_root: PathBuf,
+        archive_env: Vec<(String, String)>,
+    ) -> Site<'a> {
+        let work = tempfile::tempdir().unwrap();
+        Site::in_archive(version, keep, work, archive_root, archive_env)
+    }
+
+    fn in_archive(
+        version: &'a Version,
+        keep: impl Fn(&str) -> bool,
+        work: tempfile::TempDir,
+        archive_root: PathBuf,
+        archive_env: Vec<(String, String)>,
+    ) -> Site<'a> {
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let site = Site {
             version,
             work,
             port: free_port(),
+            archive_root,
+            archive_env,
         };
         copy_tree(
             &version.fixture.join("archive/basebackups_005"),
@@ -95,7 +128,7 @@ impl<'a> Site<'a> {
         names
     }
 
-    fn add_wal(&self, name: &str) {
+    pub(crate) fn add_wal(&self, name: &str) {
         let file = format!("{name}.lzo");
         std::fs::copy(
             self.version.fixture.join("archive/wal_005").join(&file),
@@ -105,7 +138,7 @@ impl<'a> Site<'a> {
     }
 
     pub(crate) fn archive(&self) -> PathBuf {
-        self.work.path().join("archive")
+        self.archive_root.clone()
     }
 
     pub(crate) fn pgdata(&self) -> PathBuf {
@@ -118,10 +151,7 @@ impl<'a> Site<'a> {
 
     pub(crate) fn wale(&self) -> std::process::Command {
         let mut cmd = wale();
-        cmd.env(
-            "WALE_FILE_PREFIX",
-            format!("file://{}", self.archive().display()),
-        );
+        cmd.envs(self.archive_env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

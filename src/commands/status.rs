@@ -61,6 +61,8 @@ pub struct Report {
     pub last_not_found: Option<String>,
     /// The last `wal-fetch` failure, if none succeeded since.
     pub last_error: Option<String>,
+    /// Why `status` itself could not ask the archive (the server's side is still shown).
+    pub archive_error: Option<String>,
     /// Everything the archive holds on this timeline has been replayed.
     pub caught_up: bool,
     /// Why not, in words.
@@ -119,6 +121,7 @@ pub async fn gather(
         paused_at_target: false,
         last_not_found: state.last_not_found().map(|(_, s)| s.to_string()),
         last_error: state.last_error().map(|r| r.text),
+        archive_error: None,
         caught_up: false,
         reason: String::new(),
     };
@@ -146,6 +149,10 @@ pub async fn gather(
             report.reason = "the server is starting up: it accepts no connections until it is consistent (last_error says why it may be stuck)".into();
             return Ok(report);
         }
+        Err(Error::Server { detail, .. }) => {
+            report.reason = format!("the server does not answer: {detail}");
+            return Ok(report);
+        }
         other => other?,
     };
     report.in_recovery = Some(replay.in_recovery);
@@ -169,10 +176,17 @@ pub async fn gather(
         && report.recovery_target.is_some()
         && stopped_at_target(pgdata);
 
-    let store = Store::open(&config.store).await?;
-    let layout = Layout::new(config.store.path_prefix());
-    let last = newest_segment_from(config, &store, &layout, &replay_segment).await?;
-    report.newer_timeline = newer_timeline(config, &store, &layout, replay.timeline).await?;
+    let (last, newer) = match ask_archive(config, &replay_segment).await {
+        Ok(answer) => answer,
+        Err(err) => {
+            // The server's side is known; the archive's is not: say why, not caught up.
+            let line = err.to_string().replace('\n', " ");
+            report.reason = format!("the archive cannot be asked: {line}");
+            report.archive_error = Some(line);
+            return Ok(report);
+        }
+    };
+    report.newer_timeline = newer;
     report.archive_last_segment = last.map(|s| s.to_string());
     if let Some(last) = last {
         let behind = last
@@ -214,6 +228,19 @@ pub async fn gather(
         report.reason = "replayed everything the archive holds".into();
     }
     Ok(report)
+}
+
+/// The archive's newest segment on the replay timeline (from the replay segment on), and
+/// a newer timeline if its history file is there.
+async fn ask_archive(
+    config: &Config,
+    replay_segment: &SegmentName,
+) -> Result<(Option<SegmentName>, Option<u32>), Error> {
+    let store = Store::open(&config.store).await?;
+    let layout = Layout::new(config.store.path_prefix());
+    let last = newest_segment_from(config, &store, &layout, replay_segment).await?;
+    let newer = newer_timeline(config, &store, &layout, replay_segment.timeline).await?;
+    Ok((last, newer))
 }
 
 /// Whether the server's log says recovery stopped at its target; with no log to read

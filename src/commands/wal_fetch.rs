@@ -29,6 +29,10 @@ use crate::wal::{self, WalFileKind};
 /// `file://` object would each be a system call (network bodies are already read ahead).
 const BODY_BUFFER: usize = 256 * 1024;
 
+/// How long a standby's `wal-fetch` retries an unreachable or failing store before it
+/// exits and lets PostgreSQL ask again (archive recovery keeps the whole policy).
+const STANDBY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How much of the object may be downloaded ahead of decoding: all of a 16 MiB segment
 /// that did not compress at all.
 const WAL_READ_AHEAD: usize = 16 * 1024 * 1024;
@@ -62,7 +66,13 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
     let store = Store::open(&config.store).await?;
     let key = Layout::new(config.store.path_prefix()).wal_key(name);
     let what = format!("wal-fetch {name}");
-    let bytes = crate::retry::with_retries(&config.retry, &what, || {
+    // A standby asks again by itself every few seconds: past STANDBY_DEADLINE, waiting
+    // inside one call only holds its startup process (and `status`) in the dark.
+    let mut retry = config.retry;
+    if in_standby_mode() {
+        retry.deadline = retry.deadline.min(STANDBY_DEADLINE);
+    }
+    let bytes = crate::retry::with_retries(&retry, &what, || {
         fetch_once(&store, &key, &args.wal_destination, kind, &options.decoding)
     })
     .await?;

@@ -291,16 +291,30 @@ impl PidFile {
         exe.is_file().then(|| exe.parent().map(Path::to_path_buf))?
     }
 
-    /// Whether its process still exists.
+    /// Whether its process still exists (a killed postmaster not yet reaped, a zombie,
+    /// does not count).
     pub fn is_alive(&self) -> bool {
-        self.pid > 0
+        let exists = self.pid > 0
             && rustix::process::Pid::from_raw(self.pid).is_some_and(|pid| {
                 matches!(
                     rustix::process::test_kill_process(pid),
                     Ok(()) | Err(rustix::io::Errno::PERM)
                 )
-            })
+            });
+        exists && !is_zombie(self.pid)
     }
+}
+
+/// Whether `/proc/PID/stat` says the process has exited and waits to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state …`: the state follows the last `)`.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// A running server reached over its Unix socket with `psql`, as the data directory's

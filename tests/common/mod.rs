@@ -345,6 +345,11 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(root: &Path) -> S3Server {
+        S3Server::start_at(root, 0)
+    }
+
+    /// As [`S3Server::start`], on a given port (0: any), e.g. again after an outage.
+    pub fn start_at(root: &Path, port: u16) -> S3Server {
         std::fs::create_dir_all(root).unwrap();
         let fs = s3s_fs::FileSystem::new(root).unwrap();
         let mut builder = S3ServiceBuilder::new(fs);
@@ -363,7 +368,9 @@ impl S3Server {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 loop {
                     let (socket, _) = tokio::select! {
