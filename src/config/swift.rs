@@ -17,8 +17,8 @@ pub struct SwiftConfig {
     /// The archive's logical prefix: no leading `/`, a trailing `/` (or empty). Object
     /// names are `/` + this + the rest of the key, as WAL-E wrote them.
     pub path_prefix: String,
-    /// How to get a token and the storage URL.
-    pub auth: SwiftAuth,
+    /// How to get a token and the storage URL (boxed: it is most of the settings' size).
+    pub auth: Box<SwiftAuth>,
 }
 
 /// The authentication protocol (`SWIFT_AUTH_VERSION`).
@@ -140,7 +140,7 @@ pub(super) fn swift_config(
     Ok(SwiftConfig {
         container: container.to_string(),
         path_prefix,
-        auth,
+        auth: Box::new(auth),
     })
 }
 

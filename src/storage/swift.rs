@@ -31,7 +31,7 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 pub struct SwiftStore {
     http: HttpClient,
     container: String,
-    auth: SwiftAuth,
+    auth: Box<SwiftAuth>,
     session: tokio::sync::Mutex<Option<Session>>,
     /// Whether the container was seen to exist (a 404 then means the object is missing).
     container_exists: std::sync::atomic::AtomicBool,

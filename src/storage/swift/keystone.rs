@@ -263,9 +263,7 @@ fn keystone_time(text: &str) -> Option<SystemTime> {
 fn no_endpoint(kind: &str, region: Option<&str>, regions: &[String]) -> String {
     let wanted = region.map_or_else(String::new, |r| format!(" in region {r}"));
     if regions.is_empty() {
-        return format!(
-            "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?"
-        );
+        return "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?".to_string();
     }
     format!(
         "the service catalog has no object-store endpoint of type {kind}{wanted} (regions offered: {}; check SWIFT_REGION and SWIFT_ENDPOINT_TYPE)",
