@@ -346,7 +346,8 @@ async fn a_revoked_token_is_renewed_once() {
     let log = swift.log("proxy");
     let refused = log
         .lines()
-        .filter(|l| l.contains(" HEAD /v1/AUTH_test/") && l.contains(" 401 "))
+        .filter(|l| l.contains(" HEAD /v1/AUTH_test/") && l.contains("/wal_005/"))
+        .filter(|l| l.contains(" 401 "))
         .count();
     let logins = log
         .lines()
@@ -355,6 +356,37 @@ async fn a_revoked_token_is_renewed_once() {
     assert_eq!(refused, 1, "{log}");
     // Two for the uploads' helper and the store's first token, one renewal.
     assert!(logins >= 2, "{log}");
+    let store_logins = log
+        .lines()
+        .filter(|l| l.contains(" GET /auth/v1.0 ") && l.contains(" 200 ") && !l.contains("curl/"))
+        .count();
+    assert_eq!(store_logins, 2, "{log}");
+}
+
+/// A token whose announced life (`X-Auth-Token-Expires`) runs out is renewed before Swift
+/// would refuse it: no request is ever sent with an expired token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_before_it_expires() {
+    let swift = SwiftServer::start_with_token_life(3);
+    swift.create_container(CONTAINER);
+    let name = fixture_meta("END_WAL_SEGMENT");
+    let key = format!("{PREFIX}/wal_005/{name}.lzo");
+    swift.upload(
+        CONTAINER,
+        &key,
+        &fixture().join(format!("archive/wal_005/{name}.lzo")),
+    );
+    let store = open(&swift.env(CONTAINER, PREFIX)).await;
+    store.head(&key).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    store.head(&key).await.unwrap();
+    let log = swift.log("proxy");
+    let heads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" HEAD /v1/AUTH_test/") && l.contains("/wal_005/"))
+        .collect();
+    assert_eq!(heads.len(), 2, "{log}");
+    assert!(heads.iter().all(|l| l.contains(" 200 ")), "{log}");
     let store_logins = log
         .lines()
         .filter(|l| l.contains(" GET /auth/v1.0 ") && l.contains(" 200 ") && !l.contains("curl/"))

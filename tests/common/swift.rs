@@ -339,22 +339,20 @@ impl SwiftServer {
         let (token, storage) = self.token();
         for file in files_under(root) {
             let relative = file.strip_prefix(root).unwrap().to_str().unwrap();
-            let name = format!("/{prefix}/{relative}");
-            let status = curl_status(&[
-                "-X",
-                "PUT",
-                "-H",
-                &format!("X-Auth-Token: {token}"),
-                "-H",
-                "Expect:",
-                "-T",
-                file.to_str().unwrap(),
-                "-o",
-                "/dev/null",
-                &format!("{storage}/{container}/{name}"),
-            ]);
-            assert_eq!(status, "201", "PUT {name}");
+            put_object(
+                &token,
+                &storage,
+                container,
+                &format!("{prefix}/{relative}"),
+                &file,
+            );
         }
+    }
+
+    /// Uploads one file as the logical `key` (named `/key`), with a token of its own.
+    pub fn upload(&self, container: &str, key: &str, file: &Path) {
+        let (token, storage) = self.token();
+        put_object(&token, &storage, container, key, file);
     }
 }
 
@@ -381,6 +379,24 @@ fn assert_takes_user_xattrs(dir: &Path) {
         std::io::Error::last_os_error()
     );
     std::fs::remove_file(&probe).unwrap();
+}
+
+/// PUTs `file` as WAL-E's name for the logical `key`: `/key`.
+fn put_object(token: &str, storage: &str, container: &str, key: &str, file: &Path) {
+    let status = curl_status(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("X-Auth-Token: {token}"),
+        "-H",
+        "Expect:",
+        "-T",
+        file.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        &format!("{storage}/{container}//{key}"),
+    ]);
+    assert_eq!(status, "201", "PUT /{key}");
 }
 
 /// Runs curl and returns the HTTP status (`000` when nothing answered).
