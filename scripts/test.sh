@@ -18,7 +18,8 @@ install_packages() {
 # real gpg decrypts the GPG fixture as WAL-E did (the reference, and wale's drop-in path).
 # The cloud emulators the GCS and Azure tests serve the archive from are installed,
 # pinned, once under WALE_EMULATORS: Google's storage API (gcp-storage-emulator, from
-# PyPI) and Azure's Blob service (Azurite, from npm). curl uploads the archive into them;
+# PyPI), Azure's Blob service (Azurite, from npm) and a real OpenStack Swift (swift, from
+# PyPI; tests/common/swift.rs runs its servers on loopback). curl uploads the archive into them;
 # openssl makes a throwaway service-account key. strace shows which files wal-fetch fsyncs.
 missing=()
 command -v lzop >/dev/null || missing+=(lzop)
@@ -37,6 +38,11 @@ if [ ! -x "$WALE_EMULATORS/gcs/bin/gcp-storage-emulator" ]; then
   echo "installing gcp-storage-emulator in $WALE_EMULATORS/gcs" >&2
   python3 -m venv "$WALE_EMULATORS/gcs"
   "$WALE_EMULATORS/gcs/bin/pip" install -q gcp-storage-emulator==2026.7.19
+fi
+if [ ! -x "$WALE_EMULATORS/swift/bin/swift-proxy-server" ]; then
+  echo "installing OpenStack Swift in $WALE_EMULATORS/swift" >&2
+  python3 -m venv "$WALE_EMULATORS/swift"
+  "$WALE_EMULATORS/swift/bin/pip" install -q swift==2.38.3
 fi
 if [ ! -x "$WALE_EMULATORS/azurite/node_modules/.bin/azurite-blob" ]; then
   echo "installing Azurite in $WALE_EMULATORS/azurite" >&2

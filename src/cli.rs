@@ -56,6 +56,11 @@ pub struct GlobalFlags {
     #[arg(long, global = true, value_name = "URL")]
     pub s3_prefix: Option<String>,
 
+    /// OpenStack Swift prefix, e.g. swift://container/path/to/archive (settings in
+    /// SWIFT_AUTHURL, SWIFT_USER, SWIFT_PASSWORD, …).
+    #[arg(long, global = true, value_name = "URL")]
+    pub swift_prefix: Option<String>,
+
     /// Azure Blob Storage prefix, e.g. wabs://container/path/to/archive.
     #[arg(long, global = true, value_name = "URL")]
     pub wabs_prefix: Option<String>,

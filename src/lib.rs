@@ -7,11 +7,11 @@
 //!
 //! * [`cli`]: WAL-E's subcommands and flags, and wale's `restore`/`status`/`promote`/
 //!   `verify` (parsing only).
-//! * [`config`]: the only reader of the environment and envdir; prefixes, S3, GCS and
-//!   Azure settings, retry limits, validated.
-//! * [`storage`]: the [`storage::Storage`] trait and its S3, Google Cloud Storage, Azure
-//!   and `file://` backends, with errors classified once (not found / refused /
-//!   transient / permanent).
+//! * [`config`]: the only reader of the environment and envdir; prefixes, S3, GCS,
+//!   Azure and Swift settings, retry limits, validated.
+//! * [`storage`]: the [`storage::Storage`] trait and its S3, Google Cloud Storage, Azure,
+//!   OpenStack Swift and `file://` backends, with errors classified once (not found /
+//!   refused / transient / permanent).
 //! * [`layout`] and [`wal`]: WAL-E's key grammar, and PostgreSQL's WAL names and
 //!   arithmetic (LSNs, segments, page headers). Pure.
 //! * [`decode`]: the chain every object goes through (plain or encrypted, told by its

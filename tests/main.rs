@@ -34,6 +34,8 @@ mod s3;
 mod standby_faults;
 /// The storage contract, run against both backends.
 mod storage_contract;
+/// OpenStack Swift, on a real Swift server.
+mod swift;
 /// `verify`: whole archives and each kind of damage.
 mod verify;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.

@@ -7,7 +7,8 @@
 //!
 //! By concept: [`Env`] (the environment and envdir, in `env`), the prefix and backend
 //! choice (here), S3's endpoint grammar, credentials and addressing (`s3`), Google Cloud
-//! Storage (`gcs`) and Azure (`azure`) settings, and retry and prefetch tuning (`tuning`).
+//! Storage (`gcs`), Azure (`azure`) and OpenStack Swift (`swift`) settings, and retry and
+//! prefetch tuning (`tuning`).
 
 use std::path::PathBuf;
 
@@ -16,21 +17,9 @@ use std::path::PathBuf;
 pub enum Error {
     /// No prefix flag or variable is set.
     #[error(
-        "no storage prefix defined: set WALE_S3_PREFIX, WALE_GS_PREFIX, WALE_WABS_PREFIX or WALE_FILE_PREFIX (or pass --s3-prefix, --gs-prefix, --wabs-prefix, --file-prefix)"
+        "no storage prefix defined: set WALE_S3_PREFIX, WALE_GS_PREFIX, WALE_WABS_PREFIX, WALE_SWIFT_PREFIX or WALE_FILE_PREFIX (or pass --s3-prefix, --gs-prefix, --wabs-prefix, --swift-prefix, --file-prefix)"
     )]
     NoPrefix,
-    /// The prefix uses a scheme WAL-E knows but wale does not implement yet.
-    #[error(
-        "{source_name}={value}: {scheme}:// storage is not supported yet (only s3://, gs://, wabs:// and file://)"
-    )]
-    UnsupportedScheme {
-        /// The flag or variable that held the prefix.
-        source_name: String,
-        /// The prefix as given.
-        value: String,
-        /// The URL scheme.
-        scheme: String,
-    },
     /// The prefix is not a URL with a known scheme.
     #[error("{source_name}={value}: {reason}")]
     BadPrefix {
@@ -120,6 +109,7 @@ mod decryption;
 mod env;
 mod gcs;
 mod s3;
+mod swift;
 mod tuning;
 
 pub use azure::{AzureConfig, AzureCredentials};
@@ -127,11 +117,13 @@ pub use decryption::Decryption;
 pub use env::Env;
 pub use gcs::{GCS_DEFAULT_ENDPOINT, GcsConfig, GcsCredentials};
 pub use s3::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
+pub use swift::{AuthVersion, SwiftAuth, SwiftConfig};
 pub use tuning::{PrefetchSettings, RetryPolicy};
 
 use azure::azure_config;
 use gcs::gcs_config;
 use s3::s3_config;
+use swift::swift_config;
 use tuning::{prefetch_settings, retry_policy};
 
 pub use crate::cli::GlobalFlags;
@@ -158,6 +150,8 @@ pub enum StoreConfig {
     Gcs(GcsConfig),
     /// `wabs://container/path`.
     Azure(AzureConfig),
+    /// `swift://container/path`.
+    Swift(SwiftConfig),
     /// `file:///path` (the netloc is ignored, as WAL-E does).
     File(FileConfig),
 }
@@ -169,6 +163,7 @@ impl StoreConfig {
             StoreConfig::S3(s3) => &s3.path_prefix,
             StoreConfig::Gcs(gcs) => &gcs.path_prefix,
             StoreConfig::Azure(azure) => &azure.path_prefix,
+            StoreConfig::Swift(swift) => &swift.path_prefix,
             StoreConfig::File(file) => &file.path_prefix,
         }
     }
@@ -182,10 +177,11 @@ pub struct FileConfig {
 }
 
 /// Where a prefix came from, in WAL-E's order of precedence.
-const PREFIX_SOURCES: [&str; 9] = [
+const PREFIX_SOURCES: [&str; 10] = [
     "--file-prefix",
     "--gs-prefix",
     "--s3-prefix",
+    "--swift-prefix",
     "--wabs-prefix",
     "WALE_FILE_PREFIX",
     "WALE_GS_PREFIX",
@@ -214,7 +210,7 @@ impl Config {
 /// The variables that give a child `wale` (a restored server's `restore_command`) this
 /// same configuration from an envdir: the chosen prefix under its variable name (a prefix
 /// flag becomes its variable; other prefixes are left out so precedence cannot change),
-/// every other `WALE_*`, `AWS_*` and `WABS_*` variable, WAL-G's key variables,
+/// every other `WALE_*`, `AWS_*`, `WABS_*` and `SWIFT_*` variable, WAL-G's key variables,
 /// `GOOGLE_APPLICATION_CREDENTIALS` and `GNUPGHOME`, and the credential and key flags. Key
 /// paths are made absolute: the server runs `restore_command` in its data directory.
 /// Sorted by name.
@@ -224,6 +220,7 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
         "--file-prefix" => "WALE_FILE_PREFIX",
         "--gs-prefix" => "WALE_GS_PREFIX",
         "--s3-prefix" => "WALE_S3_PREFIX",
+        "--swift-prefix" => "WALE_SWIFT_PREFIX",
         "--wabs-prefix" => "WALE_WABS_PREFIX",
         env_name => env_name,
     };
@@ -233,6 +230,7 @@ pub fn envdir_settings(flags: &GlobalFlags, env: &Env) -> Result<Vec<(String, St
             (name.starts_with("WALE_") || name.starts_with("AWS_")) && !name.ends_with("_PREFIX")
                 || name.starts_with("WALG_PGP_")
                 || name.starts_with("WABS_")
+                || swift::is_swift_var(name)
                 || PATH_VARS.contains(&name.as_str())
                 || *name == "GCE_METADATA_HOST"
         })
@@ -287,12 +285,15 @@ fn choose_prefix<'a>(
         &flags.file_prefix,
         &flags.gs_prefix,
         &flags.s3_prefix,
+        &flags.swift_prefix,
         &flags.wabs_prefix,
     ];
-    let candidates = from_flags
-        .into_iter()
-        .map(|v| v.as_deref())
-        .chain(PREFIX_SOURCES[4..].iter().map(|name| env.get(name)));
+    let flag_count = from_flags.len();
+    let candidates = from_flags.into_iter().map(|v| v.as_deref()).chain(
+        PREFIX_SOURCES[flag_count..]
+            .iter()
+            .map(|name| env.get(name)),
+    );
     PREFIX_SOURCES
         .iter()
         .zip(candidates)
@@ -313,7 +314,7 @@ fn parse_prefix(
     };
     let (scheme, rest) = value
         .split_once("://")
-        .ok_or_else(|| bad("expected a URL such as s3://bucket/path, gs://bucket/path, wabs://container/path or file:///path"))?;
+        .ok_or_else(|| bad("expected a URL such as s3://bucket/path, gs://bucket/path, wabs://container/path, swift://container/path or file:///path"))?;
     let (netloc, path) = rest.split_once('/').unwrap_or((rest, ""));
     let path_prefix = normalize_path_prefix(path);
     match scheme {
@@ -340,14 +341,15 @@ fn parse_prefix(
                 env,
             )?))
         }
+        "swift" => {
+            if netloc.is_empty() {
+                return Err(bad("the container name is missing"));
+            }
+            Ok(StoreConfig::Swift(swift_config(netloc, path_prefix, env)?))
+        }
         "file" => Ok(StoreConfig::File(FileConfig { path_prefix })),
-        "swift" => Err(Error::UnsupportedScheme {
-            source_name: source_name.to_string(),
-            value: value.to_string(),
-            scheme: scheme.to_string(),
-        }),
         _ => Err(bad(
-            "unknown scheme: expected s3://, gs://, wabs:// or file://",
+            "unknown scheme: expected s3://, gs://, wabs://, swift:// or file://",
         )),
     }
 }
@@ -464,17 +466,32 @@ mod tests {
     }
 
     #[test]
-    fn other_backends_are_named_as_unsupported() {
-        let err = Config::resolve(
-            &GlobalFlags::default(),
-            &env(&[("WALE_SWIFT_PREFIX", "swift://b/p")]),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("WALE_SWIFT_PREFIX") && msg.contains("not supported yet"),
-            "{msg}"
+    fn swift_prefixes_choose_the_swift_backend() {
+        let swift = env(&[
+            ("WALE_SWIFT_PREFIX", "swift://c/p"),
+            ("WALE_WABS_PREFIX", "wabs://later/p"),
+            ("SWIFT_AUTHURL", "http://127.0.0.1:8080/auth/v1.0"),
+            ("SWIFT_AUTH_VERSION", "1"),
+            ("SWIFT_USER", "test:tester"),
+            ("SWIFT_PASSWORD", "testing"),
+        ]);
+        let c = Config::resolve(&GlobalFlags::default(), &swift).unwrap();
+        let StoreConfig::Swift(config) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(
+            (config.container.as_str(), c.store.path_prefix()),
+            ("c", "p/")
         );
+        let flags = GlobalFlags {
+            swift_prefix: Some("swift://flag/q".into()),
+            ..GlobalFlags::default()
+        };
+        let c = Config::resolve(&flags, &swift).unwrap();
+        assert_eq!(c.store.path_prefix(), "q/");
+        let no_container = env(&[("WALE_SWIFT_PREFIX", "swift:///p")]);
+        let err = Config::resolve(&GlobalFlags::default(), &no_container).unwrap_err();
+        assert!(err.to_string().contains("container name"), "{err}");
         assert!(matches!(
             Config::resolve(&GlobalFlags::default(), &env(&[])),
             Err(Error::NoPrefix)
@@ -486,6 +503,33 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn envdir_settings_carry_swift_settings() {
+        let e = env(&[
+            ("SWIFT_AUTHURL", "http://127.0.0.1:8080/auth/v1.0"),
+            ("SWIFT_PASSWORD", "testing"),
+            ("SWIFT_USER_DOMAIN_NAME", "Default"),
+            ("HOME", "/root"),
+        ]);
+        let flags = GlobalFlags {
+            swift_prefix: Some("swift://c/p".into()),
+            ..GlobalFlags::default()
+        };
+        let settings = envdir_settings(&flags, &e).unwrap();
+        for pair in [
+            ("SWIFT_AUTHURL", "http://127.0.0.1:8080/auth/v1.0"),
+            ("SWIFT_PASSWORD", "testing"),
+            ("SWIFT_USER_DOMAIN_NAME", "Default"),
+            ("WALE_SWIFT_PREFIX", "swift://c/p"),
+        ] {
+            assert!(
+                settings.contains(&(pair.0.into(), pair.1.into())),
+                "{pair:?} in {settings:?}"
+            );
+        }
+        assert!(!settings.iter().any(|(n, _)| n == "HOME"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Where the archive lives: one small [`Storage`] trait (stream an object, list with a
 //! prefix and delimiter, head) and its backends: S3 ([`s3`]), Google Cloud Storage
-//! ([`gcs`]), Azure Blob Storage ([`azure`]) and local files ([`fs`]). The two cloud
-//! backends share one small HTTP client (`web`).
+//! ([`gcs`]), Azure Blob Storage ([`azure`]), OpenStack Swift ([`swift`]) and local files
+//! ([`fs`]). The GCS, Azure and Swift backends share one small HTTP client (`web`).
 //!
 //! Keys are WAL-E's "logical keys" (`<path_prefix>wal_005/…`, never starting with `/`);
 //! each backend maps them to its own physical names. Errors are classified once, here:
@@ -13,6 +13,7 @@ pub mod azure;
 pub mod fs;
 pub mod gcs;
 pub mod s3;
+pub mod swift;
 mod web;
 
 use std::io::{self, Read};
@@ -335,20 +336,23 @@ pub enum Store {
     Gcs(gcs::GcsStore),
     /// Azure Blob Storage (or Azurite).
     Azure(azure::AzureStore),
+    /// OpenStack Swift.
+    Swift(swift::SwiftStore),
     /// Local files (`file://`).
     File(fs::FileStore),
 }
 
 impl Store {
     /// The page size that walks a long listing cheapest: S3 answers at most 1000 keys a
-    /// request, Azure 5000; GCS 1000 too, but its pages start at the last key seen, so 999
-    /// new ones fit in one request; a local directory is read whole for every page, so
+    /// request, Azure 5000, Swift 10 000; GCS 1000 too, but its pages start at the last key
+    /// seen, so 999 new ones fit in one request; a local directory is read whole for every page, so
     /// fewer, larger pages (ten thousand names, about a megabyte) cost less.
     pub fn listing_page(&self) -> usize {
         match self {
             Store::S3(_) => 1000,
             Store::Gcs(_) => 999,
             Store::Azure(_) => 5000,
+            Store::Swift(_) => swift::PAGE_LIMIT,
             Store::File(_) => 10_000,
         }
     }
@@ -362,6 +366,7 @@ impl Store {
             StoreConfig::S3(s3) => Ok(Store::S3(s3::S3Store::connect(s3).await?)),
             StoreConfig::Gcs(gcs) => Ok(Store::Gcs(gcs::GcsStore::connect(gcs)?)),
             StoreConfig::Azure(azure) => Ok(Store::Azure(azure::AzureStore::connect(azure))),
+            StoreConfig::Swift(swift) => Ok(Store::Swift(swift::SwiftStore::connect(swift))),
             StoreConfig::File(file) => {
                 // A prefix naming no directory (a typo, `file://tmp/…` read as a host) is
                 // a configuration mistake, never an empty archive.
@@ -393,6 +398,7 @@ impl Storage for Store {
             Store::S3(s) => s.get(key).await,
             Store::Gcs(s) => s.get(key).await,
             Store::Azure(s) => s.get(key).await,
+            Store::Swift(s) => s.get(key).await,
             Store::File(s) => s.get(key).await,
         }
     }
@@ -402,6 +408,7 @@ impl Storage for Store {
             Store::S3(s) => s.get_range(key, offset).await,
             Store::Gcs(s) => s.get_range(key, offset).await,
             Store::Azure(s) => s.get_range(key, offset).await,
+            Store::Swift(s) => s.get_range(key, offset).await,
             Store::File(s) => s.get_range(key, offset).await,
         }
     }
@@ -411,6 +418,7 @@ impl Storage for Store {
             Store::S3(s) => s.list(prefix, delimiter).await,
             Store::Gcs(s) => s.list(prefix, delimiter).await,
             Store::Azure(s) => s.list(prefix, delimiter).await,
+            Store::Swift(s) => s.list(prefix, delimiter).await,
             Store::File(s) => s.list(prefix, delimiter).await,
         }
     }
@@ -425,6 +433,7 @@ impl Storage for Store {
             Store::S3(s) => s.list_after(prefix, start_after, limit).await,
             Store::Gcs(s) => s.list_after(prefix, start_after, limit).await,
             Store::Azure(s) => s.list_after(prefix, start_after, limit).await,
+            Store::Swift(s) => s.list_after(prefix, start_after, limit).await,
             Store::File(s) => s.list_after(prefix, start_after, limit).await,
         }
     }
@@ -434,6 +443,7 @@ impl Storage for Store {
             Store::S3(s) => s.head(key).await,
             Store::Gcs(s) => s.head(key).await,
             Store::Azure(s) => s.head(key).await,
+            Store::Swift(s) => s.head(key).await,
             Store::File(s) => s.head(key).await,
         }
     }
@@ -443,6 +453,7 @@ impl Storage for Store {
             Store::S3(s) => s.url(key),
             Store::Gcs(s) => s.url(key),
             Store::Azure(s) => s.url(key),
+            Store::Swift(s) => s.url(key),
             Store::File(s) => s.url(key),
         }
     }

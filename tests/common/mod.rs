@@ -6,6 +6,7 @@
 
 pub mod cloud;
 pub mod pg;
+pub mod swift;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
