@@ -411,3 +411,98 @@ fn tar_of_fixture_head() -> Vec<u8> {
     tar.truncate(64 * 1024);
     tar
 }
+
+/// The processes a standby stands on, by their command lines: the postmaster and its
+/// startup process (`postgres … startup`), and wale's prefetchers.
+fn standby_processes(pgdata: &Path) -> Vec<(i32, String)> {
+    let needle = pgdata.display().to_string();
+    let postmaster = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ppid = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s[s.rfind(')')? + 1..].to_string();
+                after.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if Some(pid) == postmaster {
+            found.push((pid, "postmaster".to_string()));
+        } else if ppid.is_some() && ppid == postmaster && text.contains("startup") {
+            found.push((pid, "startup process".to_string()));
+        } else if text.contains("wal-prefetch") && text.contains(&needle) {
+            found.push((pid, "prefetcher".to_string()));
+        }
+    }
+    found
+}
+
+/// Chaos: `wale restore --standby --start` killed with SIGKILL at a random moment, then the
+/// same command; then, while the archive grows, a random process of the standby (the
+/// postmaster, its startup process, a prefetcher) killed with SIGKILL, and the same command
+/// again. Every trial must end caught up with the archive's exact data.
+#[test]
+fn chaos_random_kills_of_restore_and_of_the_standby_end_with_the_archives_data() {
+    use crate::matrix::{Site, Version};
+    let version = Version::of(13);
+    let later = version.words("SEGMENTS_AFTER_RESTORE_POINT");
+    let last = version.meta("LAST_WAL_SEGMENT");
+    let mut rng = fastrand::Rng::with_seed(26);
+    let trials = 3 * scale();
+    let (mut restore_kills, mut standby_kills, mut exact) = (0, 0, 0);
+    let mut killed_what: std::collections::BTreeMap<String, usize> = Default::default();
+    for _ in 0..trials {
+        let site = Site::new(&version, |name| !later.iter().any(|l| l == name));
+        let args = ["--standby", "--start"];
+        let mut cmd = site.restore_command(&args);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(0..2500)));
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            restore_kills += 1;
+        }
+        let _ = child.wait();
+        site.restore(&args).expect_code(0);
+
+        for name in &later {
+            site.add_wal(name);
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..1500)));
+        let processes = standby_processes(&site.pgdata());
+        if !processes.is_empty() {
+            let (pid, what) = processes[rng.usize(0..processes.len())].clone();
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            standby_kills += 1;
+            *killed_what.entry(what).or_default() += 1;
+        }
+        // The same command brings back whatever is gone (a postmaster killed takes a
+        // moment to be reaped and to release its shared memory).
+        let started = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if site.restore(&args).code == 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "not restarted");
+        }
+        site.wait_for_status("caught up after the kills", |s| {
+            s["caught_up"] == true && s["archive_last_segment"] == last.as_str()
+        });
+        assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+        exact += 1;
+    }
+    println!(
+        "chaos campaign: {trials} trials, {restore_kills} restores killed mid-way, {standby_kills} standby processes killed ({killed_what:?}), {exact} ended caught up with the archive's exact data"
+    );
+}
