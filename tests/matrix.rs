@@ -118,14 +118,7 @@ impl<'a> Site<'a> {
 
     /// Every WAL object of the fixture, without `.lzo`.
     fn wal_objects(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(self.version.fixture.join("archive/wal_005"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .filter_map(|n| n.strip_suffix(".lzo").map(str::to_string))
-                .collect();
-        names.sort();
-        names
+        wal_names_in(&self.version.fixture.join("archive"))
     }
 
     pub(crate) fn add_wal(&self, name: &str) {

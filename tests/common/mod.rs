@@ -53,7 +53,12 @@ pub fn meta_of(fixture_dir: &Path, key: &str) -> String {
 
 /// Names of the fixture's WAL objects (without `.lzo`), sorted.
 pub fn fixture_wal_names() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(fixture().join("archive/wal_005"))
+    wal_names_in(&fixture().join("archive"))
+}
+
+/// Names of the WAL objects (without `.lzo`) of the archive rooted at `archive`, sorted.
+pub fn wal_names_in(archive: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(archive.join("wal_005"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter_map(|n| n.strip_suffix(".lzo").map(str::to_string))
