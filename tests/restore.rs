@@ -363,6 +363,39 @@ fn a_point_in_time_restore_reaches_a_named_restore_point_on_the_second_timeline(
     assert!(site.log().contains("recovery stopping"), "{}", site.log());
 }
 
+/// The case: a point-in-time restore paused at a restore point on timeline 2.
+/// `status` names the timeline replay is on (2, although no restartpoint on 2 has
+/// happened), its segment and the archive's end on it, no "newer" timeline (2 is its
+/// own), "paused at the recovery target"; `promote` ends recovery there without --force.
+#[test]
+fn a_point_in_time_restore_paused_on_the_second_timeline_is_reported_and_promoted() {
+    let site = Site::new(|_| true);
+    let port = free_port();
+    let name = heroku_meta("RESTORE_POINT_NAME");
+    site.restore(port, &["--target-name", &name, "--start"])
+        .expect_code(0);
+    let status = site.wait_for_status("paused at the target", Duration::from_secs(120), |s| {
+        s["paused_at_target"] == true
+    });
+    assert_eq!(status["timeline"], 2, "{status:#}");
+    assert_eq!(
+        status["replay_segment"],
+        heroku_meta("RESTORE_POINT_WAL_SEGMENT").as_str(),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["archive_last_segment"],
+        heroku_meta("END_WAL_SEGMENT").as_str(),
+        "{status:#}"
+    );
+    assert!(status["newer_timeline"].is_null(), "{status:#}");
+    let mut promote = wale();
+    promote.arg("promote").arg(site.pgdata());
+    let run = Run::of(promote).expect_code(0);
+    assert!(run.stderr.contains("recovery target"), "{}", run.stderr);
+    assert_eq!(site.checks(port), expected("expected-restore-point.txt"));
+}
+
 /// Refusals that need no server: each a clear one-line error, nothing written.
 #[test]
 fn restore_refuses_with_one_clear_line() {
