@@ -157,6 +157,23 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// The archive as a prefix URL (`s3://bucket/path/`, `file:///path/`): which archive
+    /// this is, without any setting that only says how to reach it.
+    pub fn prefix_url(&self) -> String {
+        match self {
+            StoreConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.path_prefix),
+            StoreConfig::Gcs(gcs) => format!("gs://{}/{}", gcs.bucket, gcs.path_prefix),
+            StoreConfig::Azure(azure) => format!(
+                "wabs://{}/{}/{}",
+                azure.account, azure.container, azure.path_prefix
+            ),
+            StoreConfig::Swift(swift) => {
+                format!("swift://{}/{}", swift.container, swift.path_prefix)
+            }
+            StoreConfig::File(file) => format!("file:///{}", file.path_prefix),
+        }
+    }
+
     /// The archive's key prefix inside the bucket or root: empty, or ending in `/`.
     pub fn path_prefix(&self) -> &str {
         match self {

@@ -110,7 +110,7 @@ fn request_of(
 ) -> Result<serde_json::Value, Error> {
     let envdir = options.envdir.as_deref().map(absolute).transpose()?;
     Ok(serde_json::json!({
-        "archive": format!("{:?}", config.store.path_prefix()),
+        "archive": config.store.prefix_url(),
         "pgdata": pgdata,
         "backup": args.backup_name,
         "standby": args.standby,
@@ -214,7 +214,14 @@ async fn finish_earlier(
                 record.backup,
                 pid.pid
             );
-            start::settle(&server, args, &server::log_path(pgdata), 0, cancellation).await
+            start::settle(
+                &server,
+                args,
+                &server::log_path(pgdata),
+                start::unix_now(),
+                cancellation,
+            )
+            .await
         }
         (true, None) => {
             tracing::info!(
