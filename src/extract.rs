@@ -149,6 +149,11 @@ impl Extractor {
         })
     }
 
+    /// The flag that stops this extraction (and the work around it).
+    pub fn cancellation(&self) -> &crate::pool::Cancellation {
+        &self.options.cancellation
+    }
+
     /// Extracts every member of one tar stream.
     pub fn extract<R: Read>(&self, archive: &mut tar::Archive<R>) -> Result<u64, Error> {
         let mut buffer = vec![0u8; COPY_BUFFER];

@@ -187,7 +187,6 @@ pub async fn fetch(
         decoding,
         config.retry,
         &progress,
-        &request.cancellation,
     )
     .await;
     progress.stop();
@@ -375,8 +374,8 @@ async fn restore_partitions(
     decoding: &Decoding,
     retry: RetryPolicy,
     progress: &Progress,
-    cancellation: &Cancellation,
 ) -> Result<(), Error> {
+    let cancellation = extractor.cancellation();
     // The first failure stops the others: the restore as a whole has failed.
     for_each_bounded(
         partitions.iter().cloned(),
