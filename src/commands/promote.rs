@@ -23,6 +23,41 @@ const WRITABLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
     let pgdata = &args.pgdata;
     let report = status::gather(config, pgdata, args.pg_bin.as_deref()).await?;
+    check_promotable(&report, args)?;
+    let data_dir = DataDir::new(pgdata);
+    let major = data_dir
+        .major()
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .number();
+    let running = PidFile::read(pgdata).ok().flatten();
+    let binaries =
+        Binaries::for_data_dir(major, args.pg_bin.as_deref(), &data_dir, running.as_ref())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
+    if report.paused_at_target {
+        resume_at_target(&binaries, &owner, pgdata, running.as_ref())?;
+    } else {
+        promote_with_pg_ctl(&binaries, &owner, pgdata)?;
+    }
+    let pid = PidFile::read(pgdata)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
+    let connection = Connection::new(&binaries, &owner, &pid)
+        .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
+    wait_writable(&connection, pgdata).await?;
+    disable_restore_command(pgdata)?;
+    if let Err(e) = connection.value("select pg_reload_conf()") {
+        tracing::warn!("could not reload the configuration: {e}");
+    }
+    report_promoted(&connection, pgdata);
+    Ok(())
+}
+
+/// Refuses what must not be promoted: no server, a server not in recovery, a standby
+/// behind the archive (unless `--force`). A recovery paused at its target is promotable.
+fn check_promotable(report: &status::Report, args: &PromoteArgs) -> Result<(), Error> {
+    let pgdata = &args.pgdata;
     if !report.running {
         return Err(Error::Usage(format!(
             "{}: no server is running on it; start it first",
@@ -54,45 +89,32 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
     if report.paused && !report.paused_at_target {
         tracing::warn!("replay is paused; promotion ends recovery at the paused position");
     }
+    Ok(())
+}
 
-    let data_dir = DataDir::new(pgdata);
-    let major = data_dir
-        .major()
-        .map_err(|e| Error::Usage(e.to_string()))?
-        .number();
-    let running = PidFile::read(pgdata).ok().flatten();
-    let binaries =
-        Binaries::for_data_dir(major, args.pg_bin.as_deref(), &data_dir, running.as_ref())
-            .map_err(|e| Error::Usage(e.to_string()))?;
-    let owner = server::owner_of(pgdata).map_err(|e| Error::local(pgdata, "cannot inspect", e))?;
-    if report.paused_at_target {
-        // Resuming a recovery paused at its target ends it and promotes, in every
-        // version; `pg_ctl promote` is not heard by a paused recovery before 14.
-        let pid = running
-            .as_ref()
-            .ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
-        let connection = Connection::new(&binaries, &owner, pid)
-            .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
-        connection
-            .value("select pg_wal_replay_resume()")
-            .map_err(|detail| Error::Server {
-                detail,
-                log: server::log_path(pgdata),
-            })?;
-    } else {
-        promote_with_pg_ctl(&binaries, &owner, pgdata)?;
-    }
-    let pid = PidFile::read(pgdata)
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
-    let connection = Connection::new(&binaries, &owner, &pid)
+/// Resumes a recovery paused at its target, which ends it and promotes, in every
+/// version (`pg_ctl promote` is not heard by a paused recovery before 14).
+fn resume_at_target(
+    binaries: &Binaries,
+    owner: &User,
+    pgdata: &Path,
+    running: Option<&PidFile>,
+) -> Result<(), Error> {
+    let pid =
+        running.ok_or_else(|| Error::Usage(format!("{}: the server stopped", pgdata.display())))?;
+    let connection = Connection::new(binaries, owner, pid)
         .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
-    wait_writable(&connection, pgdata)?;
-    disable_restore_command(pgdata)?;
-    if let Err(e) = connection.value("select pg_reload_conf()") {
-        tracing::warn!("could not reload the configuration: {e}");
-    }
+    connection
+        .value("select pg_wal_replay_resume()")
+        .map(|_| ())
+        .map_err(|detail| Error::Server {
+            detail,
+            log: server::log_path(pgdata),
+        })
+}
+
+/// Says what was done, on which timeline, and what is left to the operator.
+fn report_promoted(connection: &Connection, pgdata: &Path) {
     // The checkpoint's timeline lags until the end-of-recovery checkpoint; the name of the
     // current WAL file does not.
     let timeline = connection
@@ -112,7 +134,6 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
     ] {
         println!("next: {follow_up}");
     }
-    Ok(())
 }
 
 /// `pg_ctl promote`, as the data directory's owner, waiting for it.
@@ -138,7 +159,7 @@ fn promote_with_pg_ctl(binaries: &Binaries, owner: &User, pgdata: &Path) -> Resu
 }
 
 /// Waits until the server is out of recovery and can assign a transaction id.
-fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Error> {
+async fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Error> {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < WRITABLE_TIMEOUT {
@@ -150,7 +171,7 @@ fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Error> {
             Ok(_) => last = "still in recovery".into(),
             Err(e) => last = e,
         }
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(Error::Server {
         detail: format!(

@@ -176,32 +176,7 @@ pub fn sanitise_auto_conf(
             });
         };
         if PRELOAD_SETTINGS.contains(&name) {
-            let libraries: Vec<&str> = setting
-                .value
-                .split(',')
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            let (loadable, missing): (Vec<&str>, Vec<&str>) =
-                libraries.iter().partition(|l| library_loads(l));
-            if missing.is_empty() {
-                out.text.push_str(line);
-                out.text.push('\n');
-                continue;
-            }
-            let reason = format!(
-                "{} not installed for the server found here",
-                missing.join(", ")
-            );
-            let _ = writeln!(out.text, "# wale: {reason}");
-            let _ = writeln!(out.text, "#{line}");
-            if !loadable.is_empty() {
-                let _ = writeln!(out.text, "{name} = {}", quote(&loadable.join(",")));
-            }
-            out.findings.push(Finding::LibrariesDropped {
-                name: name.to_string(),
-                dropped: missing.iter().map(|s| s.to_string()).collect(),
-            });
+            keep_loadable_libraries(line, &setting, library_loads, &mut out);
         } else if owned.contains(&name) {
             disable(
                 format!("{name} is set by wale in postgresql.conf for this restore"),
@@ -241,6 +216,43 @@ pub fn sanitise_auto_conf(
         }
     }
     out
+}
+
+/// A preload list cut down to the libraries that load here, the original line commented
+/// out with the reason (kept as it is when all of them load).
+fn keep_loadable_libraries(
+    line: &str,
+    setting: &Setting,
+    library_loads: &dyn Fn(&str) -> bool,
+    out: &mut Sanitised,
+) {
+    let name = setting.name.as_str();
+    let libraries: Vec<&str> = setting
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let (loadable, missing): (Vec<&str>, Vec<&str>) =
+        libraries.iter().partition(|l| library_loads(l));
+    if missing.is_empty() {
+        out.text.push_str(line);
+        out.text.push('\n');
+        return;
+    }
+    let reason = format!(
+        "{} not installed for the server found here",
+        missing.join(", ")
+    );
+    let _ = writeln!(out.text, "# wale: {reason}");
+    let _ = writeln!(out.text, "#{line}");
+    if !loadable.is_empty() {
+        let _ = writeln!(out.text, "{name} = {}", quote(&loadable.join(",")));
+    }
+    out.findings.push(Finding::LibrariesDropped {
+        name: name.to_string(),
+        dropped: missing.iter().map(|s| s.to_string()).collect(),
+    });
 }
 
 /// Where a server looks for a library named in a preload list: an absolute or relative

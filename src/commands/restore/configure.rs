@@ -10,7 +10,6 @@ use std::time::SystemTime;
 use super::{Plan, absolute, chown_tree, default_envdir};
 use crate::cli::RestoreArgs;
 use crate::commands::Options;
-use crate::config::Config;
 use crate::error::Error;
 use crate::pg::conf::{self, Finding};
 use crate::pg::control::ControlData;
@@ -55,51 +54,15 @@ const CLUSTER_SETTINGS: &[&str] = &[
 
 /// Writes the configuration files, the envdir, the signal file.
 pub(super) fn configure(
-    config: &Config,
     options: &Options,
     args: &RestoreArgs,
     plan: &Plan,
     control: &ControlData,
 ) -> Result<(), Error> {
-    let _ = config;
     let pgdata = &plan.pgdata;
-    let pkglibdir = plan.binaries.pkglibdir();
-    let auto_path = pgdata.join("postgresql.auto.conf");
-    if let Some(original) = crate::durable::read_small_file(&auto_path)
-        .map_err(|e| Error::local(&auto_path, "cannot read", e))?
-    {
-        let mut owned = OWNED_SETTINGS.to_vec();
-        if args.cluster.is_some() {
-            owned.extend_from_slice(CLUSTER_SETTINGS);
-        }
-        let sanitised = conf::sanitise_auto_conf(&original, &owned, &|library| {
-            conf::library_candidates(library, &pkglibdir)
-                .iter()
-                .any(|p| p.is_file())
-        });
-        write_file(
-            &pgdata.join("postgresql.auto.conf.wale-original"),
-            &original,
-            0o600,
-        )?;
-        write_file(&auto_path, &sanitised.text, 0o600)?;
-        report_findings(&sanitised.findings, &pkglibdir);
-    }
-
-    let envdir = match &options.envdir {
-        Some(dir) => absolute(dir)?,
-        None => {
-            let dir = default_envdir(pgdata);
-            write_envdir(&dir, &options.envdir_settings)?;
-            tracing::info!(
-                "the archive settings for restore_command are in {} (mode 0700, outside the data directory)",
-                dir.display()
-            );
-            dir
-        }
-    };
+    neutralise_auto_conf(args, plan)?;
+    let envdir = envdir_of(options, pgdata)?;
     let restore_command = restore_command(&envdir, options)?;
-
     let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
     let recovery = recovery_settings(args, major, &restore_command);
     let mut text = postgresql_conf(args, plan, control, major);
@@ -113,17 +76,7 @@ pub(super) fn configure(
             };
             write_file(&pgdata.join(signal), "", 0o600)?;
         }
-        RecoveryConfig::RecoveryConf => {
-            let mut recovery_conf = format!(
-                "# Written by wale restore: PostgreSQL {major} reads its recovery settings here and\n\
-                 # renames this file to recovery.done when recovery ends.\n"
-            );
-            if args.standby {
-                append_settings(&mut recovery_conf, &[("standby_mode", "on".to_string())]);
-            }
-            append_settings(&mut recovery_conf, &recovery);
-            write_file(&pgdata.join("recovery.conf"), &recovery_conf, 0o600)?;
-        }
+        RecoveryConfig::RecoveryConf => write_recovery_conf(pgdata, args, major, &recovery)?,
     }
     if !plan.settings.is_empty() {
         text.push_str("\n# --set\n");
@@ -140,6 +93,69 @@ pub(super) fn configure(
         register_cluster(cluster, plan, &text)?;
     }
     Ok(())
+}
+
+/// The vendor's `postgresql.auto.conf` with what would stop or mislead this server
+/// commented out (the original kept beside it).
+fn neutralise_auto_conf(args: &RestoreArgs, plan: &Plan) -> Result<(), Error> {
+    let pgdata = &plan.pgdata;
+    let pkglibdir = plan.binaries.pkglibdir();
+    let auto_path = pgdata.join("postgresql.auto.conf");
+    let Some(original) = crate::durable::read_small_file(&auto_path)
+        .map_err(|e| Error::local(&auto_path, "cannot read", e))?
+    else {
+        return Ok(());
+    };
+    let mut owned = OWNED_SETTINGS.to_vec();
+    if args.cluster.is_some() {
+        owned.extend_from_slice(CLUSTER_SETTINGS);
+    }
+    let sanitised = conf::sanitise_auto_conf(&original, &owned, &|library| {
+        conf::library_candidates(library, &pkglibdir)
+            .iter()
+            .any(|p| p.is_file())
+    });
+    write_file(
+        &pgdata.join("postgresql.auto.conf.wale-original"),
+        &original,
+        0o600,
+    )?;
+    write_file(&auto_path, &sanitised.text, 0o600)?;
+    report_findings(&sanitised.findings, &pkglibdir);
+    Ok(())
+}
+
+/// The envdir `restore_command` reads: `--envdir` as given, else the settings in effect
+/// written beside the data directory.
+fn envdir_of(options: &Options, pgdata: &Path) -> Result<PathBuf, Error> {
+    if let Some(dir) = &options.envdir {
+        return absolute(dir);
+    }
+    let dir = default_envdir(pgdata);
+    write_envdir(&dir, &options.envdir_settings)?;
+    tracing::info!(
+        "the archive settings for restore_command are in {} (mode 0700, outside the data directory)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// PostgreSQL 10 and 11: the recovery settings in `recovery.conf`, with `standby_mode`.
+fn write_recovery_conf(
+    pgdata: &Path,
+    args: &RestoreArgs,
+    major: Major,
+    recovery: &[(&str, String)],
+) -> Result<(), Error> {
+    let mut text = format!(
+        "# Written by wale restore: PostgreSQL {major} reads its recovery settings here and\n\
+         # renames this file to recovery.done when recovery ends.\n"
+    );
+    if args.standby {
+        append_settings(&mut text, &[("standby_mode", "on".to_string())]);
+    }
+    append_settings(&mut text, recovery);
+    write_file(&pgdata.join("recovery.conf"), &text, 0o600)
 }
 
 fn report_findings(findings: &[Finding], pkglibdir: &Path) {

@@ -290,7 +290,7 @@ async fn fetch_and_configure(
     check_settings(&plan.settings, &control)?;
     give_to_owner(plan)?;
     report_tablespace_contents(plan);
-    configure::configure(config, options, args, plan, &control)?;
+    configure::configure(options, args, plan, &control)?;
     give_to_owner(plan)?;
     interrupted()?;
     record.complete = true;
