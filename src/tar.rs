@@ -241,36 +241,40 @@ impl<R: Read> Archive<R> {
                         local.link = Some(data);
                     }
                 }
-                _ => {
-                    let mut header = raw;
-                    self.global.merge_into(&mut header);
-                    local.merge_into(&mut header);
-                    if header.kind != Kind::File {
-                        // Only regular files carry data (hard links and the rest have size 0
-                        // in every writer WAL-E used); never trust a size on anything else.
-                        if header.size != 0 && header.kind != Kind::HardLink {
-                            return Err(self.corrupt(format!(
-                                "{:?} is not a regular file but claims {} data bytes",
-                                header.display_path(),
-                                header.size
-                            )));
-                        }
-                        header.size = 0;
-                    }
-                    if header.size > MAX_MEMBER_BYTES {
-                        return Err(self.corrupt(format!(
-                            "{:?} claims {} bytes",
-                            header.display_path(),
-                            header.size
-                        )));
-                    }
-                    self.remaining = header.size;
-                    self.padding = padding_of(header.size);
-                    self.last_member = Some(header.display_path());
-                    return Ok(Some(header));
-                }
+                _ => return self.member(raw, &local).map(Some),
             }
         }
+    }
+
+    /// A member's own header with the extension records applied, its size checked, and
+    /// the reader set to its data.
+    fn member(&mut self, raw: Header, local: &Overrides) -> Result<Header, Error> {
+        let mut header = raw;
+        self.global.merge_into(&mut header);
+        local.merge_into(&mut header);
+        if header.kind != Kind::File {
+            // Only regular files carry data (hard links and the rest have size 0
+            // in every writer WAL-E used); never trust a size on anything else.
+            if header.size != 0 && header.kind != Kind::HardLink {
+                return Err(self.corrupt(format!(
+                    "{:?} is not a regular file but claims {} data bytes",
+                    header.display_path(),
+                    header.size
+                )));
+            }
+            header.size = 0;
+        }
+        if header.size > MAX_MEMBER_BYTES {
+            return Err(self.corrupt(format!(
+                "{:?} claims {} bytes",
+                header.display_path(),
+                header.size
+            )));
+        }
+        self.remaining = header.size;
+        self.padding = padding_of(header.size);
+        self.last_member = Some(header.display_path());
+        Ok(header)
     }
 
     /// Gives back the underlying reader (positioned after the end-of-archive block).
