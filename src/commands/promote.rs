@@ -75,8 +75,8 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
             .ok_or_else(|| Error::Usage("the server listens on no Unix socket".to_string()))?;
         connection
             .value("select pg_wal_replay_resume()")
-            .map_err(|detail| Error::Server {
-                detail,
+            .map_err(|e| Error::Server {
+                detail: e.to_string(),
                 log: server::log_path(pgdata),
             })?;
     } else {
@@ -145,10 +145,10 @@ fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Error> {
         match connection.value("select pg_is_in_recovery()") {
             Ok(v) if v == "f" => match connection.value("select txid_current()") {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             },
             Ok(_) => last = "still in recovery".into(),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
