@@ -126,7 +126,7 @@ fn every_command_reads_the_archive_on_gcs_and_azure() {
 
 #[test]
 fn postgres_recovers_from_gcs_and_azure() {
-    for (slot, cloud) in CLOUDS.into_iter().enumerate() {
+    for cloud in CLOUDS {
         let (_emulator, settings) = serve(cloud);
         let work = work_dir();
         let recovery = restore_and_start(

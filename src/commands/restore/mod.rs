@@ -50,11 +50,10 @@ pub async fn run(config: &Config, options: &Options, args: &RestoreArgs) -> Resu
     let _signals = crate::pool::cancel_on_signals(&cancellation);
     let pgdata = absolute(&args.pgdata)?;
     let request = request_of(config, options, args, &pgdata)?;
-    if let Some(record) = DataDir::new(&pgdata).restore_record() {
-        match earlier_restore(&pgdata, record, &request)? {
-            Some(complete) => return finish_earlier(&pgdata, complete, args, &cancellation).await,
-            None => {}
-        }
+    if let Some(record) = DataDir::new(&pgdata).restore_record()
+        && let Some(complete) = earlier_restore(&pgdata, record, &request)?
+    {
+        return finish_earlier(&pgdata, complete, args, &cancellation).await;
     }
     let store = Arc::new(Store::open(&config.store).await?);
     let layout = Layout::new(config.store.path_prefix());
