@@ -194,14 +194,12 @@ pub async fn resolve_backups(
         backups::list(store, layout)
     })
     .await?;
-    if all.is_empty() {
-        return Err(Error::NotFound(format!(
-            "no complete backups found in {}",
-            store.url(&layout.basebackups())
-        )));
-    }
+    let none_complete = all.is_empty();
     let query = match wanted {
         Wanted::Query(query) => query,
+        Wanted::StoppedBefore { .. } if none_complete => {
+            return Err(no_backups(store, layout));
+        }
         Wanted::StoppedBefore { time, decoding } => {
             let backup = backup_before(config, store, layout, all, time, decoding).await?;
             return Ok(vec![backup]);
@@ -210,12 +208,20 @@ pub async fn resolve_backups(
     let chosen = backups::select(all, query);
     match (chosen.is_empty(), query) {
         (false, _) => Ok(chosen),
-        (true, Query::Named(name)) => Err(backups::missing_backup(store, layout, name).await),
-        (true, _) => Err(Error::NotFound(format!(
-            "no complete backups found in {}",
-            store.url(&layout.basebackups())
-        ))),
+        // An unfinished backup is worth naming even in an archive with no complete one.
+        (true, Query::Named(name)) => {
+            Err(backups::missing_backup(store, layout, name, none_complete).await)
+        }
+        (true, _) => Err(no_backups(store, layout)),
     }
+}
+
+/// The archive holds no complete backup (that a query selects).
+fn no_backups(store: &Store, layout: &Layout) -> Error {
+    Error::NotFound(format!(
+        "no complete backups found in {}",
+        store.url(&layout.basebackups())
+    ))
 }
 
 /// The one backup `wanted` selects (the first, for a query that selects several).

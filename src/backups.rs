@@ -148,17 +148,27 @@ pub async fn stop_time(
     })
 }
 
-/// Why a named backup is not among the complete ones: it does not exist at all, or it
-/// exists without its sentinel (WAL-E never finished it). One listing of its directory.
-pub async fn missing_backup(store: &Store, layout: &Layout, name: &BackupName) -> Error {
+/// Why a named backup is not among the complete ones: it exists without its sentinel
+/// (WAL-E never finished it), or it does not exist at all (`none_complete`: and the
+/// archive has no complete backup either). One listing of its directory.
+pub async fn missing_backup(
+    store: &Store,
+    layout: &Layout,
+    name: &BackupName,
+    none_complete: bool,
+) -> Error {
     let where_ = store.url(&layout.basebackups());
     let directory = format!("{}{name}/", layout.basebackups());
     match store.list(&directory, Some("/")).await {
         Ok(listing) if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() => {
-            Error::NotFound(format!(
-                "backup {name} in {where_} is incomplete: it has no sentinel, so WAL-E never finished it"
-            ))
+            let unfinished = "is incomplete: it has no sentinel, so WAL-E never finished it";
+            Error::NotFound(if none_complete {
+                format!("no complete backups found in {where_}: backup {name} {unfinished}")
+            } else {
+                format!("backup {name} in {where_} {unfinished}")
+            })
         }
+        Ok(_) if none_complete => Error::NotFound(format!("no complete backups found in {where_}")),
         Ok(_) => Error::NotFound(format!("no backup named {name} in {where_}")),
         Err(err) => err.into(),
     }

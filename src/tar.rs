@@ -565,10 +565,9 @@ fn parse_pax(mut data: &[u8], out: &mut Overrides) -> Result<(), PaxError> {
         let (key, value) = (&record[..eq], &record[eq + 1..]);
         let text = || String::from_utf8_lossy(value).into_owned();
         let number = |key: &'static str| -> Result<u64, PaxError> {
-            text().parse().map_err(|_| PaxError::NotANumber {
-                key,
-                value: text(),
-            })
+            text()
+                .parse()
+                .map_err(|_| PaxError::NotANumber { key, value: text() })
         };
         match key {
             b"path" => out.path = Some(value.to_vec()),
