@@ -148,17 +148,27 @@ pub async fn stop_time(
     })
 }
 
-/// Why a named backup is not among the complete ones: it does not exist at all, or it
-/// exists without its sentinel (WAL-E never finished it). One listing of its directory.
-pub async fn missing_backup(store: &Store, layout: &Layout, name: &BackupName) -> Error {
+/// Why a named backup is not among the complete ones: it exists without its sentinel
+/// (WAL-E never finished it), or it does not exist at all (`none_complete`: and the
+/// archive has no complete backup either). One listing of its directory.
+pub async fn missing_backup(
+    store: &Store,
+    layout: &Layout,
+    name: &BackupName,
+    none_complete: bool,
+) -> Error {
     let where_ = store.url(&layout.basebackups());
     let directory = format!("{}{name}/", layout.basebackups());
     match store.list(&directory, Some("/")).await {
         Ok(listing) if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() => {
-            Error::NotFound(format!(
-                "backup {name} in {where_} is incomplete: it has no sentinel, so WAL-E never finished it"
-            ))
+            let unfinished = "is incomplete: it has no sentinel, so WAL-E never finished it";
+            Error::NotFound(if none_complete {
+                format!("no complete backups found in {where_}: backup {name} {unfinished}")
+            } else {
+                format!("backup {name} in {where_} {unfinished}")
+            })
         }
+        Ok(_) if none_complete => Error::NotFound(format!("no complete backups found in {where_}")),
         Ok(_) => Error::NotFound(format!("no backup named {name} in {where_}")),
         Err(err) => err.into(),
     }
@@ -228,12 +238,9 @@ pub async fn read_detail(
     .await?
     .map_err(|e| Error::from_read(&url, e))?;
     if bytes.len() as u64 > MAX_SENTINEL_BYTES {
-        return Err(Error::Corrupt {
-            url,
-            reason: "larger than any backup sentinel".into(),
-        });
+        return Err(Error::corrupt(url, "larger than any backup sentinel"));
     }
-    parse_sentinel(&bytes).map_err(|reason| Error::Corrupt { url, reason })
+    parse_sentinel(&bytes).map_err(|e| Error::corrupt(url, e))
 }
 
 /// Reads the sentinels of several backups concurrently, keeping their order.
@@ -272,13 +279,21 @@ pub async fn read_details(
     Ok(details)
 }
 
+/// Why a sentinel cannot be read: the backup's description is damaged.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// Not JSON at all.
+    #[error("sentinel is not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// JSON, but not an object.
+    #[error("sentinel is not a JSON object")]
+    NotObject,
+}
+
 /// Parses sentinel JSON leniently: missing or oddly typed fields become `None`.
-pub fn parse_sentinel(bytes: &[u8]) -> Result<SentinelDetail, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("sentinel is not valid JSON: {e}"))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| "sentinel is not a JSON object".to_string())?;
+pub fn parse_sentinel(bytes: &[u8]) -> Result<SentinelDetail, SentinelError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let object = value.as_object().ok_or(SentinelError::NotObject)?;
     let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_string);
     Ok(SentinelDetail {
         expanded_size_bytes: object.get("expanded_size_bytes").and_then(|v| v.as_u64()),

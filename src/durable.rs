@@ -147,6 +147,22 @@ pub fn write_file(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
+    let mut staged = stage(path, bytes, mode)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(staged.file(), Some(uid), Some(gid))?;
+    }
+    staged.commit()
+}
+
+/// Replaces a small file atomically without waiting for the disk (mode 0644): a reader
+/// sees the old contents or the new, never a part; a crash may keep the old. For advisory
+/// state files (the prefetch area's notes, what `wal-fetch` records for `status`).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    stage(path, bytes, 0o644)?.publish()
+}
+
+/// `bytes` staged for `path` with `mode`, not yet visible.
+fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<StagedFile> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let mut staged = StagedFile::create(path)?;
@@ -154,10 +170,7 @@ pub fn write_file(
     staged
         .file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(staged.file(), Some(uid), Some(gid))?;
-    }
-    staged.commit()
+    Ok(staged)
 }
 
 /// `linkat(…, AT_SYMLINK_FOLLOW)`, which links the file behind a `/proc/self/fd` entry.

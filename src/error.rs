@@ -117,6 +117,15 @@ impl Error {
         }
     }
 
+    /// The object at `url` holds something wrong: `reason` (a typed parse error, or a
+    /// sentence) says what. The one way an object's contents become [`Error::Corrupt`].
+    pub fn corrupt(url: impl Into<String>, reason: impl std::fmt::Display) -> Error {
+        Error::Corrupt {
+            url: url.into(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// Says how much space the operation needed, when this is [`Error::NoSpace`].
     pub fn needing(self, bytes: u64) -> Error {
         match self {

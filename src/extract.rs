@@ -177,7 +177,7 @@ impl Extractor {
         let member = header.display_path();
         let Some(relative) = member_path(&header.path).map_err(|reason| Error::Unsafe {
             member: member.clone(),
-            reason,
+            reason: reason.to_string(),
         })?
         else {
             // The archive's root entry (`/`): metadata for the target itself.
@@ -546,8 +546,22 @@ impl Extractor {
     }
 }
 
+/// Why a member name is refused: it could write outside the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A NUL byte, which no file name holds.
+    #[error("name contains a NUL byte")]
+    Nul,
+    /// An absolute path.
+    #[error("absolute path")]
+    Absolute,
+    /// A `..` component.
+    #[error("`..` in the path")]
+    ParentDir,
+}
+
 /// Turns a member name into a safe relative path; `None` for the archive root (`/`, `.`).
-pub fn member_path(name: &[u8]) -> Result<Option<PathBuf>, String> {
+pub fn member_path(name: &[u8]) -> Result<Option<PathBuf>, NameError> {
     let trimmed = {
         let mut end = name.len();
         while end > 1 && name[end - 1] == b'/' {
@@ -559,7 +573,7 @@ pub fn member_path(name: &[u8]) -> Result<Option<PathBuf>, String> {
         return Ok(None);
     }
     if trimmed.contains(&0) {
-        return Err("name contains a NUL byte".into());
+        return Err(NameError::Nul);
     }
     let path = Path::new(OsStr::from_bytes(trimmed));
     let mut clean = PathBuf::new();
@@ -568,9 +582,9 @@ pub fn member_path(name: &[u8]) -> Result<Option<PathBuf>, String> {
             Component::Normal(part) => clean.push(part),
             Component::CurDir => {}
             Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute path".into());
+                return Err(NameError::Absolute);
             }
-            Component::ParentDir => return Err("`..` in the path".into()),
+            Component::ParentDir => return Err(NameError::ParentDir),
         }
     }
     if clean.as_os_str().is_empty() {

@@ -90,12 +90,11 @@ impl FetchState {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let temp = self.dir.join(format!(".{name}.{}", std::process::id()));
-        let result = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&temp, format!("{now} {text}\n")))
-            .and_then(|()| std::fs::rename(&temp, self.dir.join(name)));
+        let result = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            let record = format!("{now} {text}\n");
+            crate::durable::replace_file(&self.dir.join(name), record.as_bytes())
+        });
         if let Err(err) = result {
-            let _ = std::fs::remove_file(&temp);
             tracing::debug!("cannot record {name} in {}: {err}", self.dir.display());
         }
     }

@@ -28,8 +28,11 @@
 //! * [`fetch_state`]: what `wal-fetch` records for `wale status`.
 //! * [`pg`]: PostgreSQL's control data, configuration files, binaries and running server.
 //! * [`users`]: operating-system users and groups.
-//! * [`archive`]: questions that take more than one object: a segment's first page
-//!   header, the oldest segment.
+//! * [`archive`]: questions that take more than one object: which backup a command means,
+//!   a backup's partitions, the WAL listing page by page, a segment's first page header,
+//!   the oldest segment.
+//! * [`restore_tree`]: a base backup restored into a data directory, the pipeline
+//!   `backup-fetch` and `restore` share.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`time`]: times as PostgreSQL writes them.
 //! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
@@ -57,6 +60,7 @@ pub mod pg;
 pub mod pool;
 pub mod prefetch;
 pub mod progress;
+pub mod restore_tree;
 pub mod retry;
 pub mod storage;
 pub mod tablespaces;

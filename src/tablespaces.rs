@@ -43,27 +43,42 @@ pub struct Choices {
     pub mappings: Vec<(String, PathBuf)>,
 }
 
+/// Why a sentinel's tablespace spec cannot be followed: restoring by it could put files
+/// anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `tablespaces` is not a list.
+    #[error("spec.tablespaces is not a list")]
+    NotAList,
+    /// An entry that is not an OID (digits only).
+    #[error("spec.tablespaces holds {0}, not an OID")]
+    NotAnOid(String),
+    /// A tablespace without its location.
+    #[error("spec has no loc for tablespace {0}")]
+    NoLocation(String),
+}
+
 /// Reads the tablespaces from a sentinel `spec` (absent or empty: none).
-pub fn from_spec(spec: Option<&Value>) -> Result<Vec<Tablespace>, String> {
+pub fn from_spec(spec: Option<&Value>) -> Result<Vec<Tablespace>, SpecError> {
     let Some(spec) = spec else {
         return Ok(Vec::new());
     };
     let oids = match spec.get("tablespaces") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(oids)) => oids,
-        Some(_) => return Err("spec.tablespaces is not a list".into()),
+        Some(_) => return Err(SpecError::NotAList),
     };
     let mut out = Vec::new();
     for oid in oids {
         let oid = oid
             .as_str()
             .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| format!("spec.tablespaces holds {oid}, not an OID"))?;
+            .ok_or_else(|| SpecError::NotAnOid(oid.to_string()))?;
         let location = spec
             .get(oid)
             .and_then(|entry| entry.get("loc"))
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("spec has no loc for tablespace {oid}"))?;
+            .ok_or_else(|| SpecError::NoLocation(oid.to_string()))?;
         out.push(Tablespace {
             oid: oid.to_string(),
             location: location.to_string(),

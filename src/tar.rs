@@ -217,14 +217,14 @@ impl<R: Read> Archive<R> {
             match type_flag {
                 b'x' => {
                     let data = self.read_meta(raw.size, "a pax header")?;
-                    parse_pax(&data, &mut local).map_err(|reason| self.corrupt(reason))?;
+                    parse_pax(&data, &mut local).map_err(|e| self.corrupt(e.to_string()))?;
                 }
                 b'g' => {
                     // As tar-rs and GNU tar: a global record never renames, relinks or
                     // resizes every later member; only attributes carry over.
                     let data = self.read_meta(raw.size, "a pax header")?;
                     let mut global = Overrides::default();
-                    parse_pax(&data, &mut global).map_err(|reason| self.corrupt(reason))?;
+                    parse_pax(&data, &mut global).map_err(|e| self.corrupt(e.to_string()))?;
                     global.path = None;
                     global.link = None;
                     global.size = None;
@@ -358,7 +358,7 @@ impl<R: Read> Archive<R> {
     }
 
     fn parse_block(&self, block: &[u8; BLOCK]) -> Result<Header, Error> {
-        verify_checksum(block).map_err(|reason| self.corrupt(reason))?;
+        verify_checksum(block).map_err(|e| self.corrupt(e.to_string()))?;
         let field = |range: std::ops::Range<usize>, name: &'static str| {
             parse_number(&block[range])
                 .map_err(|why| self.corrupt(format!("bad {name} field: {why}")))
@@ -422,18 +422,79 @@ fn cstr(field: &[u8]) -> &[u8] {
     &field[..end]
 }
 
+/// Why a header number field cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    /// A negative GNU base-256 number.
+    #[error("negative base-256 number")]
+    Negative,
+    /// A base-256 number beyond 64 bits.
+    #[error("base-256 number too large")]
+    Base256TooLarge,
+    /// Not octal digits (the field as found).
+    #[error("{0:?} is not octal")]
+    NotOctal(String),
+    /// An octal number beyond 64 bits.
+    #[error("octal number too large")]
+    OctalTooLarge,
+}
+
+/// Why a header block is not a tar header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChecksumError {
+    /// The checksum field is not a number.
+    #[error("bad checksum field: {0}")]
+    Field(NumberError),
+    /// The checksum does not match the block.
+    #[error("header checksum mismatch (stored {stored}, computed {computed})")]
+    Mismatch {
+        /// The checksum the header holds.
+        stored: u64,
+        /// The block's own sum.
+        computed: u64,
+    },
+}
+
+/// Why pax extended-header records cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaxError {
+    /// No space after the length.
+    #[error("pax record without a length")]
+    NoLength,
+    /// The length is not a number.
+    #[error("pax record with a bad length")]
+    BadLength,
+    /// The length disagrees with the record.
+    #[error("pax record length does not match its contents")]
+    LengthMismatch,
+    /// No `key=value`.
+    #[error("pax record without '='")]
+    NoEquals,
+    /// A numeric key whose value is not a number.
+    #[error("pax {key} {value:?} is not a number")]
+    NotANumber {
+        /// `size`, `uid` or `gid`.
+        key: &'static str,
+        /// The value as found.
+        value: String,
+    },
+    /// An `mtime` that is not a non-negative time.
+    #[error("pax mtime {0:?} is not a time")]
+    BadTime(String),
+}
+
 /// Octal (space/NUL padded) or GNU base-256 (high bit set) numbers.
-fn parse_number(field: &[u8]) -> Result<u64, String> {
+fn parse_number(field: &[u8]) -> Result<u64, NumberError> {
     if field.first().is_some_and(|&b| b & 0x80 != 0) {
         if field[0] & 0x40 != 0 {
-            return Err("negative base-256 number".into());
+            return Err(NumberError::Negative);
         }
         let mut value: u64 = u64::from(field[0] & 0x3f);
         for &b in &field[1..] {
             value = value
                 .checked_mul(256)
                 .and_then(|v| v.checked_add(u64::from(b)))
-                .ok_or("base-256 number too large")?;
+                .ok_or(NumberError::Base256TooLarge)?;
         }
         return Ok(value);
     }
@@ -445,21 +506,22 @@ fn parse_number(field: &[u8]) -> Result<u64, String> {
     let mut value: u64 = 0;
     for b in text {
         if !(b'0'..=b'7').contains(&b) {
-            return Err(format!("{:?} is not octal", String::from_utf8_lossy(field)));
+            return Err(NumberError::NotOctal(
+                String::from_utf8_lossy(field).into_owned(),
+            ));
         }
         value = value
             .checked_mul(8)
             .and_then(|v| v.checked_add(u64::from(b - b'0')))
-            .ok_or("octal number too large")?;
+            .ok_or(NumberError::OctalTooLarge)?;
     }
     Ok(value)
 }
 
 /// The header checksum: the byte sum with the checksum field read as spaces (unsigned,
 /// or signed as some old writers computed it).
-fn verify_checksum(block: &[u8; BLOCK]) -> Result<(), String> {
-    let stored =
-        parse_number(&block[148..156]).map_err(|why| format!("bad checksum field: {why}"))?;
+fn verify_checksum(block: &[u8; BLOCK]) -> Result<(), ChecksumError> {
+    let stored = parse_number(&block[148..156]).map_err(ChecksumError::Field)?;
     let (mut unsigned, mut signed) = (0u64, 0i64);
     for (i, &b) in block.iter().enumerate() {
         let b = if (148..156).contains(&i) { b' ' } else { b };
@@ -469,9 +531,10 @@ fn verify_checksum(block: &[u8; BLOCK]) -> Result<(), String> {
     if stored == unsigned || stored as i64 == signed {
         Ok(())
     } else {
-        Err(format!(
-            "header checksum mismatch (stored {stored}, computed {unsigned})"
-        ))
+        Err(ChecksumError::Mismatch {
+            stored,
+            computed: unsigned,
+        })
     }
 }
 
@@ -485,30 +548,30 @@ fn describe_types(types: &[u8]) -> String {
 }
 
 /// Parses pax records (`<len> <key>=<value>\n`) into overrides.
-fn parse_pax(mut data: &[u8], out: &mut Overrides) -> Result<(), String> {
+fn parse_pax(mut data: &[u8], out: &mut Overrides) -> Result<(), PaxError> {
     while !data.is_empty() {
         let space = data
             .iter()
             .position(|&b| b == b' ')
-            .ok_or("pax record without a length")?;
+            .ok_or(PaxError::NoLength)?;
         let len: usize = std::str::from_utf8(&data[..space])
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or("pax record with a bad length")?;
+            .ok_or(PaxError::BadLength)?;
         if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err("pax record length does not match its contents".into());
+            return Err(PaxError::LengthMismatch);
         }
         let record = &data[space + 1..len - 1];
         let eq = record
             .iter()
             .position(|&b| b == b'=')
-            .ok_or("pax record without '='")?;
+            .ok_or(PaxError::NoEquals)?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
         let text = || String::from_utf8_lossy(value).into_owned();
-        let number = |what: &str| -> Result<u64, String> {
+        let number = |key: &'static str| -> Result<u64, PaxError> {
             text()
                 .parse()
-                .map_err(|_| format!("pax {what} {:?} is not a number", text()))
+                .map_err(|_| PaxError::NotANumber { key, value: text() })
         };
         match key {
             b"path" => out.path = Some(value.to_vec()),
@@ -532,8 +595,8 @@ fn short_name(value: &[u8]) -> String {
 }
 
 /// `1795561130.5374777` → (seconds, nanoseconds); negative times are refused.
-fn parse_pax_time(text: &str) -> Result<(i64, u32), String> {
-    let bad = || format!("pax mtime {text:?} is not a time");
+fn parse_pax_time(text: &str) -> Result<(i64, u32), PaxError> {
+    let bad = || PaxError::BadTime(text.to_string());
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
     let secs: i64 = secs.parse().map_err(|_| bad())?;
     if secs < 0 || !frac.bytes().all(|b| b.is_ascii_digit()) {

@@ -51,9 +51,28 @@ pub struct TimelineSwitch {
     pub switch: Lsn,
 }
 
+/// Why a timeline history file cannot be followed: recovery would refuse it too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// A line that is not `timeline switchpoint [reason]`.
+    #[error("line {line}: not `timeline switchpoint`: {text:?}")]
+    Malformed {
+        /// Its number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// Timelines out of order.
+    #[error("line {line}: timelines must increase")]
+    NotIncreasing {
+        /// Its number, from 1.
+        line: usize,
+    },
+}
+
 /// Parses a history file as PostgreSQL's `readTimeLineHistory` does: `parentTLI
 /// switchpoint [reason]` lines, comments and blank lines skipped, timelines increasing.
-pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
+pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, HistoryError> {
     let mut entries: Vec<TimelineSwitch> = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -64,13 +83,13 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
         let parent = fields.next().and_then(|f| f.parse::<u32>().ok());
         let switch = fields.next().and_then(Lsn::parse);
         let (Some(parent), Some(switch)) = (parent, switch) else {
-            return Err(format!(
-                "line {}: not `timeline switchpoint`: {line:?}",
-                number + 1
-            ));
+            return Err(HistoryError::Malformed {
+                line: number + 1,
+                text: line.to_string(),
+            });
         };
         if entries.last().is_some_and(|e| e.parent >= parent) {
-            return Err(format!("line {}: timelines must increase", number + 1));
+            return Err(HistoryError::NotIncreasing { line: number + 1 });
         }
         entries.push(TimelineSwitch { parent, switch });
     }
@@ -253,26 +272,60 @@ pub const LONG_PAGE_HEADER_SIZE: usize = 40;
 
 const XLP_LONG_HEADER: u16 = 0x0002;
 
+/// Why the first bytes of a segment are not the long page header they should be: the
+/// object is not WAL, or is another segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageHeaderError {
+    /// Fewer bytes than a long page header.
+    #[error("{0} bytes is too short for a WAL page header")]
+    TooShort(usize),
+    /// No WAL page magic of any PostgreSQL version.
+    #[error("no WAL page magic (found {0:#06x})")]
+    NoMagic(u16),
+    /// A short page header where a segment's first page has a long one.
+    #[error("the first page has no long header")]
+    NotLong,
+    /// Written on another timeline than the name says.
+    #[error("page header says timeline {found}, the name {named}")]
+    Timeline {
+        /// The header's timeline.
+        found: u32,
+        /// The name's.
+        named: u32,
+    },
+    /// Not the first page of the named segment.
+    #[error("page header address {found:#x} is not the segment's start {expected:#x}")]
+    Address {
+        /// The header's page address.
+        found: u64,
+        /// The segment's start.
+        expected: u64,
+    },
+}
+
+/// WAL's magic range (one value per major version) and the long-header flag.
+fn check_magic(magic: u16, info: u16) -> Result<(), PageHeaderError> {
+    if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
+        return Err(PageHeaderError::NoMagic(magic));
+    }
+    if info & XLP_LONG_HEADER == 0 {
+        return Err(PageHeaderError::NotLong);
+    }
+    Ok(())
+}
+
 impl LongPageHeader {
     /// Parses the first bytes of a segment; refuses anything without WAL's magic range
     /// and the long-header flag.
-    pub fn parse(bytes: &[u8]) -> Result<LongPageHeader, String> {
+    pub fn parse(bytes: &[u8]) -> Result<LongPageHeader, PageHeaderError> {
         let Some(bytes) = bytes.get(..LONG_PAGE_HEADER_SIZE) else {
-            return Err(format!(
-                "{} bytes is too short for a WAL page header",
-                bytes.len()
-            ));
+            return Err(PageHeaderError::TooShort(bytes.len()));
         };
         let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
         let magic = u16_at(0);
-        if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
-            return Err(format!("no WAL page magic (found {magic:#06x})"));
-        }
-        if u16_at(2) & XLP_LONG_HEADER == 0 {
-            return Err("the first page has no long header".into());
-        }
+        check_magic(magic, u16_at(2))?;
         Ok(LongPageHeader {
             magic,
             timeline: u32_at(4),
@@ -286,28 +339,28 @@ impl LongPageHeader {
 
 /// Checks that the first bytes of a file are the long page header of `segment`: WAL's
 /// magic, the long-header flag, the name's timeline and the segment's own start address.
-pub fn check_page_header(header: &[u8], segment: &SegmentName, size: u64) -> Result<(), String> {
+pub fn check_page_header(
+    header: &[u8],
+    segment: &SegmentName,
+    size: u64,
+) -> Result<(), PageHeaderError> {
     let magic = u16::from_le_bytes([header[0], header[1]]);
     let info = u16::from_le_bytes([header[2], header[3]]);
     let tli = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     let pageaddr = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if magic >> 8 != 0xD0 && magic >> 8 != 0xD1 {
-        return Err(format!("no WAL page magic (found {magic:#06x})"));
-    }
-    if info & XLP_LONG_HEADER == 0 {
-        return Err("the first page has no long header".into());
-    }
+    check_magic(magic, info)?;
     if tli != segment.timeline {
-        return Err(format!(
-            "page header says timeline {tli}, the name {}",
-            segment.timeline
-        ));
+        return Err(PageHeaderError::Timeline {
+            found: tli,
+            named: segment.timeline,
+        });
     }
     let expected = segment.start_lsn(size).0;
     if pageaddr != expected {
-        return Err(format!(
-            "page header address {pageaddr:#x} is not the segment's start {expected:#x}"
-        ));
+        return Err(PageHeaderError::Address {
+            found: pageaddr,
+            expected,
+        });
     }
     Ok(())
 }

@@ -48,8 +48,7 @@ fn the_restored_tree_is_the_one_wal_e_restores_on_both_backends() {
         );
         assert_same_tree(&manifest(&target), &expected, &format!("{backend:?}"));
         // As root, owners come from the archive's names (postgres), as WAL-E's tarfile did.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if wale::users::effective_uid() == 0 {
             use std::os::unix::fs::MetadataExt;
             let postgres = Command::new("id")
                 .args(["-u", "postgres"])
@@ -119,7 +118,7 @@ fn tablespaces_need_links_unless_mapped_or_blind() {
     );
     // As root, what wale made for the data directory belongs to the archive's owner
     // (postgres), so that the server can start as that user.
-    if unsafe { libc::geteuid() } == 0 {
+    if wale::users::effective_uid() == 0 {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(target.join("PG_VERSION")).unwrap().uid();
         assert_ne!(owner, 0, "the fixture's files belong to postgres");

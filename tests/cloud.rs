@@ -14,7 +14,7 @@ use wale::storage::{Storage, Store};
 use crate::common::cloud::*;
 use crate::common::pg::*;
 use crate::common::*;
-use crate::postgres::{port_for, restore_and_start, work_dir};
+use crate::postgres::{restore_and_start, work_dir};
 use crate::storage_contract::{check_contract, check_paging};
 
 const BUCKET: &str = "wale-archive";
@@ -126,14 +126,14 @@ fn every_command_reads_the_archive_on_gcs_and_azure() {
 
 #[test]
 fn postgres_recovers_from_gcs_and_azure() {
-    for (slot, cloud) in CLOUDS.into_iter().enumerate() {
+    for cloud in CLOUDS {
         let (_emulator, settings) = serve(cloud);
         let work = work_dir();
         let recovery = restore_and_start(
             work.path(),
             "pgdata",
             &settings,
-            port_for(2 + slot as u16),
+            free_port(),
             "archive_mode = off\n",
         );
         let actual = recovery.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);

@@ -63,10 +63,6 @@ pub(crate) fn work_dir() -> tempfile::TempDir {
     work
 }
 
-pub(crate) fn port_for(slot: u16) -> u16 {
-    20000 + (std::process::id() % 10000) as u16 * 2 + slot
-}
-
 #[test]
 fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
     let archive = Archive::fixture_copy();
@@ -76,7 +72,7 @@ fn postgres_recovers_a_wale_backup_fetch_through_wale_wal_fetch_from_s3() {
         work.path(),
         "pgdata",
         &server.env(&archive),
-        port_for(0),
+        free_port(),
         "archive_mode = off\n",
     );
     let actual = recovery.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);
@@ -133,7 +129,7 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
         work.path(),
         "first",
         &server.env(&archive),
-        port_for(0),
+        free_port(),
         &push,
     );
     first.psql(&["-c", "create schema tl2; create table tl2.after_promotion as select generate_series(1, 1000) as i"]);
@@ -167,7 +163,7 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
         work.path(),
         "second",
         &server.env(&archive),
-        port_for(1),
+        free_port(),
         "archive_mode = off\nrecovery_target_timeline = 'latest'\n",
     );
     let count = second.psql(&["-A", "-t", "-c", "select count(*) from tl2.after_promotion"]);

@@ -158,13 +158,8 @@ fn wal_objects() -> Vec<String> {
         .collect()
 }
 
-fn port_for(slot: u16) -> u16 {
-    30000 + (std::process::id() % 8000) as u16 * 3 + slot
-}
-
 fn users_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    wale::users::effective_uid() == 0
 }
 
 fn expected(name: &str) -> String {
@@ -188,7 +183,7 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     let site = Site::new(|name| {
         name.starts_with("00000001") && name.len() == 24 && name <= tl1_last.as_str()
     });
-    let port = port_for(0);
+    let port = free_port();
     let run = site
         .restore(port, &["LATEST", "--standby", "--start"])
         .expect_code(0);
@@ -333,7 +328,7 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
 #[test]
 fn a_point_in_time_restore_reaches_a_named_restore_point_on_the_second_timeline() {
     let site = Site::new(|_| true);
-    let port = port_for(1);
+    let port = free_port();
     let name = heroku_meta("RESTORE_POINT_NAME");
     site.restore(
         port,
@@ -400,7 +395,7 @@ fn a_point_in_time_restore_paused_on_the_second_timeline_is_reported_and_promote
 #[test]
 fn restore_refuses_with_one_clear_line() {
     let start = heroku_meta("BACKUP_START_WAL_SEGMENT");
-    let port = port_for(2);
+    let port = free_port();
     let check = |site: &Site, args: &[&str], code: i32, needle: &str| {
         let run = site.restore(port, args).expect_code(code);
         let errors = run.error_lines();
@@ -772,7 +767,7 @@ fn a_restore_can_be_registered_as_a_debian_cluster() {
         }
     }
     let _cleanup = Cleanup(etc.clone());
-    let port = port_for(4);
+    let port = free_port();
     site.restore(port, &["--standby", "--cluster", &name])
         .expect_code(0);
     let conf = live_lines(&etc.join("postgresql.conf")).join("\n");
@@ -828,7 +823,7 @@ fn edit_backup(site: &Site, edit: impl Fn(&str, &mut [u8], &mut [u8])) {
 /// that is not the backup's server, a missing `backup_label`. Each refusal rolls back.
 #[test]
 fn a_restored_tree_that_does_not_match_is_refused_and_rolled_back() {
-    let port = port_for(5);
+    let port = free_port();
     let site = Site::new(|_| true);
     edit_backup(&site, |name, _, data| {
         if name == "PG_VERSION" {

@@ -14,7 +14,7 @@ use wale::storage::{Storage, Store};
 use crate::common::pg::*;
 use crate::common::swift::*;
 use crate::common::*;
-use crate::postgres::{port_for, restore_and_start, work_dir};
+use crate::postgres::{restore_and_start, work_dir};
 use crate::storage_contract::{check_contract, check_paging};
 
 const CONTAINER: &str = "wale-archive";
@@ -158,7 +158,7 @@ fn postgres_recovers_from_swift_through_the_prefetcher() {
         work.path(),
         "pgdata",
         &settings,
-        port_for(7),
+        free_port(),
         "archive_mode = off\n",
     );
     let actual = recovery.psql(&["-f", fixture().join("checks.sql").to_str().unwrap()]);
@@ -187,7 +187,7 @@ fn wale_restore_makes_a_running_standby_from_swift() {
     let sock = work.path().join("sock");
     std::fs::create_dir_all(&sock).unwrap();
     give_to_postgres(&sock);
-    let port = port_for(8);
+    let port = free_port();
     let mut restore = wale_with(&settings);
     restore
         .arg("restore")

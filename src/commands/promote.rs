@@ -107,8 +107,8 @@ fn resume_at_target(
     connection
         .value("select pg_wal_replay_resume()")
         .map(|_| ())
-        .map_err(|detail| Error::Server {
-            detail,
+        .map_err(|e| Error::Server {
+            detail: e.to_string(),
             log: server::log_path(pgdata),
         })
 }
@@ -166,10 +166,10 @@ async fn wait_writable(connection: &Connection, pgdata: &Path) -> Result<(), Err
         match connection.value("select pg_is_in_recovery()") {
             Ok(v) if v == "f" => match connection.value("select txid_current()") {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             },
             Ok(_) => last = "still in recovery".into(),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

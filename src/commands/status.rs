@@ -296,8 +296,8 @@ fn ask_server(
     );
     let row = connection
         .query(&sql)
-        .map_err(|detail| Error::Server {
-            detail,
+        .map_err(|e| Error::Server {
+            detail: e.to_string(),
             log: server::log_path(data_dir.path()),
         })?
         .into_iter()

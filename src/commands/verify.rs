@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::backup_fetch::{Partition, list_partitions, pool_size};
+use crate::archive::{self, Partition, WalPages, Wanted};
 use crate::backups::{self, Query};
 use crate::cli::VerifyArgs;
 use crate::config::Config;
@@ -32,9 +32,9 @@ use crate::layout::{BackupName, Layout};
 use crate::pg::control::ControlData;
 use crate::pool::{Cancellation, for_each_bounded};
 use crate::retry::with_retries;
-use crate::storage::{ResumingReader, Storage, Store};
+use crate::storage::{Storage, Store};
 use crate::tar;
-use crate::wal::{self, Lsn, SegmentName, WalFileKind};
+use crate::wal::{self, Lsn, SegmentName, TimelineSwitch, WalFileKind};
 
 /// Something that keeps the archive from restoring, naming the object.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,26 @@ pub struct Problem {
     pub kind: &'static str,
     /// Why.
     pub reason: String,
+}
+
+impl Problem {
+    /// Something at `object` is corrupt.
+    fn corrupt(object: String, reason: impl Into<String>) -> Problem {
+        Problem {
+            object,
+            kind: "corrupt",
+            reason: reason.into(),
+        }
+    }
+
+    /// `object` is missing.
+    fn missing(object: String, reason: impl Into<String>) -> Problem {
+        Problem {
+            object,
+            kind: "missing",
+            reason: reason.into(),
+        }
+    }
 }
 
 /// One backup's result.
@@ -71,7 +91,7 @@ struct TimelineReport {
 }
 
 /// The whole answer, for humans and `--json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Report {
     backups: Vec<BackupReport>,
     timelines: Vec<TimelineReport>,
@@ -84,6 +104,7 @@ struct Report {
     problems: Vec<Problem>,
 }
 
+/// Runs `verify`: the chosen backups read whole, then the WAL chain from the oldest.
 pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Result<(), Error> {
     let store = Arc::new(Store::open(&config.store).await?);
     let layout = Layout::new(config.store.path_prefix());
@@ -92,57 +113,27 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
     } else {
         Query::parse(Some(args.backup_name.as_deref().unwrap_or("LATEST")))?
     };
-    let listed = with_retries(&config.retry, "list backups", || {
-        backups::list(&store, &layout)
-    })
-    .await?;
-    let chosen = backups::select(listed, &query);
-    if chosen.is_empty() && args.wal_only && !matches!(query, Query::Named(_)) {
-        return verify_wal_only_prefix(config, &store, &layout, decoding, args).await;
-    }
-    if chosen.is_empty() {
-        return Err(match &query {
-            Query::Named(name) => backups::missing_backup(&store, &layout, name).await,
-            _ => Error::NotFound(format!(
-                "no complete backups in {}",
-                store.url(&layout.basebackups())
-            )),
-        });
-    }
-    let mut report = Report {
-        backups: Vec::new(),
-        timelines: Vec::new(),
-        recovery_timelines: Vec::new(),
-        restorable_to: None,
-        restorable_to_end: false,
-        problems: Vec::new(),
-    };
-    let mut segment_size = wal::DEFAULT_SEGMENT_SIZE;
-    let mut system_identifier = None;
-    if args.wal_only {
-        let oldest = chosen.iter().map(|b| &b.name).min_by_key(|n| n.as_str());
-        let start = oldest.and_then(|n| SegmentName::parse(n.start_segment()));
-        segment_size = learn_segment_size(config, &store, &layout, decoding, start).await?;
-    } else {
-        for backup in &chosen {
-            let (result, control) =
-                verify_backup(config, &store, &layout, decoding, &backup.name, args).await?;
-            if let Some(control) = control {
-                segment_size = u64::from(control.segment_size);
-                system_identifier = Some(control.system_identifier);
-            }
-            report.problems.extend(result.1);
-            report.backups.push(result.0);
+    let named = matches!(query, Query::Named(_));
+    let wanted = Wanted::Query(query);
+    let chosen = match archive::resolve_backups(config, &store, &layout, &wanted).await {
+        Err(Error::NotFound(_)) if args.wal_only && !named => {
+            return verify_wal_only_prefix(config, &store, &layout, decoding, args).await;
         }
-    }
+        other => other?,
+    };
+    let mut report = Report::default();
+    // The chain from the oldest chosen backup covers the newer ones.
+    let oldest = chosen.iter().map(|b| &b.name).min_by_key(|n| n.as_str());
+    let oldest = oldest.expect("at least one backup");
+    let (segment_size, system_identifier) = if args.wal_only {
+        let start = SegmentName::parse(oldest.start_segment());
+        let size = learn_segment_size(config, &store, &layout, decoding, start).await?;
+        (size, None)
+    } else {
+        let names: Vec<&BackupName> = chosen.iter().map(|b| &b.name).collect();
+        verify_backups(config, &store, &layout, decoding, &names, args, &mut report).await?
+    };
     if !args.backup_only {
-        // The chain from the oldest chosen backup covers the newer ones.
-        let oldest = chosen.iter().map(|b| &b.name).min_by_key(|n| n.as_str());
-        let backup = oldest.expect("at least one backup");
-        let detail = with_retries(&config.retry, "read the sentinel", || {
-            backups::read_detail(&store, &layout, backup)
-        })
-        .await?;
         let wal = WalContext {
             config,
             store: &store,
@@ -150,22 +141,72 @@ pub async fn run(config: &Config, decoding: &Decoding, args: &VerifyArgs) -> Res
             decoding,
             segment_size,
         };
-        let start = SegmentName::parse(backup.start_segment())
-            .ok_or_else(|| Error::Internal(format!("backup name {backup} has no segment")))?;
-        let from = WalStart {
-            segment: start,
-            stop_segment: detail
-                .wal_segment_backup_stop
-                .as_deref()
-                .and_then(SegmentName::parse),
-            backup: Some(backup),
-        };
-        let needed = verify_wal(&wal, &from, &mut report).await?;
-        if args.wal_deep {
-            check_segments(&wal, &needed, system_identifier, &mut report).await?;
-        }
+        let from = backup_start(&wal, oldest).await?;
+        check_chain(&wal, &from, system_identifier, args.wal_deep, &mut report).await?;
     }
     finish(&report, config, &store, args)
+}
+
+/// Every chosen backup read whole; the segment size and system identifier the last
+/// readable `pg_control` records (PostgreSQL's default size without one).
+async fn verify_backups(
+    config: &Config,
+    store: &Arc<Store>,
+    layout: &Layout,
+    decoding: &Decoding,
+    chosen: &[&BackupName],
+    args: &VerifyArgs,
+    report: &mut Report,
+) -> Result<(u64, Option<u64>), Error> {
+    let mut segment_size = wal::DEFAULT_SEGMENT_SIZE;
+    let mut system_identifier = None;
+    for backup in chosen {
+        let (result, control) =
+            verify_backup(config, store, layout, decoding, backup, args).await?;
+        if let Some(control) = control {
+            segment_size = u64::from(control.segment_size);
+            system_identifier = Some(control.system_identifier);
+        }
+        report.problems.extend(result.1);
+        report.backups.push(result.0);
+    }
+    Ok((segment_size, system_identifier))
+}
+
+/// Where `backup`'s chain starts, and the stop segment its sentinel names.
+async fn backup_start<'a>(
+    wal: &WalContext<'_>,
+    backup: &'a BackupName,
+) -> Result<WalStart<'a>, Error> {
+    let detail = with_retries(&wal.config.retry, "read the sentinel", || {
+        backups::read_detail(wal.store, wal.layout, backup)
+    })
+    .await?;
+    let start = SegmentName::parse(backup.start_segment())
+        .ok_or_else(|| Error::Internal(format!("backup name {backup} has no segment")))?;
+    Ok(WalStart {
+        segment: start,
+        stop_segment: detail
+            .wal_segment_backup_stop
+            .as_deref()
+            .and_then(SegmentName::parse),
+        backup: Some(backup),
+    })
+}
+
+/// The chain from `from` checked present, and with `deep` every needed segment read.
+async fn check_chain(
+    wal: &WalContext<'_>,
+    from: &WalStart<'_>,
+    system_identifier: Option<u64>,
+    deep: bool,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let needed = verify_wal(wal, from, report).await?;
+    if deep {
+        check_segments(wal, &needed, system_identifier, report).await?;
+    }
+    Ok(())
 }
 
 /// Prints the report; problems become the command's error.
@@ -173,13 +214,13 @@ fn finish(report: &Report, config: &Config, store: &Store, args: &VerifyArgs) ->
     print(report, args.json);
     let corrupt = report.problems.iter().any(|p| p.kind == "corrupt");
     if corrupt {
-        return Err(Error::Corrupt {
-            url: store.url(config.store.path_prefix()),
-            reason: format!(
+        return Err(Error::corrupt(
+            store.url(config.store.path_prefix()),
+            format!(
                 "verification failed: {} problem(s), something is corrupt",
                 report.problems.len()
             ),
-        });
+        ));
     }
     if !report.problems.is_empty() {
         return Err(Error::NotFound(format!(
@@ -201,6 +242,20 @@ struct PartitionFacts {
     refused: Vec<String>,
 }
 
+impl PartitionFacts {
+    /// Adds what another partition held (its refused members are problems by now).
+    fn absorb(&mut self, one: PartitionFacts) {
+        self.members += one.members;
+        self.bytes += one.bytes;
+        self.backup_label |= one.backup_label;
+        if one.pg_control.is_some() {
+            self.pg_control = one.pg_control;
+        }
+    }
+}
+
+/// One backup read whole: its partitions, what they hold against what the sentinel
+/// planned, and its `pg_control` when readable.
 async fn verify_backup(
     config: &Config,
     store: &Arc<Store>,
@@ -210,117 +265,36 @@ async fn verify_backup(
     args: &VerifyArgs,
 ) -> Result<((BackupReport, Vec<Problem>), Option<ControlData>), Error> {
     let mut problems = Vec::new();
-    let sentinel_url = store.url(&layout.sentinel_key(backup));
     let detail = with_retries(&config.retry, "read the sentinel", || {
         backups::read_detail(store, layout, backup)
     })
     .await?;
-    let partitions = match list_partitions(store, layout, backup, &config.retry).await {
+    let partitions = match archive::partitions(store, layout, backup, &config.retry).await {
         Ok(partitions) => partitions,
         Err(Error::Corrupt { url, reason }) => {
-            problems.push(Problem {
-                object: url,
-                kind: "corrupt",
-                reason,
-            });
+            problems.push(Problem::corrupt(url, reason));
             Vec::new()
         }
         Err(other) => return Err(other),
     };
     tracing::info!("verifying {backup}: {} partitions", partitions.len());
-    let pool = pool_size(args.pool_size, partitions.len());
-    let mut facts = PartitionFacts::default();
-    let cancellation = Cancellation::new();
-    let work = |partition: Partition| {
-        let (store, decoding, retry) = (store.clone(), decoding.clone(), config.retry);
-        let cancellation = cancellation.clone();
-        async move {
-            let url = store.url(&partition.key);
-            (
-                url,
-                verify_partition(store, decoding, retry, partition, cancellation).await,
-            )
-        }
+    let reading = PartitionReading {
+        store,
+        decoding,
+        retry: config.retry,
+        pool_size: args.pool_size,
     };
-    for_each_bounded(
-        partitions.iter().cloned(),
-        pool,
-        &cancellation,
-        work,
-        |(url, result)| {
-            match result {
-                Ok(one) => {
-                    facts.members += one.members;
-                    facts.bytes += one.bytes;
-                    facts.backup_label |= one.backup_label;
-                    if one.pg_control.is_some() {
-                        facts.pg_control = one.pg_control;
-                    }
-                    for member in one.refused {
-                        problems.push(Problem {
-                            object: url.clone(),
-                            kind: "corrupt",
-                            reason: member,
-                        });
-                    }
-                }
-                Err(err) if err.exit_code() == crate::error::exit::CORRUPT => {
-                    problems.push(Problem {
-                        object: url,
-                        kind: "corrupt",
-                        reason: corrupt_reason(&err),
-                    })
-                }
-                Err(err) => return Err(err),
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    let base = store.url(&layout.tar_partitions(backup));
-    if !partitions.is_empty() && !facts.backup_label {
-        problems.push(Problem {
-            object: base.clone(),
-            kind: "corrupt",
-            reason: "no backup_label in any partition: not a base backup PostgreSQL can start from"
-                .into(),
-        });
-    }
-    let control = match &facts.pg_control {
-        None if !partitions.is_empty() => {
-            problems.push(Problem {
-                object: base.clone(),
-                kind: "corrupt",
-                reason: "no global/pg_control in any partition".into(),
-            });
-            None
-        }
-        None => None,
-        Some(bytes) => match ControlData::parse(bytes) {
-            Ok(control) => Some(control),
-            Err(e) => {
-                problems.push(Problem {
-                    object: format!("{base}global/pg_control"),
-                    kind: "corrupt",
-                    reason: e.to_string(),
-                });
-                None
-            }
-        },
+    let facts = read_partitions(&reading, &partitions, &mut problems).await?;
+    let control = if partitions.is_empty() {
+        None
+    } else {
+        let contents = Contents {
+            base: store.url(&layout.tar_partitions(backup)),
+            sentinel: store.url(&layout.sentinel_key(backup)),
+            planned: detail.expanded_size_bytes,
+        };
+        check_contents(&contents, &facts, &mut problems)
     };
-    if let Some(planned) = detail.expanded_size_bytes
-        && !partitions.is_empty()
-        && facts.bytes < planned - planned / 100
-    {
-        problems.push(Problem {
-            object: sentinel_url,
-            kind: "missing",
-            reason: format!(
-                "the partitions hold {} bytes of file data but the backup planned {planned}: a partition may be missing",
-                facts.bytes
-            ),
-        });
-    }
     let report = BackupReport {
         name: backup.to_string(),
         partitions: partitions.len(),
@@ -331,6 +305,108 @@ async fn verify_backup(
         ok: problems.is_empty(),
     };
     Ok(((report, problems), control))
+}
+
+/// How partitions are read.
+struct PartitionReading<'a> {
+    store: &'a Arc<Store>,
+    decoding: &'a Decoding,
+    retry: crate::config::RetryPolicy,
+    pool_size: Option<u16>,
+}
+
+/// Every partition read to its end, several at once; what they held together. Corrupt
+/// partitions and refused members become problems; any other failure ends the command.
+async fn read_partitions(
+    reading: &PartitionReading<'_>,
+    partitions: &[Partition],
+    problems: &mut Vec<Problem>,
+) -> Result<PartitionFacts, Error> {
+    let pool = archive::partition_pool_size(reading.pool_size, partitions.len());
+    let mut facts = PartitionFacts::default();
+    let cancellation = Cancellation::new();
+    let work = |partition: Partition| {
+        let (store, decoding, retry) = (
+            reading.store.clone(),
+            reading.decoding.clone(),
+            reading.retry,
+        );
+        let cancellation = cancellation.clone();
+        async move {
+            let url = store.url(&partition.key);
+            let result = verify_partition(store, decoding, retry, partition, cancellation).await;
+            (url, result)
+        }
+    };
+    let each = |(url, result): (String, Result<PartitionFacts, Error>)| {
+        match result {
+            Ok(mut one) => {
+                for member in std::mem::take(&mut one.refused) {
+                    problems.push(Problem::corrupt(url.clone(), member));
+                }
+                facts.absorb(one);
+            }
+            Err(err) if err.exit_code() == crate::error::exit::CORRUPT => {
+                problems.push(Problem::corrupt(url, corrupt_reason(&err)));
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(())
+    };
+    for_each_bounded(partitions.iter().cloned(), pool, &cancellation, work, each).await?;
+    Ok(facts)
+}
+
+/// Where a backup's contents are named in problems, and the size it planned.
+struct Contents {
+    base: String,
+    sentinel: String,
+    planned: Option<u64>,
+}
+
+/// What a base backup must hold: `backup_label`, a readable `global/pg_control`, and
+/// about the file data the sentinel planned. Returns the control data when readable.
+fn check_contents(
+    contents: &Contents,
+    facts: &PartitionFacts,
+    problems: &mut Vec<Problem>,
+) -> Option<ControlData> {
+    let base = &contents.base;
+    if !facts.backup_label {
+        problems.push(Problem::corrupt(
+            base.clone(),
+            "no backup_label in any partition: not a base backup PostgreSQL can start from",
+        ));
+    }
+    let control = match &facts.pg_control {
+        None => {
+            problems.push(Problem::corrupt(
+                base.clone(),
+                "no global/pg_control in any partition",
+            ));
+            None
+        }
+        Some(bytes) => ControlData::parse(bytes)
+            .map_err(|e| {
+                problems.push(Problem::corrupt(
+                    format!("{base}global/pg_control"),
+                    e.to_string(),
+                ))
+            })
+            .ok(),
+    };
+    if let Some(planned) = contents.planned
+        && facts.bytes < planned - planned / 100
+    {
+        problems.push(Problem::missing(
+            contents.sentinel.clone(),
+            format!(
+                "the partitions hold {} bytes of file data but the backup planned {planned}: a partition may be missing",
+                facts.bytes
+            ),
+        ));
+    }
+    control
 }
 
 /// The error's reason without the URL the problem already names.
@@ -349,20 +425,8 @@ async fn verify_partition(
     partition: Partition,
     cancellation: Cancellation,
 ) -> Result<PartitionFacts, Error> {
-    let what = format!("fetch {}", partition.file_name());
-    let first = tokio::select! {
-        biased;
-        () = cancellation.cancelled() => return Err(Error::Interrupted),
-        first = with_retries(&retry, &what, || store.get(&partition.key)) => first?,
-    };
-    let url = first.url.clone();
-    let body = cancellation.reader(ResumingReader::new(
-        store.clone(),
-        &partition.key,
-        first,
-        retry,
-    ));
-    let read_url = url.clone();
+    let (read_url, body) =
+        archive::open_partition(&store, &partition, retry, &cancellation).await?;
     tokio::task::spawn_blocking(move || {
         let decoder = decoding
             .decoder(BufReader::with_capacity(256 * 1024, body), &read_url)
@@ -376,10 +440,7 @@ async fn verify_partition(
 fn tar_error(url: &str, err: tar::Error) -> Error {
     match err.into_read_error() {
         Ok(io) => Error::from_read(url, io),
-        Err(bad) => Error::Corrupt {
-            url: url.to_string(),
-            reason: bad.to_string(),
-        },
+        Err(bad) => Error::corrupt(url, bad),
     }
 }
 
@@ -457,42 +518,26 @@ struct Listing {
     histories: BTreeMap<u32, String>,
 }
 
+/// The archive's WAL, as runs per timeline and the history files' keys.
 async fn list_wal(
     config: &Config,
     store: &Store,
     layout: &Layout,
     segment_size: u64,
 ) -> Result<Listing, Error> {
-    let prefix = layout.wal_dir();
     let mut listing = Listing::default();
-    let mut after = String::new();
-    let page_size = store.listing_page();
-    loop {
-        let page = with_retries(&config.retry, "list WAL", || {
-            store.list_after(&prefix, &after, page_size)
-        })
-        .await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.key.clone();
-        for object in &page {
-            let file_name = object.key.rsplit('/').next().unwrap_or_default();
-            let Some(name) = file_name.strip_suffix(".lzo") else {
-                continue;
-            };
-            match WalFileKind::of(name) {
+    let mut pages = WalPages::new(config, store, layout, None);
+    while let Some(page) = pages.next_page().await? {
+        for object in page {
+            match object.kind {
                 WalFileKind::Segment(segment) => {
                     add_segment(&mut listing, segment, segment_size);
                 }
                 WalFileKind::History(timeline) => {
-                    listing.histories.insert(timeline, object.key.clone());
+                    listing.histories.insert(timeline, object.key);
                 }
                 _ => {}
             }
-        }
-        if page.len() < page_size {
-            break;
         }
     }
     Ok(listing)
@@ -559,14 +604,7 @@ async fn verify_wal_only_prefix(
         store.url(&layout.basebackups())
     );
     let segment_size = learn_segment_size(config, store, layout, decoding, Some(oldest)).await?;
-    let mut report = Report {
-        backups: Vec::new(),
-        timelines: Vec::new(),
-        recovery_timelines: Vec::new(),
-        restorable_to: None,
-        restorable_to_end: false,
-        problems: Vec::new(),
-    };
+    let mut report = Report::default();
     let wal = WalContext {
         config,
         store,
@@ -579,10 +617,7 @@ async fn verify_wal_only_prefix(
         stop_segment: None,
         backup: None,
     };
-    let needed = verify_wal(&wal, &from, &mut report).await?;
-    if args.wal_deep {
-        check_segments(&wal, &needed, None, &mut report).await?;
-    }
+    check_chain(&wal, &from, None, args.wal_deep, &mut report).await?;
     finish(&report, config, store, args)
 }
 
@@ -618,141 +653,226 @@ async fn segment_size_of(
     let header = crate::archive::segment_header(config, store, layout, segment, decoding).await?;
     let size = u64::from(header.segment_size);
     if !wal::is_valid_segment_size(size) {
-        return Err(Error::Corrupt {
-            url: store.url(&layout.wal_key(&segment.to_string())),
-            reason: format!("its first page records a segment size of {size} bytes"),
-        });
+        return Err(Error::corrupt(
+            store.url(&layout.wal_key(&segment.to_string())),
+            format!("its first page records a segment size of {size} bytes"),
+        ));
     }
     Ok(size)
 }
 
+/// The WAL chain from `from_start` to the end of the archive: the timelines listed, the
+/// path recovery follows, every segment on it present. Returns the segments recovery
+/// needs.
 async fn verify_wal(
     wal: &WalContext<'_>,
     from_start: &WalStart<'_>,
     report: &mut Report,
 ) -> Result<Vec<SegmentName>, Error> {
     let start = from_start.segment;
-    let what = match from_start.backup {
-        Some(backup) => format!("backup {backup}"),
-        None => format!("the archive's oldest segment {start}"),
+    let names = Names {
+        store: wal.store,
+        layout: wal.layout,
+        segment_size: wal.segment_size,
     };
-    let (store, layout, segment_size) = (wal.store, wal.layout, wal.segment_size);
-    let mut needed = Vec::new();
-    let listing = list_wal(wal.config, store, layout, segment_size).await?;
-    let name_of = |timeline: u32, number: u64| {
-        SegmentName::from_number(timeline, number, segment_size).to_string()
-    };
-    let url_of = |name: &str| store.url(&layout.wal_key(name));
+    let listing = list_wal(wal.config, wal.store, wal.layout, wal.segment_size).await?;
+    report_timelines(&listing, &names, report);
+    let chains = descendants(wal, &listing, start.timeline, report).await?;
+    let steps = recovery_steps(&chains, start.timeline);
+    report.recovery_timelines = steps.iter().map(|(t, _)| *t).collect();
+    let walk = walk_chain(&listing, &steps, from_start, &names, report);
+    report.restorable_to_end = walk.complete;
+    let stop_number = from_start.stop_segment.map(|s| s.number(wal.segment_size));
+    let consistent = stop_number.is_none_or(|stop| walk.reached.is_some_and(|(_, n)| n >= stop));
+    report.restorable_to = walk
+        .reached
+        .filter(|_| consistent)
+        .map(|(t, n)| names.name(t, n));
+    Ok(walk.needed)
+}
+
+/// Segment names and URLs from timeline and number, in the archive's segment size.
+struct Names<'a> {
+    store: &'a Store,
+    layout: &'a Layout,
+    segment_size: u64,
+}
+
+impl Names<'_> {
+    fn name(&self, timeline: u32, number: u64) -> String {
+        SegmentName::from_number(timeline, number, self.segment_size).to_string()
+    }
+
+    fn url(&self, name: &str) -> String {
+        self.store.url(&self.layout.wal_key(name))
+    }
+
+    /// `A` for a one-segment gap, else `A..B`.
+    fn range(&self, timeline: u32, (a, b): (u64, u64)) -> String {
+        if a == b {
+            self.name(timeline, a)
+        } else {
+            format!("{}..{}", self.name(timeline, a), self.name(timeline, b))
+        }
+    }
+}
+
+/// Each listed timeline into the report; one with segments but no history file is a
+/// problem (recovery cannot follow it).
+fn report_timelines(listing: &Listing, names: &Names<'_>, report: &mut Report) {
     for (&timeline, run) in &listing.runs {
+        let has_history = timeline == 1 || listing.histories.contains_key(&timeline);
         report.timelines.push(TimelineReport {
             timeline,
-            first_segment: name_of(timeline, run.first),
-            last_segment: name_of(timeline, run.last),
+            first_segment: names.name(timeline, run.first),
+            last_segment: names.name(timeline, run.last),
             segments: run.count,
             gaps: run
                 .gaps
                 .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        name_of(timeline, a)
-                    } else {
-                        format!("{}..{}", name_of(timeline, a), name_of(timeline, b))
-                    }
-                })
+                .map(|&gap| names.range(timeline, gap))
                 .collect(),
-            history_file: timeline == 1 || listing.histories.contains_key(&timeline),
+            history_file: has_history,
         });
-        if timeline > 1 && !listing.histories.contains_key(&timeline) {
-            report.problems.push(Problem {
-                object: url_of(&format!("{timeline:08X}.history")),
-                kind: "missing",
-                reason: format!(
+        if !has_history {
+            report.problems.push(Problem::missing(
+                names.url(&format!("{timeline:08X}.history")),
+                format!(
                     "timeline {timeline} has segments but no history file: recovery cannot follow it"
                 ),
-            });
+            ));
         }
     }
-    // Timelines that descend from the backup's, with where each began.
-    let mut chains: BTreeMap<u32, Vec<wal::TimelineSwitch>> = BTreeMap::new();
-    for (&timeline, key) in &listing.histories {
+}
+
+/// The timelines that descend from `timeline`, each with its history; unreadable history
+/// files are problems.
+async fn descendants(
+    wal: &WalContext<'_>,
+    listing: &Listing,
+    timeline: u32,
+    report: &mut Report,
+) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, Error> {
+    let mut chains = BTreeMap::new();
+    for (&child, key) in &listing.histories {
         let text = read_small(wal, key).await?;
         match wal::parse_history(&text) {
-            Ok(entries) if entries.iter().any(|e| e.parent == start.timeline) => {
-                chains.insert(timeline, entries);
+            Ok(entries) if entries.iter().any(|e| e.parent == timeline) => {
+                chains.insert(child, entries);
             }
             Ok(_) => {}
-            Err(reason) => report.problems.push(Problem {
-                object: store.url(key),
-                kind: "corrupt",
-                reason,
-            }),
+            Err(e) => report
+                .problems
+                .push(Problem::corrupt(wal.store.url(key), e.to_string())),
         }
     }
-    // As `recovery_target_timeline = 'latest'`: the newest descendant.
-    let target = chains.keys().next_back().copied().unwrap_or(start.timeline);
+    Ok(chains)
+}
+
+/// As `recovery_target_timeline = 'latest'`: the timelines from `start` to the newest
+/// descendant, each with the position where recovery leaves it (`None`: the last).
+fn recovery_steps(
+    chains: &BTreeMap<u32, Vec<TimelineSwitch>>,
+    start: u32,
+) -> Vec<(u32, Option<Lsn>)> {
+    let target = chains.keys().next_back().copied().unwrap_or(start);
     let mut steps: Vec<(u32, Option<Lsn>)> = chains
         .get(&target)
         .map(|entries| {
             entries
                 .iter()
-                .filter(|e| e.parent >= start.timeline)
+                .filter(|e| e.parent >= start)
                 .map(|e| (e.parent, Some(e.switch)))
                 .collect()
         })
         .unwrap_or_default();
     steps.push((target, None));
-    report.recovery_timelines = steps.iter().map(|(t, _)| *t).collect();
+    steps
+}
 
-    let stop_number = from_start.stop_segment.map(|s| s.number(segment_size));
-    let mut from = start.number(segment_size);
-    let mut reached: Option<(u32, u64)> = None;
-    let mut complete = true;
-    for (timeline, switch) in steps {
+/// How far recovery got along the chain.
+struct Walk {
+    needed: Vec<SegmentName>,
+    reached: Option<(u32, u64)>,
+    complete: bool,
+}
+
+/// Recovery's walk along `steps` from `from_start`, segment by segment, up to the first
+/// missing one (a problem).
+fn walk_chain(
+    listing: &Listing,
+    steps: &[(u32, Option<Lsn>)],
+    from_start: &WalStart<'_>,
+    names: &Names<'_>,
+    report: &mut Report,
+) -> Walk {
+    let size = names.segment_size;
+    let mut walk = Walk {
+        needed: Vec::new(),
+        reached: None,
+        complete: true,
+    };
+    let mut from = from_start.segment.number(size);
+    for &(timeline, switch) in steps {
         let run = listing.runs.get(&timeline);
         // The segment holding the switch is read from the child timeline.
         let until = match switch {
-            Some(lsn) => SegmentName::containing(timeline, lsn, segment_size)
-                .number(segment_size)
+            Some(lsn) => SegmentName::containing(timeline, lsn, size)
+                .number(size)
                 .checked_sub(1),
             None => run.map(|r| r.last),
         };
         let Some(until) = until else { continue };
-        for number in from..=until {
-            if run.is_some_and(|r| r.has(number)) {
-                reached = Some((timeline, number));
-                needed.push(SegmentName::from_number(timeline, number, segment_size));
-                continue;
+        let missing = (from..=until).find(|&number| {
+            let present = run.is_some_and(|r| r.has(number));
+            if present {
+                walk.reached = Some((timeline, number));
+                walk.needed
+                    .push(SegmentName::from_number(timeline, number, size));
             }
-            let name = name_of(timeline, number);
-            let before_stop = stop_number.is_some_and(|stop| number <= stop);
-            report.problems.push(Problem {
-                object: url_of(&name),
-                kind: "missing",
-                reason: if before_stop {
-                    format!("needed to make {what} consistent: the backup cannot be restored")
-                } else {
-                    format!(
-                        "a gap: recovery from {what} stops before it{}",
-                        reached
-                            .map(|(t, n)| format!(", at {}", name_of(t, n)))
-                            .unwrap_or_default()
-                    )
-                },
-            });
-            complete = false;
-            break;
-        }
-        if !complete {
+            !present
+        });
+        if let Some(number) = missing {
+            let reason = gap_reason(from_start, number, walk.reached, names);
+            let name = names.name(timeline, number);
+            report
+                .problems
+                .push(Problem::missing(names.url(&name), reason));
+            walk.complete = false;
             break;
         }
         if let Some(lsn) = switch {
-            from = SegmentName::containing(timeline, lsn, segment_size).number(segment_size);
+            from = SegmentName::containing(timeline, lsn, size).number(size);
         }
     }
-    report.restorable_to_end = complete;
-    let consistent = stop_number.is_none_or(|stop| reached.is_some_and(|(_, n)| n >= stop));
-    report.restorable_to = reached.filter(|_| consistent).map(|(t, n)| name_of(t, n));
-    Ok(needed)
+    walk
+}
+
+/// Why a missing segment matters: before the stop segment the backup cannot be made
+/// consistent; after it, recovery stops there.
+fn gap_reason(
+    from_start: &WalStart<'_>,
+    number: u64,
+    reached: Option<(u32, u64)>,
+    names: &Names<'_>,
+) -> String {
+    let what = match from_start.backup {
+        Some(backup) => format!("backup {backup}"),
+        None => format!("the archive's oldest segment {}", from_start.segment),
+    };
+    let stop_number = from_start
+        .stop_segment
+        .map(|s| s.number(names.segment_size));
+    if stop_number.is_some_and(|stop| number <= stop) {
+        format!("needed to make {what} consistent: the backup cannot be restored")
+    } else {
+        format!(
+            "a gap: recovery from {what} stops before it{}",
+            reached
+                .map(|(t, n)| format!(", at {}", names.name(t, n)))
+                .unwrap_or_default()
+        )
+    }
 }
 
 /// How many segments `--wal-deep` reads at once.
@@ -801,11 +921,9 @@ async fn check_segments(
             match done {
                 (_, Ok(())) => {}
                 (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
-                    report.problems.push(Problem {
-                        object: url,
-                        kind: "corrupt",
-                        reason: corrupt_reason(&err),
-                    });
+                    report
+                        .problems
+                        .push(Problem::corrupt(url, corrupt_reason(&err)));
                 }
                 (_, Err(err)) => return Err(err),
             }
@@ -842,10 +960,7 @@ async fn check_segment(
     let url = object.url.clone();
     let decoding = decoding.clone();
     tokio::task::spawn_blocking(move || {
-        let corrupt = |reason: String| Error::Corrupt {
-            url: url.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| Error::corrupt(&url, reason);
         let mut decoder = decoding
             .decoder(BufReader::new(object.into_blocking_read()), &url)
             .map_err(|e| Error::from_read(&url, e))?;
@@ -857,7 +972,7 @@ async fn check_segment(
                 Error::from_read(&url, e)
             }
         })?;
-        let page = wal::LongPageHeader::parse(&header).map_err(&corrupt)?;
+        let page = wal::LongPageHeader::parse(&header).map_err(|e| Error::corrupt(&url, e))?;
         let written_on = if page.timeline < segment.timeline && path.contains(&page.timeline) {
             page.timeline
         } else {
@@ -867,7 +982,7 @@ async fn check_segment(
             timeline: written_on,
             ..segment
         };
-        wal::check_page_header(&header, &as_written, size).map_err(&corrupt)?;
+        wal::check_page_header(&header, &as_written, size).map_err(|e| Error::corrupt(&url, e))?;
         if let Some(expected) = system_identifier
             && page.system_identifier != expected
         {

@@ -247,10 +247,10 @@ fn decode_into(
             DecodeToError::Write(io) => Error::local(&destination, "cannot write", io),
         })?;
     if kind.is_full_segment() && !wal::is_valid_segment_size(written) {
-        return Err(Error::Corrupt {
+        return Err(Error::corrupt(
             url,
-            reason: format!("decompressed to {written} bytes, which is not a WAL segment size"),
-        });
+            format!("decompressed to {written} bytes, which is not a WAL segment size"),
+        ));
     }
     if is_restore_scratch(&destination) {
         staged

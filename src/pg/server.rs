@@ -327,6 +327,34 @@ pub struct Connection {
     port: u16,
 }
 
+/// Why a query through `psql` gave no answer, with the server's address in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// `psql` could not be run.
+    #[error("cannot run {}: {source}", psql.display())]
+    Spawn {
+        /// The `psql` binary.
+        psql: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `psql` ran and failed (no server, refused, an SQL error).
+    #[error("psql as {user} on {}:{port}: {stderr}", socket_dir.display())]
+    Failed {
+        /// Who asked.
+        user: String,
+        /// The server's socket directory.
+        socket_dir: PathBuf,
+        /// Its port.
+        port: u16,
+        /// What `psql` said, on one line.
+        stderr: String,
+    },
+    /// The query returned no rows.
+    #[error("no result for {0}")]
+    NoResult(String),
+}
+
 impl Connection {
     /// The server described by `pid`, through the `psql` of `binaries`.
     pub fn new(binaries: &Binaries, owner: &User, pid: &PidFile) -> Option<Connection> {
@@ -339,7 +367,7 @@ impl Connection {
     }
 
     /// Runs one query; returns its rows, fields separated by `|`.
-    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, QueryError> {
         let out = self.psql(sql)?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -348,15 +376,15 @@ impl Connection {
     }
 
     /// Runs one query that returns one value.
-    pub fn value(&self, sql: &str) -> Result<String, String> {
+    pub fn value(&self, sql: &str) -> Result<String, QueryError> {
         self.query(sql)?
             .into_iter()
             .next()
             .and_then(|row| row.into_iter().next())
-            .ok_or_else(|| format!("no result for {sql}"))
+            .ok_or_else(|| QueryError::NoResult(sql.to_string()))
     }
 
-    fn psql(&self, sql: &str) -> Result<Output, String> {
+    fn psql(&self, sql: &str) -> Result<Output, QueryError> {
         let out = command_as(&self.psql, &self.owner)
             .args(["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
@@ -368,19 +396,21 @@ impl Connection {
             .env_remove("PGSERVICE")
             .env_remove("PGOPTIONS")
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.psql.display()))?;
+            .map_err(|source| QueryError::Spawn {
+                psql: self.psql.clone(),
+                source,
+            })?;
         if out.status.success() {
             Ok(out)
         } else {
-            Err(format!(
-                "psql as {} on {}:{}: {}",
-                self.owner.name,
-                self.socket_dir.display(),
-                self.port,
-                String::from_utf8_lossy(&out.stderr)
+            Err(QueryError::Failed {
+                user: self.owner.name.clone(),
+                socket_dir: self.socket_dir.clone(),
+                port: self.port,
+                stderr: String::from_utf8_lossy(&out.stderr)
                     .trim()
-                    .replace('\n', " ")
-            ))
+                    .replace('\n', " "),
+            })
         }
     }
 }

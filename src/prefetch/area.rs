@@ -67,14 +67,10 @@ impl PrefetchDir {
 
     /// Records why `segment` failed (replacing an older reason).
     pub fn record_failure(&self, segment: &SegmentName, reason: &str) {
-        let temp = self
-            .root
-            .join(format!(".{segment}.error.{}", std::process::id()));
-        let written = fs::write(&temp, format!("{reason}\n"))
-            .and_then(|()| fs::rename(&temp, self.failure_path(segment)));
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
+        let _ = crate::durable::replace_file(
+            &self.failure_path(segment),
+            format!("{reason}\n").as_bytes(),
+        );
     }
 
     /// The prefetcher's last failure for `segment`, removed as it is read.
@@ -115,9 +111,8 @@ impl PrefetchDir {
 
     /// Tells the prefetcher which segment comes next and how big segments are.
     pub fn set_next(&self, next: &SegmentName, segment_size: u64) -> io::Result<()> {
-        let temp = self.root.join(format!(".next.{}", std::process::id()));
-        fs::write(&temp, format!("{next} {segment_size}\n"))?;
-        fs::rename(&temp, self.next_path())
+        let text = format!("{next} {segment_size}\n");
+        crate::durable::replace_file(&self.next_path(), text.as_bytes())
     }
 
     /// What the last `set_next` said, if anything readable.

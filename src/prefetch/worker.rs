@@ -79,47 +79,29 @@ async fn serve(
     window: u32,
     idle: Duration,
 ) -> Result<(), Error> {
-    let store = Arc::new(Store::open(&config.store).await?);
-    let layout = Layout::new(config.store.path_prefix());
-    let mut tasks: JoinSet<(SegmentName, Result<(), Error>)> = JoinSet::new();
-    let mut in_flight: HashSet<SegmentName> = HashSet::new();
-    // Segments not to ask for before the instant given, and how often each failed.
-    let mut resting: HashMap<SegmentName, (Instant, u32)> = HashMap::new();
-    let backoff_policy = crate::config::RetryPolicy {
-        base_delay: FAILURE_BACKOFF_BASE,
-        max_delay: FAILURE_BACKOFF_CAP,
-        ..crate::config::RetryPolicy::default()
+    let mut downloads = Downloads {
+        store: Arc::new(Store::open(&config.store).await?),
+        layout: Layout::new(config.store.path_prefix()),
+        decoding: decoding.clone(),
+        area: area.clone(),
+        tasks: JoinSet::new(),
+        in_flight: HashSet::new(),
+        resting: HashMap::new(),
+        backoff_policy: crate::config::RetryPolicy {
+            base_delay: FAILURE_BACKOFF_BASE,
+            max_delay: FAILURE_BACKOFF_CAP,
+            ..crate::config::RetryPolicy::default()
+        },
     };
     let mut last_hint = area.next();
     let mut last_change = Instant::now();
     loop {
-        while let Some(done) = tasks.try_join_next() {
-            let (segment, result) = done?;
-            in_flight.remove(&segment);
-            match result {
-                Ok(()) => {
-                    resting.remove(&segment);
-                    area.clear_failure(&segment);
-                }
-                Err(err) if err.is_not_found() => {
-                    resting.insert(segment, (Instant::now() + MISSING_BACKOFF, 0));
-                }
-                Err(err) => {
-                    let failures = resting.get(&segment).map_or(0, |&(_, n)| n) + 1;
-                    let pause = crate::retry::backoff(&backoff_policy, failures);
-                    tracing::warn!(
-                        "prefetch of {segment} failed (attempt {failures}; next in {pause:.1?}): {err}"
-                    );
-                    area.record_failure(&segment, &err.to_string().replace('\n', " "));
-                    resting.insert(segment, (Instant::now() + pause, failures));
-                }
-            }
-        }
+        downloads.collect_finished()?;
         let hint = area.next();
         if hint != last_hint {
             last_hint = hint;
             last_change = Instant::now();
-        } else if in_flight.is_empty() && last_change.elapsed() > idle {
+        } else if downloads.in_flight.is_empty() && last_change.elapsed() > idle {
             tracing::debug!("prefetcher idle for {idle:?}; exiting");
             return Ok(());
         }
@@ -132,39 +114,96 @@ async fn serve(
                 window.min(by_bytes.min(u32::MAX as u64) as u32),
             );
             drop_unwanted(area, &wanted);
-            let now = Instant::now();
-            resting.retain(|segment, (until, failures)| {
-                // A segment that kept failing stays known (its count sets the next pause)
-                // while it is still wanted.
-                *until > now || (*failures > 0 && wanted.contains(segment))
-            });
-            for segment in wanted {
-                if tasks.len() >= CONCURRENCY {
-                    break;
-                }
-                if resting.get(&segment).is_some_and(|&(until, _)| until > now) {
-                    // Not before its pause is over, and nothing after it either: at the
-                    // end of the archive there is nothing after it, and a failing store
-                    // is not asked for more.
-                    break;
-                }
-                if in_flight.contains(&segment) || area.ready(&segment).exists() {
-                    continue;
-                }
-                in_flight.insert(segment);
-                let (store, layout, area, decoding) = (
-                    store.clone(),
-                    layout.clone(),
-                    area.clone(),
-                    decoding.clone(),
-                );
-                tasks.spawn(async move {
-                    let result = download(&store, &layout, &area, &segment, size, &decoding).await;
-                    (segment, result)
-                });
-            }
+            downloads.start(&wanted, size);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The worker's downloads: those under way, and the segments resting after a failure
+/// or a "not found".
+struct Downloads {
+    store: Arc<Store>,
+    layout: Layout,
+    decoding: Decoding,
+    area: PrefetchDir,
+    tasks: JoinSet<(SegmentName, Result<(), Error>)>,
+    in_flight: HashSet<SegmentName>,
+    /// Segments not to ask for before the instant given, and how often each failed.
+    resting: HashMap<SegmentName, (Instant, u32)>,
+    backoff_policy: crate::config::RetryPolicy,
+}
+
+impl Downloads {
+    /// Takes in the finished downloads: a delivered segment forgets its failures, a
+    /// missing one rests, a failed one rests longer each time and records why.
+    fn collect_finished(&mut self) -> Result<(), Error> {
+        while let Some(done) = self.tasks.try_join_next() {
+            let (segment, result) = done?;
+            self.in_flight.remove(&segment);
+            match result {
+                Ok(()) => {
+                    self.resting.remove(&segment);
+                    self.area.clear_failure(&segment);
+                }
+                Err(err) if err.is_not_found() => {
+                    self.resting
+                        .insert(segment, (Instant::now() + MISSING_BACKOFF, 0));
+                }
+                Err(err) => {
+                    let failures = self.resting.get(&segment).map_or(0, |&(_, n)| n) + 1;
+                    let pause = crate::retry::backoff(&self.backoff_policy, failures);
+                    tracing::warn!(
+                        "prefetch of {segment} failed (attempt {failures}; next in {pause:.1?}): {err}"
+                    );
+                    self.area
+                        .record_failure(&segment, &err.to_string().replace('\n', " "));
+                    self.resting
+                        .insert(segment, (Instant::now() + pause, failures));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts downloads of the `wanted` segments in order, up to [`CONCURRENCY`], none
+    /// past a resting one.
+    fn start(&mut self, wanted: &[SegmentName], size: u64) {
+        let now = Instant::now();
+        self.resting.retain(|segment, (until, failures)| {
+            // A segment that kept failing stays known (its count sets the next pause)
+            // while it is still wanted.
+            *until > now || (*failures > 0 && wanted.contains(segment))
+        });
+        for &segment in wanted {
+            if self.tasks.len() >= CONCURRENCY {
+                break;
+            }
+            if self
+                .resting
+                .get(&segment)
+                .is_some_and(|&(until, _)| until > now)
+            {
+                // Not before its pause is over, and nothing after it either: at the
+                // end of the archive there is nothing after it, and a failing store
+                // is not asked for more.
+                break;
+            }
+            if self.in_flight.contains(&segment) || self.area.ready(&segment).exists() {
+                continue;
+            }
+            self.in_flight.insert(segment);
+            let (store, layout, area, decoding) = (
+                self.store.clone(),
+                self.layout.clone(),
+                self.area.clone(),
+                self.decoding.clone(),
+            );
+            self.tasks.spawn(async move {
+                let result = download(&store, &layout, &area, &segment, size, &decoding).await;
+                (segment, result)
+            });
+        }
     }
 }
 
@@ -224,19 +263,16 @@ async fn download(
                 lzop::DecodeToError::Write(io) => Error::local(&partial, "cannot write", io),
             })
             .and_then(|_| {
-                check_segment_file(&partial, &segment).map_err(|e| Error::Corrupt {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })
+                check_segment_file(&partial, &segment).map_err(|e| Error::corrupt(url.clone(), e))
             })
             .and_then(|got| {
                 if got == size {
                     Ok(())
                 } else {
-                    Err(Error::Corrupt {
-                        url: url.clone(),
-                        reason: format!("{got} bytes, but segments here are {size}"),
-                    })
+                    Err(Error::corrupt(
+                        url.clone(),
+                        format!("{got} bytes, but segments here are {size}"),
+                    ))
                 }
             })
             .and_then(|()| {

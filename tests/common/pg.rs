@@ -24,8 +24,7 @@ pub fn pg_bin() -> PathBuf {
 
 /// Runs a command as the `postgres` user when we are root (PostgreSQL refuses root).
 pub fn as_postgres(program: &Path) -> Command {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if wale::users::effective_uid() == 0 {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program);
         cmd
@@ -47,8 +46,7 @@ pub fn run_ok(mut cmd: Command, what: &str) -> String {
 
 /// Gives a tree to the `postgres` user when running as root.
 pub fn give_to_postgres(path: &Path) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if wale::users::effective_uid() == 0 {
         let mut chown = Command::new("chown");
         chown.arg("-R").arg("postgres:postgres").arg(path);
         run_ok(chown, "chown");

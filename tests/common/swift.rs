@@ -50,8 +50,7 @@ fn free_port() -> u16 {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    wale::users::effective_uid() == 0
 }
 
 /// A running Swift, stopped when dropped.

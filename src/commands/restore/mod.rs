@@ -30,7 +30,7 @@ use crate::storage::Store;
 use crate::users::{self, User};
 use crate::wal::LongPageHeader;
 
-use super::backup_fetch::{self, FetchRequest};
+use crate::restore_tree::{self, FetchRequest};
 
 mod configure;
 mod preflight;
@@ -252,7 +252,7 @@ async fn fetch_and_configure(
             .create(parent)
             .map_err(|e| Error::local(parent, "cannot create", e))?;
     }
-    backup_fetch::prepare_target(&plan.pgdata, false)?;
+    restore_tree::prepare_target(&plan.pgdata, false)?;
     let mut record = RestoreRecord {
         backup: plan.backup.to_string(),
         major: plan.binaries.major,
@@ -277,7 +277,7 @@ async fn fetch_and_configure(
         cancellation: cancellation.clone(),
         reserved: vec![PathBuf::from(RESTORE_RECORD)],
     };
-    backup_fetch::fetch(config, store, &options.decoding, &fetch).await?;
+    restore_tree::fetch(config, store, &options.decoding, &fetch).await?;
     let interrupted = || {
         if cancellation.is_cancelled() {
             Err(Error::Interrupted)
@@ -443,27 +443,25 @@ fn validate(plan: &Plan) -> Result<ControlData, Error> {
         .map_err(|e| Error::local(pgdata.join("PG_VERSION"), "cannot read", e))?;
     let major = server::major_of_version_text(&version);
     if major != Some(plan.binaries.major) {
-        return Err(Error::Corrupt {
-            url: place("PG_VERSION"),
-            reason: format!(
+        return Err(Error::corrupt(
+            place("PG_VERSION"),
+            format!(
                 "says {:?}, but the backup's server was PostgreSQL {}",
                 version.trim(),
                 plan.binaries.major
             ),
-        });
+        ));
     }
     if !pgdata.join("backup_label").is_file() {
-        return Err(Error::Corrupt {
-            url: place("backup_label"),
-            reason: "missing: without it PostgreSQL cannot know where to start replay".into(),
-        });
+        return Err(Error::corrupt(
+            place("backup_label"),
+            "missing: without it PostgreSQL cannot know where to start replay",
+        ));
     }
     let bytes = std::fs::read(pgdata.join("global/pg_control"))
         .map_err(|e| Error::local(pgdata.join("global/pg_control"), "cannot read", e))?;
-    let control = ControlData::parse(&bytes).map_err(|e| Error::Corrupt {
-        url: place("global/pg_control"),
-        reason: e.to_string(),
-    })?;
+    let control =
+        ControlData::parse(&bytes).map_err(|e| Error::corrupt(place("global/pg_control"), e))?;
     let header = &plan.first_header;
     let mismatch = if control.major_version != plan.binaries.major {
         Some(format!(
@@ -484,10 +482,7 @@ fn validate(plan: &Plan) -> Result<ControlData, Error> {
         None
     };
     if let Some(reason) = mismatch {
-        return Err(Error::Corrupt {
-            url: place("global/pg_control"),
-            reason,
-        });
+        return Err(Error::corrupt(place("global/pg_control"), reason));
     }
     if header.magic != control.wal_page_magic {
         tracing::warn!(
@@ -608,10 +603,6 @@ pub(super) fn default_envdir(pgdata: &Path) -> PathBuf {
     let mut name = pgdata.as_os_str().to_os_string();
     name.push(".wale-env");
     PathBuf::from(name)
-}
-
-pub(super) fn human_bytes(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / 1e9)
 }
 
 #[cfg(test)]

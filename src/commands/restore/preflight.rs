@@ -4,13 +4,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{PlacedTablespace, Plan, absolute, default_tablespace_root, human_bytes};
+use super::{PlacedTablespace, Plan, absolute, default_tablespace_root};
+use crate::archive::{self, WalPages, Wanted};
 use crate::backups::{self, Backup, SentinelDetail};
 use crate::cli::RestoreArgs;
 use crate::commands::Options;
 use crate::config::Config;
 use crate::decode::Decoding;
 use crate::error::Error;
+use crate::error::bytes_text;
 use crate::layout::{BackupName, Layout};
 use crate::pg::server::{self, Binaries, PidFile};
 use crate::pg::version::Major;
@@ -20,6 +22,7 @@ use crate::tablespaces;
 use crate::users::{self, User};
 use crate::wal::{LongPageHeader, SegmentName};
 
+/// Checks everything before anything is written, and plans the restore.
 pub(super) async fn preflight(
     config: &Config,
     options: &Options,
@@ -36,20 +39,7 @@ pub(super) async fn preflight(
     check_key_readable(&options.envdir_settings, &owner)?;
     check_archive_readable(config, &owner)?;
     check_port(args)?;
-    match &options.envdir {
-        Some(envdir) => check_envdir_readable(&absolute(envdir)?, &owner)?,
-        None => {
-            // wale writes the settings there; it never overwrites an envdir it did not
-            // make in this run.
-            let envdir = super::default_envdir(&pgdata);
-            if envdir.exists() {
-                return Err(Error::Usage(format!(
-                    "{} already exists (left by an earlier restore?): remove it, or pass --envdir",
-                    envdir.display()
-                )));
-            }
-        }
-    }
+    check_envdir(options, &pgdata, &owner)?;
 
     let backup = choose_backup(config, store, layout, args, &options.decoding).await?;
     let detail = with_retries(&config.retry, "read the sentinel", || {
@@ -83,23 +73,8 @@ pub(super) async fn preflight(
         layout,
         &backup.name,
     )?;
-    let mut created_beside = Vec::new();
-    let tablespace_root = default_tablespace_root(&pgdata);
-    if !tablespace_root.exists()
-        && tablespaces
-            .iter()
-            .any(|t| t.location.starts_with(&tablespace_root))
-    {
-        created_beside.push(tablespace_root);
-    }
-    if options.envdir.is_none() {
-        created_beside.push(super::default_envdir(&pgdata));
-    }
-    if let Some(cluster) = &args.cluster {
-        created_beside.push(PathBuf::from(format!("/etc/postgresql/{major}/{cluster}")));
-    }
     Ok(Plan {
-        created_beside,
+        created_beside: created_beside(options, args, &pgdata, &tablespaces, major),
         pgdata,
         backup: backup.name,
         binaries,
@@ -108,6 +83,50 @@ pub(super) async fn preflight(
         tablespaces,
         settings,
     })
+}
+
+/// The envdir `restore_command` will read: one given must be readable by the owner;
+/// else wale writes the settings beside PGDATA, and never overwrites an envdir it did not
+/// make in this run.
+fn check_envdir(options: &Options, pgdata: &Path, owner: &User) -> Result<(), Error> {
+    if let Some(envdir) = &options.envdir {
+        return check_envdir_readable(&absolute(envdir)?, owner);
+    }
+    let envdir = super::default_envdir(pgdata);
+    if envdir.exists() {
+        return Err(Error::Usage(format!(
+            "{} already exists (left by an earlier restore?): remove it, or pass --envdir",
+            envdir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What the restore will create outside PGDATA (and remove again on failure): the
+/// default tablespace root, the default envdir, Debian's cluster configuration.
+fn created_beside(
+    options: &Options,
+    args: &RestoreArgs,
+    pgdata: &Path,
+    tablespaces: &[PlacedTablespace],
+    major: u32,
+) -> Vec<PathBuf> {
+    let mut created = Vec::new();
+    let tablespace_root = default_tablespace_root(pgdata);
+    if !tablespace_root.exists()
+        && tablespaces
+            .iter()
+            .any(|t| t.location.starts_with(&tablespace_root))
+    {
+        created.push(tablespace_root);
+    }
+    if options.envdir.is_none() {
+        created.push(super::default_envdir(pgdata));
+    }
+    if let Some(cluster) = &args.cluster {
+        created.push(PathBuf::from(format!("/etc/postgresql/{major}/{cluster}")));
+    }
+    created
 }
 
 /// Who will own the data directory: the `--owner` user when running as root (never root
@@ -287,79 +306,11 @@ async fn choose_backup(
     args: &RestoreArgs,
     decoding: &Decoding,
 ) -> Result<Backup, Error> {
-    let all = with_retries(&config.retry, "list backups", || {
-        backups::list(store, layout)
-    })
-    .await?;
-    let where_ = store.url(&layout.basebackups());
-    if all.is_empty() {
-        return Err(Error::NotFound(format!(
-            "no complete backups found in {where_}"
-        )));
-    }
-    let query = args.backup_name.as_deref().unwrap_or("LATEST");
-    if query == "LATEST"
-        && args.backup_name.is_none()
-        && let Some(time) = args.target_time.as_deref()
-    {
-        return backup_before(config, store, layout, all, time, decoding).await;
-    }
-    let parsed = backups::Query::parse(Some(query))?;
-    match backups::select(all, &parsed).into_iter().next() {
-        Some(backup) => Ok(backup),
-        None => match &parsed {
-            backups::Query::Named(name) => Err(backups::missing_backup(store, layout, name).await),
-            _ => Err(Error::NotFound(format!(
-                "no complete backups found in {where_}"
-            ))),
-        },
-    }
-}
-
-/// The newest backup that stopped before `--target-time`, by the stop time PostgreSQL
-/// recorded (newest backups asked first); the refusal shows every time compared.
-async fn backup_before(
-    config: &Config,
-    store: &Store,
-    layout: &Layout,
-    mut all: Vec<Backup>,
-    time: &str,
-    decoding: &Decoding,
-) -> Result<Backup, Error> {
-    let target = crate::time::parse_timestamp(time).ok_or_else(|| {
-        Error::Usage(format!(
-            "--target-time {time:?}: expected a time such as '2026-11-30 10:00:00+00'"
-        ))
-    })?;
-    all.sort_by(|a, b| b.name.cmp(&a.name));
-    let mut compared = Vec::new();
-    for backup in all {
-        let stop = with_retries(&config.retry, "read the backup history file", || {
-            backups::stop_time(store, layout, &backup, decoding)
-        })
-        .await?;
-        if stop.at < target {
-            tracing::info!(
-                "backup {} stopped at {} ({}), before --target-time {time}",
-                backup.name,
-                crate::storage::python_utc_text(stop.at, true),
-                stop.source
-            );
-            return Ok(backup);
-        }
-        compared.push(format!(
-            "{} stopped at {} ({})",
-            backup.name,
-            crate::storage::python_utc_text(stop.at, true),
-            stop.source
-        ));
-    }
-    Err(Error::NotFound(format!(
-        "no backup in {} stopped before --target-time {time} ({}): {}",
-        store.url(&layout.basebackups()),
-        crate::storage::python_utc_text(target, true),
-        compared.join("; ")
-    )))
+    let wanted = match (args.backup_name.as_deref(), args.target_time.as_deref()) {
+        (None, Some(time)) => Wanted::StoppedBefore { time, decoding },
+        (name, _) => Wanted::Query(backups::Query::parse(Some(name.unwrap_or("LATEST")))?),
+    };
+    archive::resolve_backup(config, store, layout, &wanted).await
 }
 
 async fn read_major_version(
@@ -384,9 +335,11 @@ async fn read_major_version(
         .map_err(|e| Error::from_read(&url, e))
     })
     .await?;
-    server::major_of_version_text(&text).ok_or_else(|| Error::Corrupt {
-        url: store.url(&key),
-        reason: format!("no PostgreSQL version in {:?}", text.trim()),
+    server::major_of_version_text(&text).ok_or_else(|| {
+        Error::corrupt(
+            store.url(&key),
+            format!("no PostgreSQL version in {:?}", text.trim()),
+        )
     })
 }
 
@@ -408,8 +361,8 @@ fn check_free_space(pgdata: &Path, expanded: Option<u64>) -> Result<(), Error> {
         return Err(Error::Usage(format!(
             "{}: {} free, but the backup expands to {}",
             existing.display(),
-            human_bytes(free),
-            human_bytes(needed)
+            bytes_text(free),
+            bytes_text(needed)
         )));
     }
     Ok(())
@@ -464,19 +417,11 @@ async fn check_wal_between(
         );
         return Ok(());
     };
-    let prefix = layout.wal_dir();
-    let mut after = format!("{prefix}{start}");
+    let mut listing = WalPages::new(config, store, layout, Some(&start));
     let mut wanted = start;
-    'pages: loop {
-        let page = with_retries(&config.retry, "list WAL", || {
-            store.list_after(&prefix, &after, 1000)
-        })
-        .await?;
-        let Some(last) = page.last() else { break };
-        after = last.key.clone();
+    'pages: while let Some(page) = listing.next_page().await? {
         for object in &page {
-            let name = object.key[prefix.len()..].strip_suffix(".lzo");
-            let Some(found) = name.and_then(SegmentName::parse) else {
+            let crate::wal::WalFileKind::Segment(found) = object.kind else {
                 continue;
             };
             if found.timeline != wanted.timeline {
@@ -514,11 +459,8 @@ fn place_tablespaces(
         .iter()
         .map(|m| tablespaces::parse_mapping(m))
         .collect::<Result<Vec<_>, _>>()?;
-    let in_backup =
-        tablespaces::from_spec(detail.spec.as_ref()).map_err(|reason| Error::Corrupt {
-            url: store.url(&layout.sentinel_key(backup)),
-            reason,
-        })?;
+    let in_backup = tablespaces::from_spec(detail.spec.as_ref())
+        .map_err(|e| Error::corrupt(store.url(&layout.sentinel_key(backup)), e))?;
     for (oid, _) in &mappings {
         if !in_backup.iter().any(|t| &t.oid == oid) {
             return Err(Error::Usage(format!(
