@@ -24,6 +24,7 @@ use crate::pool::{Cancellation, for_each_bounded};
 use crate::storage::{ResumingReader, Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
+use crate::text::counted;
 
 /// Present in the target while a restore is under way or after one failed.
 const MARKER: &str = ".wale-backup-fetch-incomplete";
@@ -90,7 +91,14 @@ pub async fn run(
         reserved: Vec::new(),
     };
     let _signals = crate::pool::cancel_on_signals(&request.cancellation);
-    fetch(config, &store, decoding, &request).await
+    let fetched = fetch(config, &store, decoding, &request).await;
+    if fetched.is_err() && created {
+        // Refused before anything was written (e.g. missing tablespace links): the
+        // directory this run created goes again. One that holds a partial restore is
+        // not empty, so it stays, for the same command to complete.
+        let _ = std::fs::remove_dir(target);
+    }
+    fetched
 }
 
 /// One restore of a chosen backup into a prepared target (see [`prepare_target`]).
@@ -165,9 +173,9 @@ pub async fn fetch(
         .map_err(|e| extract_error(&target.display().to_string(), e))?,
     );
     tracing::info!(
-        "restoring {backup} into {}: {} partitions, {} expanded",
+        "restoring {backup} into {}: {}, {} expanded",
         target.display(),
-        partitions.len(),
+        counted(partitions.len() as u64, "partition", "partitions"),
         detail
             .expanded_size_bytes
             .map(human_bytes)
@@ -603,11 +611,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
     crate::durable::sync_dir(dir).map_err(|e| Error::local(dir, "cannot sync", e))
 }
 
-/// `1 symlink`, `2 symlinks`.
-fn counted(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
@@ -659,13 +662,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_agree_with_their_nouns() {
-        assert_eq!(counted(1, "symlink", "symlinks"), "1 symlink");
-        assert_eq!(counted(0, "symlink", "symlinks"), "0 symlinks");
-        assert_eq!(counted(2, "directory", "directories"), "2 directories");
-    }
 
     #[test]
     fn targets_must_be_empty_unless_resuming_or_overwriting() {
