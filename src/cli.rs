@@ -19,7 +19,9 @@ from an envdir directory with --envdir.\n\nExit status: 0 success; 1 not in the 
 2 usage or configuration error; 200 storage unavailable after retries; 201 storage refused \
 (credentials, bucket, region); 202 corrupt object; 203 local file error or server failure; \
 204 usage or configuration error under wal-fetch (2 would let PostgreSQL promote). Under a \
-standby (standby.signal), wal-fetch failures exit 1 so that the standby retries."
+standby (standby.signal), wal-fetch failures exit 1 so that the standby retries. status: \
+0 caught up, 3 behind, 4 paused at the recovery target, 5 not running, 6 not a data \
+directory, 7 not in recovery."
 )]
 pub struct Cli {
     /// The options every subcommand takes, before or after it.
