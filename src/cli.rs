@@ -184,6 +184,12 @@ pub enum Command {
     /// start it.
     Restore(Box<RestoreArgs>),
     /// Where a restored server stands against the archive: replay position, lag, caught up.
+    #[command(
+        after_help = "Exit status (for scripts, as pg_isready's): 0 caught up; 3 in recovery, not \
+caught up (behind, catching up, starting up, paused by request, archive not reachable); 4 paused \
+at the recovery target; 5 no server running (or not answering); 6 missing or not a data \
+directory; 7 running, not in recovery (promoted). Errors keep wale's statuses (2, 200-203)."
+    )]
     Status(StatusArgs),
     /// Promote a caught-up standby to a writable primary.
     Promote(PromoteArgs),
@@ -544,6 +550,8 @@ mod tests {
             assert!(pages.contains(&format!("wale-{sub}.1")), "{pages:?}");
         }
         assert!(!pages.iter().any(|p| p.contains("generate")), "{pages:?}");
+        let status = std::fs::read_to_string(dir.path().join("wale-status.1")).unwrap();
+        assert!(status.contains("paused at the recovery target"), "{status}");
         let restore = std::fs::read_to_string(dir.path().join("wale-restore.1")).unwrap();
         assert!(
             restore.contains("target\\-time") && restore.contains("s3\\-prefix"),
