@@ -80,8 +80,8 @@ if [ ${#benches[@]} -eq 0 ]; then
   elapsed=(--elapsed-seconds)
 fi
 for bench in "${benches[@]}"; do
-  say "cargo bench --bench $bench"
-  cargo bench --locked --bench "$bench"
+  say "cargo bench --profile profiling --bench $bench"
+  cargo bench --locked --profile profiling --bench "$bench"
 done
 
 if [ "$mode" = full ]; then

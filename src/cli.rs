@@ -19,7 +19,9 @@ from an envdir directory with --envdir.\n\nExit status: 0 success; 1 not in the 
 2 usage or configuration error; 200 storage unavailable after retries; 201 storage refused \
 (credentials, bucket, region); 202 corrupt object; 203 local file error or server failure; \
 204 usage or configuration error under wal-fetch (2 would let PostgreSQL promote). Under a \
-standby (standby.signal), wal-fetch failures exit 1 so that the standby retries."
+standby (standby.signal), wal-fetch failures exit 1 so that the standby retries. status: \
+0 caught up, 3 behind, 4 paused at the recovery target, 5 not running, 6 not a data \
+directory, 7 not in recovery."
 )]
 pub struct Cli {
     /// The options every subcommand takes, before or after it.
@@ -31,60 +33,70 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every subcommand takes that are not about storage.
+const GLOBAL: &str = "Global options";
+/// The help heading of the storage, credential and decoding options every subcommand
+/// takes: after the subcommand's own options.
+const STORAGE: &str = "Storage options";
+
 /// The global options, declared once: parsing, `Config::resolve` and the prefetcher's
 /// relaunch ([`relaunch_args`]) all read this one declaration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct GlobalFlags {
     /// Read environment variables from DIR first, one variable per file, the way
     /// daemontools `envdir DIR wale …` would (so restore_command needs no daemontools).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub envdir: Option<PathBuf>,
 
     /// Only log warnings and errors.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub terse: bool,
 
+    /// Also log debug lines: each retried storage attempt, repeated "not found" answers.
+    #[arg(short = 'v', long, global = true, help_heading = GLOBAL)]
+    pub verbose: bool,
+
     /// Storage prefix on the local file system, e.g. file:///var/backups/wal-e.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = STORAGE)]
     pub file_prefix: Option<String>,
 
     /// Google Cloud Storage prefix, e.g. gs://bucket/path/to/archive.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = STORAGE)]
     pub gs_prefix: Option<String>,
 
     /// S3 prefix, e.g. s3://bucket/path/to/archive.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = STORAGE)]
     pub s3_prefix: Option<String>,
 
     /// OpenStack Swift prefix, e.g. swift://container/path/to/archive (settings in
     /// SWIFT_AUTHURL, SWIFT_USER, SWIFT_PASSWORD, …).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = STORAGE)]
     pub swift_prefix: Option<String>,
 
     /// Azure Blob Storage prefix, e.g. wabs://container/path/to/archive.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = STORAGE)]
     pub wabs_prefix: Option<String>,
 
     /// Azure storage account (also WABS_ACCOUNT_NAME).
-    #[arg(short = 'a', long, global = true, value_name = "NAME")]
+    #[arg(short = 'a', long, global = true, value_name = "NAME", help_heading = STORAGE)]
     pub wabs_account_name: Option<String>,
 
     /// AWS access key id (the secret always comes from AWS_SECRET_ACCESS_KEY).
-    #[arg(short = 'k', long, global = true, value_name = "ID")]
+    #[arg(short = 'k', long, global = true, value_name = "ID", help_heading = STORAGE)]
     pub aws_access_key_id: Option<String>,
 
     /// Use the EC2 instance profile's credentials (also AWS_INSTANCE_PROFILE=true).
-    #[arg(long, global = true, conflicts_with = "aws_access_key_id")]
+    #[arg(long, global = true, conflicts_with = "aws_access_key_id", help_heading = STORAGE)]
     pub aws_instance_profile: bool,
 
     /// Decrypt GPG-encrypted objects with `gpg -d` as WAL-E does (also WALE_GPG_KEY_ID);
     /// WALE_PGP_KEY_PATH decrypts in process instead.
-    #[arg(long, global = true, value_name = "KEY_ID")]
+    #[arg(long, global = true, value_name = "KEY_ID", help_heading = STORAGE)]
     pub gpg_key_id: Option<String>,
 
     /// Also decode objects that hold several concatenated lzop members (lzop itself
     /// warns about them and WAL-E refuses them).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = STORAGE)]
     pub allow_concatenated_lzop: bool,
 }
 
@@ -172,6 +184,12 @@ pub enum Command {
     /// start it.
     Restore(Box<RestoreArgs>),
     /// Where a restored server stands against the archive: replay position, lag, caught up.
+    #[command(
+        after_help = "Exit status (for scripts, as pg_isready's): 0 caught up; 3 in recovery, not \
+caught up (behind, catching up, starting up, paused by request, archive not reachable); 4 paused \
+at the recovery target; 5 no server running (or not answering); 6 missing or not a data \
+directory; 7 running, not in recovery (promoted). Errors keep wale's statuses (2, 200-203)."
+    )]
     Status(StatusArgs),
     /// Promote a caught-up standby to a writable primary.
     Promote(PromoteArgs),
@@ -343,39 +361,75 @@ pub struct RestoreArgs {
 /// `generate DIR`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Where to write `wale.1` and `completions/` (bash, zsh, fish).
+    /// Where to write the man pages (`wale.1`, `wale-SUBCOMMAND.1`) and `completions/`
+    /// (bash, zsh, fish).
     pub out_dir: PathBuf,
 }
 
-/// Writes the man page (`wale.1`) and bash, zsh and fish completions, all from the one
-/// clap definition, into `dir`.
-pub fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+/// Writes the man pages, `wale.1` and one `wale-SUBCOMMAND.1` per subcommand with its
+/// options and the global ones (every page `wale.1` refers to; clap's generator, without
+/// the `help` subcommand), and bash, zsh and fish completions, all from the one clap
+/// definition, into `dir`. Returns the man pages' file names.
+pub fn generate(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
     use clap_complete::Shell;
     let completions = dir.join("completions");
     std::fs::create_dir_all(&completions)?;
     let command = Cli::command();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone()).render(&mut page)?;
-    std::fs::write(dir.join("wale.1"), page)?;
+    clap_mangen::generate_to(command.clone(), dir)?;
+    let pages = std::iter::once("wale.1".to_string())
+        .chain(
+            command
+                .get_subcommands()
+                .filter(|sub| !sub.is_hide_set())
+                .map(|sub| format!("wale-{}.1", sub.get_name())),
+        )
+        .collect();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut command.clone(), "wale", &completions)?;
     }
-    Ok(())
+    Ok(pages)
 }
 
-/// `status PGDATA [--json]`.
+/// `status PGDATA [--json | --format FORMAT]`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The data directory of the restored server.
     pub pgdata: PathBuf,
 
-    /// Print one JSON object instead of text.
-    #[arg(long)]
+    /// Print one JSON object instead of text (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+
+    /// What to print: text, json, or prometheus (the text exposition format, for the node
+    /// exporter's textfile collector).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<StatusFormat>,
 
     /// The directory of the server binaries (psql) [default: found as for restore].
     #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
+}
+
+/// How `status` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Prometheus' text exposition format: gauges labelled with the data directory.
+    Prometheus,
+}
+
+impl StatusArgs {
+    /// The format asked for: `--format`, else `--json`, else text.
+    pub fn output_format(&self) -> StatusFormat {
+        match (self.format, self.json) {
+            (Some(format), _) => format,
+            (None, true) => StatusFormat::Json,
+            (None, false) => StatusFormat::Text,
+        }
+    }
 }
 
 /// `promote PGDATA [--force]`.
@@ -464,6 +518,62 @@ mod tests {
         let (kind, restore) = help(&["wale", "help", "restore", "-h"]);
         assert_eq!(kind, clap::error::ErrorKind::DisplayHelp);
         assert!(restore.contains("--standby"), "{restore}");
+    }
+
+    #[test]
+    fn restore_help_puts_its_own_options_first_and_storage_under_its_heading() {
+        let help = match parse_from(["wale", "restore", "--help"]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("--help parsed as a command"),
+        };
+        let at = |needle: &str| {
+            help.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing:\n{help}"))
+        };
+        assert!(at("--standby") < at("\nGlobal options:"), "{help}");
+        assert!(at("\nGlobal options:") < at("--envdir"), "{help}");
+        assert!(at("\nStorage options:") < at("--s3-prefix"), "{help}");
+        assert!(at("--target-timeline") < at("\nGlobal options:"), "{help}");
+        let own = &help[..at("\nGlobal options:")];
+        assert!(
+            !own.contains("--s3-prefix") && !own.contains("--gpg-key-id"),
+            "{own}"
+        );
+    }
+
+    #[test]
+    fn every_man_page_the_pages_refer_to_is_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = generate(dir.path()).unwrap();
+        assert!(pages.contains(&"wale.1".to_string()));
+        for sub in ["restore", "status", "wal-fetch", "backup-fetch", "verify"] {
+            assert!(pages.contains(&format!("wale-{sub}.1")), "{pages:?}");
+        }
+        assert!(!pages.iter().any(|p| p.contains("generate")), "{pages:?}");
+        let status = std::fs::read_to_string(dir.path().join("wale-status.1")).unwrap();
+        assert!(status.contains("paused at the recovery target"), "{status}");
+        let restore = std::fs::read_to_string(dir.path().join("wale-restore.1")).unwrap();
+        assert!(
+            restore.contains("target\\-time") && restore.contains("s3\\-prefix"),
+            "{restore}"
+        );
+        for page in &pages {
+            let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+            // roff writes a reference as `wale\\-restore(1)`.
+            for (at, _) in text.match_indices("(1)") {
+                let start = text[..at].rfind(char::is_whitespace).map_or(0, |i| i + 1);
+                let name = text[start..at]
+                    .replace("\\-", "-")
+                    .replace("\\fB", "")
+                    .replace("\\fR", "");
+                if name.starts_with("wale") {
+                    assert!(
+                        dir.path().join(format!("{name}.1")).is_file(),
+                        "{page} refers to {name}(1), which is not generated"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

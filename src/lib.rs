@@ -35,6 +35,7 @@
 //!   `backup-fetch` and `restore` share.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`time`]: times as PostgreSQL writes them.
+//! * [`text`]: wording shared by the commands' output (counts and their plurals).
 //! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).
@@ -65,6 +66,7 @@ pub mod retry;
 pub mod storage;
 pub mod tablespaces;
 pub mod tar;
+pub mod text;
 pub mod time;
 pub mod users;
 pub mod wal;

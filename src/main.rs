@@ -19,9 +19,9 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(err) => return usage_error(err),
     };
-    init_logging(cli.globals.terse);
+    init_logging(cli.globals.terse, cli.globals.verbose);
     match run(&cli, relaunch) {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         // restore_command's own policy: "not found" is routine there, and a standby's
         // failures must not shut it down.
         Err(err) => match &cli.command {
@@ -48,20 +48,31 @@ fn usage_error(err: clap::Error) -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<(), Error> {
+/// Runs the command; its exit status when it did not fail.
+fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     match &cli.command {
         Command::Version => {
             println!("{}", env!("CARGO_PKG_VERSION"));
-            return Ok(());
+            return Ok(exit::OK);
         }
         Command::Generate(args) => {
-            return wale::cli::generate(&args.out_dir).map_err(|e| {
-                Error::local(
-                    &args.out_dir,
-                    "cannot write the man page and completions",
-                    e,
-                )
-            });
+            return wale::cli::generate(&args.out_dir)
+                .map(|_| exit::OK)
+                .map_err(|e| {
+                    Error::local(
+                        &args.out_dir,
+                        "cannot write the man pages and completions",
+                        e,
+                    )
+                });
+        }
+        // Scripts read `status`'s exit status: a directory that is no data directory is
+        // its own status, before any configuration is looked for.
+        Command::Status(args) => {
+            if let Some(reason) = commands::not_a_data_directory(&args.pgdata) {
+                tracing::error!("{reason}");
+                return Ok(commands::status_exit::NOT_A_DATA_DIRECTORY);
+            }
         }
         _ => {}
     }
@@ -131,9 +142,14 @@ fn restored_envdir(command: &Command) -> Option<std::path::PathBuf> {
 }
 
 /// One line per event on stderr, `wale: LEVEL: message`, fit for the PostgreSQL log.
-/// `--terse` keeps warnings and errors; `RUST_LOG` overrides the level for debugging.
-fn init_logging(terse: bool) {
-    let default = if terse { "warn" } else { "info" };
+/// `--terse` keeps warnings and errors, `-v` adds wale's debug lines (retried attempts);
+/// `RUST_LOG` overrides the level for debugging.
+fn init_logging(terse: bool, verbose: bool) {
+    let default = match (terse, verbose) {
+        (true, _) => "warn",
+        (false, true) => "info,wale=debug",
+        (false, false) => "info",
+    };
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The SDK and HTTP stack dump requests, signed headers included, at debug and trace:

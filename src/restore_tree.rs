@@ -25,6 +25,7 @@ use crate::pool::{Cancellation, for_each_bounded};
 use crate::storage::{Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
+use crate::text::counted;
 
 /// Present in the target while a restore is under way or after one failed.
 const MARKER: &str = ".wale-backup-fetch-incomplete";
@@ -72,9 +73,9 @@ pub async fn fetch(
     let partitions = archive::partitions(store, &layout, backup, &config.retry).await?;
     let extractor = Arc::new(prepare_extraction(store, &layout, request, &detail)?);
     tracing::info!(
-        "restoring {backup} into {}: {} partitions, {} expanded",
+        "restoring {backup} into {}: {}, {} expanded",
         request.target.display(),
-        partitions.len(),
+        counted(partitions.len() as u64, "partition", "partitions"),
         detail
             .expanded_size_bytes
             .map(bytes_text)
@@ -482,11 +483,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
     crate::durable::sync_dir(dir).map_err(|e| Error::local(dir, "cannot sync", e))
 }
 
-/// `1 symlink`, `2 symlinks`.
-fn counted(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 /// The progress bar (on a terminal only): partitions done, bytes, rate, ETA.
 struct Progress {
     partitions_done: Arc<AtomicU64>,
@@ -523,13 +519,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_agree_with_their_nouns() {
-        assert_eq!(counted(1, "symlink", "symlinks"), "1 symlink");
-        assert_eq!(counted(0, "symlink", "symlinks"), "0 symlinks");
-        assert_eq!(counted(2, "directory", "directories"), "2 directories");
-    }
 
     #[test]
     fn targets_must_be_empty_unless_resuming_or_overwriting() {

@@ -19,7 +19,8 @@ pub trait Retryable: std::fmt::Display {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's attempts or
-/// deadline run out; the last error is returned. Each retry is logged as a warning.
+/// deadline run out; the last error is returned. Each retry is logged at debug level
+/// (`-v`): the caller reports the failure that ends the command, in one line.
 pub async fn with_retries<T, E, F, Fut>(
     policy: &RetryPolicy,
     what: &str,
@@ -47,14 +48,14 @@ where
                 .unreachable_limit
                 .is_some_and(|limit| budget.elapsed() + delay > limit)
         {
-            tracing::warn!(
+            tracing::debug!(
                 "{what}: giving up after {} attempts in {:.1}s: the store cannot be reached",
                 budget.failures(),
                 budget.elapsed().as_secs_f64()
             );
             return Err(err);
         }
-        tracing::warn!(
+        tracing::debug!(
             "{what}: attempt {} of {} failed, retrying in {:.1}s: {err}",
             budget.failures(),
             policy.max_attempts,

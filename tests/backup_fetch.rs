@@ -78,6 +78,11 @@ fn tablespaces_need_links_unless_mapped_or_blind() {
         "{}",
         run.stderr
     );
+    assert_eq!(run.error_lines().len(), 1, "one line: {}", run.stderr);
+    assert!(
+        !target.exists(),
+        "the refused run left the directory it created"
+    );
     let unknown = backup_fetch(
         &archive,
         Backend::File,
@@ -92,6 +97,7 @@ fn tablespaces_need_links_unless_mapped_or_blind() {
         "{}",
         unknown.stderr
     );
+    assert!(!target.exists(), "the refused run left its directory");
     // Mapped: files land in the chosen directory, reached through pg_tblspc/<oid>, its
     // missing parents created on the way.
     let location = work.path().join("volumes/ts-here");

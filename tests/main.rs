@@ -18,6 +18,8 @@ mod interrupted;
 mod lzop_compat;
 /// PostgreSQL 10 to 18, each from a real WAL-E archive of its own: standby and PITR.
 mod matrix;
+/// An operator's first day: envdir secrets, `file://` hosts, `status` on non-directories.
+mod operator;
 /// Real PostgreSQL recovering through `wale wal-fetch`.
 mod postgres;
 /// The background prefetcher: hits, clean-up, kill -9.

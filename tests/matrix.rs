@@ -177,8 +177,7 @@ impl<'a> Site<'a> {
     pub(crate) fn status(&self) -> serde_json::Value {
         let mut cmd = wale();
         cmd.arg("status").arg(self.pgdata()).arg("--json");
-        let run = Run::of(cmd).expect_code(0);
-        serde_json::from_slice(&run.stdout).unwrap()
+        status_json(cmd)
     }
 
     /// `wale promote`: no prefix, no `--pg-bin`.
@@ -310,7 +309,9 @@ fn standby_follows_the_archive_and_is_promoted(major: u32) {
     if major <= 11 {
         assert!(site.pgdata().join("recovery.done").is_file());
     }
-    assert_eq!(site.status()["in_recovery"], false);
+    let promoted = site.status();
+    assert_eq!(promoted["in_recovery"], false);
+    assert_eq!(status_code_for(&promoted), 7, "{promoted:#}");
 }
 
 /// A point-in-time restore to the named restore point: it pauses there, `status` says so
@@ -324,6 +325,28 @@ fn point_in_time_restore_pauses_at_its_target_and_is_promoted(major: u32) {
     assert_recovery_files(&site, false);
 
     let status = site.wait_for_status("paused at the target", |s| s["paused_at_target"] == true);
+    assert_eq!(status_code_for(&status), 4, "{status:#}");
+    let mut metrics = wale();
+    metrics
+        .arg("status")
+        .arg(site.pgdata())
+        .args(["--format", "prometheus"]);
+    let metrics = Run::of(metrics).expect_code(4).stdout_text();
+    let label = format!("{{pgdata=\"{}\"}}", site.pgdata().display());
+    for sample in [
+        "wale_paused_at_target",
+        "wale_in_recovery",
+        "wale_server_running",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{sample}{label} 1\n")),
+            "{sample}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(&format!("\nwale_caught_up{label} 0\n")),
+        "{metrics}"
+    );
     assert_eq!(status["standby"], false, "{status:#}");
     assert_eq!(status["caught_up"], false, "{status:#}");
     assert_eq!(status["timeline"], 1, "{status:#}");

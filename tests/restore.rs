@@ -91,8 +91,16 @@ impl Site {
     fn status(&self) -> serde_json::Value {
         let mut cmd = wale();
         cmd.arg("status").arg(self.pgdata()).arg("--json");
-        let run = Run::of(cmd).expect_code(0);
-        serde_json::from_slice(&run.stdout).unwrap()
+        status_json(cmd)
+    }
+
+    /// `wale status --format prometheus`, which must exit `code`.
+    fn metrics(&self, code: i32) -> String {
+        let mut cmd = wale();
+        cmd.arg("status")
+            .arg(self.pgdata())
+            .args(["--format", "prometheus"]);
+        Run::of(cmd).expect_code(code).stdout_text()
     }
 
     fn psql(&self, port: u16, sql_args: &[&str]) -> String {
@@ -189,6 +197,41 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
         .expect_code(0);
     assert!(run.stderr.contains("heroku_gatekeeper"), "{}", run.stderr);
     assert!(run.stderr.contains("heroku.vendor_flag"), "{}", run.stderr);
+    // Its last lines say how to run it; the connect line works as printed.
+    let last: Vec<&str> = run.stderr.lines().rev().take(4).collect();
+    for what in ["stop:", "restart:", "at boot:", "connect:"] {
+        assert!(
+            last.iter()
+                .any(|l| l.starts_with(&format!("wale: INFO: {what}"))),
+            "no {what} line at the end:\n{}",
+            run.stderr
+        );
+    }
+    let stop = last.iter().find(|l| l.contains("stop:")).unwrap();
+    assert!(
+        stop.contains("pg_ctl -D") && stop.contains("stop"),
+        "{stop}"
+    );
+    let connect = last
+        .iter()
+        .find_map(|l| l.strip_prefix("wale: INFO: connect:"))
+        .unwrap()
+        .trim();
+    assert!(
+        connect.contains(&format!("-p {port}")) && connect.contains("psql"),
+        "{connect}"
+    );
+    let answer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{connect} -X -A -t -d postgres -c 'select 42'"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer.stdout).trim(),
+        "42",
+        "{connect}: {}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
     assert!(
         run.stderr.contains("relation files"),
         "the ephemeral tablespace holds a table: {}",
@@ -259,6 +302,27 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     assert_eq!(status["replay_segment"], tl1_last.as_str());
     assert_eq!(status["lag_segments"], 0);
     assert_eq!(status["paused"], false);
+    assert_eq!(status_code_for(&status), 0);
+    let metrics = site.metrics(0);
+    let label = format!("{{pgdata=\"{}\"}}", pgdata.display());
+    for sample in [
+        "wale_server_running{} 1",
+        "wale_in_recovery{} 1",
+        "wale_caught_up{} 1",
+        "wale_paused_at_target{} 0",
+        "wale_lag_segments{} 0",
+    ] {
+        let sample = sample.replace("{}", &label);
+        assert!(
+            metrics.contains(&format!("\n{sample}\n")),
+            "{sample}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE wale_lag_bytes gauge\n")
+            && metrics.contains(&format!("\nwale_lag_bytes{label} ")),
+        "{metrics}"
+    );
     assert_eq!(site.checks(port), expected("expected-tl1-end.txt"));
 
     // The archive grows: the new timeline and its segments. At once status says behind.
@@ -274,6 +338,7 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     }
     let behind = site.status();
     assert_eq!(behind["caught_up"], false, "{behind:#}");
+    assert_eq!(status_code_for(&behind), 3, "{behind:#}");
     let status = site.wait_for_status("caught up on timeline 2", Duration::from_secs(120), |s| {
         s["caught_up"] == true && s["timeline"] == 2
     });
@@ -323,6 +388,26 @@ fn a_heroku_like_archive_becomes_a_hot_standby_that_follows_catches_up_and_promo
     let status = site.status();
     assert_eq!(status["in_recovery"], false);
     assert_eq!(status["caught_up"], false);
+    assert_eq!(
+        status_code_for(&status),
+        7,
+        "promoted: running, not in recovery"
+    );
+
+    // Stopped: "not running", for scripts and for the metrics.
+    let mut stop = as_postgres(&pg_bin().join("pg_ctl"));
+    stop.arg("-D")
+        .arg(&pgdata)
+        .args(["-m", "fast", "-w", "stop"]);
+    run_ok(stop, "pg_ctl stop");
+    let stopped = site.status();
+    assert_eq!(status_code_for(&stopped), 5, "{stopped:#}");
+    let metrics = site.metrics(5);
+    assert!(
+        metrics.contains(&format!("\nwale_server_running{label} 0\n"))
+            && !metrics.contains("\nwale_lag_segments{"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -63,7 +63,9 @@ fn transient_errors_and_truncated_bodies_are_retried() {
     server.inject(&name, Fault::Status(500, "InternalError"));
     server.inject(&name, Fault::Truncate(10_000));
     let dest = out.path().join("RECOVERYXLOG");
-    let run = Run::of(fetch_cmd(&archive, &server, &name, &dest)).expect_code(0);
+    let mut cmd = fetch_cmd(&archive, &server, &name, &dest);
+    cmd.arg("-v");
+    let run = Run::of(cmd).expect_code(0);
     assert_eq!(
         run.stderr.matches("retrying in").count(),
         3,
@@ -294,7 +296,18 @@ fn an_endpoint_that_refuses_connections_is_reported_briefly() {
         "backup-list waited {:?} for a closed port",
         started.elapsed()
     );
-    assert!(run.stderr.contains("giving up after"), "{}", run.stderr);
+    // One line per failure: the attempts are debug lines, shown with -v.
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    let mut verbose = wale();
+    base(&mut verbose);
+    verbose.args(["-v", "backup-list"]);
+    let chatty = Run::of(verbose).expect_code(200);
+    assert!(
+        chatty.stderr.contains("attempt 1 of 100 failed")
+            && chatty.stderr.contains("giving up after"),
+        "{}",
+        chatty.stderr
+    );
     let error = run.error_lines();
     assert_eq!(error.len(), 1, "{}", run.stderr);
     assert!(
@@ -316,7 +329,7 @@ fn an_endpoint_that_refuses_connections_is_reported_briefly() {
     base(&mut fetch);
     fetch
         .env("WALE_RETRIES", "4")
-        .args(["wal-fetch", "--prefetch", "0"])
+        .args(["--verbose", "wal-fetch", "--prefetch", "0"])
         .arg("000000010000000000000003")
         .arg(out.path().join("RECOVERYXLOG"));
     let run = Run::of(fetch).expect_code(200);

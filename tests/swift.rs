@@ -266,8 +266,7 @@ fn wait_until_caught_up(pgdata: &Path, limit: Duration) -> serde_json::Value {
     loop {
         let mut cmd = wale();
         cmd.arg("status").arg(pgdata).arg("--json");
-        let status: serde_json::Value =
-            serde_json::from_slice(&Run::of(cmd).expect_code(0).stdout).unwrap();
+        let status = status_json(cmd);
         if status["caught_up"] == true {
             return status;
         }

@@ -224,7 +224,41 @@ fn an_encrypted_archive_verifies_with_its_key_and_not_without() {
 #[test]
 fn wal_deep_reads_every_needed_segment_and_checks_whose_it_is() {
     let archive = archive_of("wale-heroku");
-    verify(&archive, Backend::File, None, &["--wal-deep"]).expect_code(0);
+    let deep = verify(&archive, Backend::File, None, &["--wal-deep"]).expect_code(0);
+    // It says what it read and checked, which plain verify does not.
+    let summary = deep.stdout_text();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("wal-deep: "))
+        .unwrap_or_else(|| panic!("no wal-deep line:\n{summary}"));
+    let segments: u64 = line["wal-deep: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(segments > 1, "{line}");
+    assert!(
+        line.contains(&format!(
+            "{segments} segments downloaded and decoded ({} bytes decompressed)",
+            segments * 16 * 1024 * 1024
+        )) && line.contains("lzop checksums")
+            && line.contains("system identifier")
+            && line.ends_with(&format!("{segments} ok, 0 corrupt")),
+        "{line}"
+    );
+    let deep_json =
+        json_of(&verify(&archive, Backend::File, None, &["--json", "--wal-deep"]).expect_code(0));
+    assert_eq!(deep_json["wal_deep"]["segments"], segments, "{deep_json:#}");
+    assert_eq!(deep_json["wal_deep"]["ok"], segments, "{deep_json:#}");
+    let plain = verify(&archive, Backend::File, None, &[]).expect_code(0);
+    assert!(
+        !plain.stdout_text().contains("wal-deep"),
+        "{}",
+        plain.stdout_text()
+    );
+    let plain_json = json_of(&verify(&archive, Backend::File, None, &["--json"]).expect_code(0));
+    assert!(plain_json.get("wal_deep").is_none(), "{plain_json:#}");
     // A segment stored under another segment's name.
     let (wrong, right) = ("000000020000000000000008", "000000020000000000000007");
     std::fs::copy(archive.wal_object(right), archive.wal_object(wrong)).unwrap();
@@ -234,6 +268,7 @@ fn wal_deep_reads_every_needed_segment_and_checks_whose_it_is() {
         found.len() == 1 && found[0].1.ends_with(&format!("{wrong}.lzo")),
         "{found:?}"
     );
+    assert_eq!(json_of(&run)["wal_deep"]["corrupt"], 1);
     // Without --wal-deep the listing alone cannot tell.
     verify(&archive, Backend::File, None, &["--wal-only"]).expect_code(0);
 }

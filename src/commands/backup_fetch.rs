@@ -54,7 +54,14 @@ pub async fn run(
         reserved: Vec::new(),
     };
     let _signals = crate::pool::cancel_on_signals(&request.cancellation);
-    restore_tree::fetch(config, &store, decoding, &request).await
+    let fetched = restore_tree::fetch(config, &store, decoding, &request).await;
+    if fetched.is_err() && created {
+        // Refused before anything was written (e.g. missing tablespace links): the
+        // directory this run created goes again. One that holds a partial restore is
+        // not empty, so it stays, for the same command to complete.
+        let _ = std::fs::remove_dir(target);
+    }
+    fetched
 }
 
 /// The store, and the backup `query` (a name or `LATEST`) means in it.

@@ -10,12 +10,13 @@ mod verify;
 mod wal_fetch;
 mod wal_prefetch;
 
+pub use status::{exit_status as status_exit, not_a_data_directory};
 pub use wal_fetch::settle as settle_wal_fetch;
 
 use crate::cli::Command;
 use crate::config::Config;
 use crate::decode::Decoding;
-use crate::error::Error;
+use crate::error::{Error, exit};
 
 /// Settings that cut across subcommands but are not storage configuration.
 #[derive(Debug, Clone, Default)]
@@ -30,17 +31,22 @@ pub struct Options {
     pub envdir_settings: Vec<(String, String)>,
 }
 
-/// Runs one subcommand. `version` never gets here: it needs no configuration.
-pub async fn run(command: &Command, config: &Config, options: Options) -> Result<(), Error> {
+/// Runs one subcommand and gives its exit status: [`exit::OK`], or for `status` the
+/// state it found ([`status_exit`]). `version` never gets here: it needs no
+/// configuration.
+pub async fn run(command: &Command, config: &Config, options: Options) -> Result<u8, Error> {
+    if let Command::Status(args) = command {
+        return status::run(config, args).await;
+    }
     match command {
         Command::WalFetch(args) => wal_fetch::run(config, &options, args).await,
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
         Command::BackupFetch(args) => backup_fetch::run(config, &options.decoding, args).await,
         Command::Restore(args) => restore::run(config, &options, args).await,
-        Command::Status(args) => status::run(config, args).await,
         Command::Promote(args) => promote::run(config, args).await,
         Command::Verify(args) => verify::run(config, &options.decoding, args).await,
-        Command::Version | Command::Generate(_) => Ok(()),
+        Command::Status(_) | Command::Version | Command::Generate(_) => Ok(()),
     }
+    .map(|()| exit::OK)
 }

@@ -34,6 +34,7 @@ use crate::pool::{Cancellation, for_each_bounded};
 use crate::retry::with_retries;
 use crate::storage::{Storage, Store};
 use crate::tar;
+use crate::text::counted;
 use crate::wal::{self, Lsn, SegmentName, TimelineSwitch, WalFileKind};
 
 /// Something that keeps the archive from restoring, naming the object.
@@ -101,7 +102,25 @@ struct Report {
     restorable_to: Option<String>,
     /// Whether the backup restores to the end of the archive.
     restorable_to_end: bool,
+    /// What `--wal-deep` read and checked (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_deep: Option<DeepReport>,
     problems: Vec<Problem>,
+}
+
+/// What `--wal-deep` read: segments, decompressed bytes, and the checks each passed.
+#[derive(Debug, Default, Serialize)]
+struct DeepReport {
+    /// Segments downloaded and decoded.
+    segments: u64,
+    /// Decompressed bytes of the segments that passed every check.
+    bytes: u64,
+    /// Segments that passed every check.
+    ok: u64,
+    /// Segments found corrupt.
+    corrupt: u64,
+    /// The checks made on each segment.
+    checks: Vec<&'static str>,
 }
 
 /// Runs `verify`: the chosen backups read whole, then the WAL chain from the oldest.
@@ -217,16 +236,16 @@ fn finish(report: &Report, config: &Config, store: &Store, args: &VerifyArgs) ->
         return Err(Error::corrupt(
             store.url(config.store.path_prefix()),
             format!(
-                "verification failed: {} problem(s), something is corrupt",
-                report.problems.len()
+                "verification failed: {}, something is corrupt",
+                counted(report.problems.len() as u64, "problem", "problems")
             ),
         ));
     }
     if !report.problems.is_empty() {
         return Err(Error::NotFound(format!(
-            "{}: verification failed: {} problem(s), something is missing",
+            "{}: verification failed: {}, something is missing",
             store.url(config.store.path_prefix()),
-            report.problems.len()
+            counted(report.problems.len() as u64, "problem", "problems")
         )));
     }
     Ok(())
@@ -277,7 +296,10 @@ async fn verify_backup(
         }
         Err(other) => return Err(other),
     };
-    tracing::info!("verifying {backup}: {} partitions", partitions.len());
+    tracing::info!(
+        "verifying {backup}: {}",
+        counted(partitions.len() as u64, "partition", "partitions")
+    );
     let reading = PartitionReading {
         store,
         decoding,
@@ -912,15 +934,24 @@ async fn check_segments(
         }
     };
     let cancellation = Cancellation::new();
-    for_each_bounded(
+    let mut deep = DeepReport {
+        checks: deep_checks(system_identifier),
+        ..DeepReport::default()
+    };
+    let walked = for_each_bounded(
         needed.iter().copied(),
         DEEP_CONCURRENCY,
         &cancellation,
         work,
         |done| {
+            deep.segments += 1;
             match done {
-                (_, Ok(())) => {}
+                (_, Ok(bytes)) => {
+                    deep.ok += 1;
+                    deep.bytes += bytes;
+                }
                 (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
+                    deep.corrupt += 1;
                     report
                         .problems
                         .push(Problem::corrupt(url, corrupt_reason(&err)));
@@ -930,7 +961,24 @@ async fn check_segments(
             Ok(())
         },
     )
-    .await
+    .await;
+    report.wal_deep = Some(deep);
+    walked
+}
+
+/// The checks `--wal-deep` makes on every segment, as the summary names them.
+fn deep_checks(system_identifier: Option<u64>) -> Vec<&'static str> {
+    let mut checks = vec![
+        "lzop checksums",
+        "segment size",
+        "page header magic",
+        "page address",
+        "timeline",
+    ];
+    if system_identifier.is_some() {
+        checks.push("system identifier");
+    }
+    checks
 }
 
 /// What a segment must be.
@@ -943,13 +991,14 @@ struct Expected {
     path: Arc<[u32]>,
 }
 
-/// One segment read through: header, system identifier, checksums, size.
+/// One segment read through: header, system identifier, checksums, size; its
+/// decompressed size.
 async fn check_segment(
     store: &Store,
     key: &str,
     decoding: &Decoding,
     expected: Expected,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     let Expected {
         segment,
         size,
@@ -999,7 +1048,7 @@ async fn check_segment(
                 "decompressed to {total} bytes, not a {size}-byte segment"
             )));
         }
-        Ok(())
+        Ok(total)
     })
     .await?
 }
@@ -1033,11 +1082,11 @@ fn print(report: &Report, json: bool) {
     }
     for backup in &report.backups {
         println!(
-            "backup {}: {} partitions, {} members, {} bytes{}{}",
+            "backup {}: {}, {}, {}{}{}",
             backup.name,
-            backup.partitions,
-            backup.members,
-            backup.bytes,
+            counted(backup.partitions as u64, "partition", "partitions"),
+            counted(backup.members, "member", "members"),
+            counted(backup.bytes, "byte", "bytes"),
             backup
                 .system_identifier
                 .map(|id| format!(", system {id}"))
@@ -1047,11 +1096,11 @@ fn print(report: &Report, json: bool) {
     }
     for timeline in &report.timelines {
         println!(
-            "timeline {}: {} .. {} ({} segments{}){}",
+            "timeline {}: {} .. {} ({}{}){}",
             timeline.timeline,
             timeline.first_segment,
             timeline.last_segment,
-            timeline.segments,
+            counted(timeline.segments, "segment", "segments"),
             if timeline.gaps.is_empty() {
                 String::new()
             } else {
@@ -1077,7 +1126,22 @@ fn print(report: &Report, json: bool) {
             (None, _) => println!("NOT restorable"),
         }
     }
+    if let Some(deep) = &report.wal_deep {
+        println!("{}", deep_summary(deep));
+    }
     for problem in &report.problems {
         println!("{}: {}: {}", problem.kind, problem.object, problem.reason);
     }
+}
+
+/// `--wal-deep`'s line: what was read and what each segment was checked for.
+fn deep_summary(deep: &DeepReport) -> String {
+    format!(
+        "wal-deep: {} downloaded and decoded ({} decompressed), each checked for {}: {} ok, {} corrupt",
+        counted(deep.segments, "segment", "segments"),
+        counted(deep.bytes, "byte", "bytes"),
+        deep.checks.join(", "),
+        deep.ok,
+        deep.corrupt
+    )
 }

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use super::Error;
 
@@ -47,12 +48,16 @@ impl Env {
     /// after it; the value is the file's first line with trailing spaces and tabs removed
     /// and NUL bytes turned into newlines; an empty file removes the variable. Files whose
     /// names start with `.` or contain `=` are skipped, as are subdirectories.
+    ///
+    /// Files holding a secret (see [`holds_secret`]) that group or others may read are
+    /// named in one warning, as ssh warns about a private key others can read.
     pub fn apply_envdir(&mut self, dir: &Path) -> Result<(), Error> {
         let envdir_err = |path: &Path, source| Error::Envdir {
             path: path.to_path_buf(),
             source,
         };
         let entries = std::fs::read_dir(dir).map_err(|e| envdir_err(dir, e))?;
+        let mut exposed = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| envdir_err(dir, e))?;
             let Ok(name) = entry.file_name().into_string() else {
@@ -62,16 +67,17 @@ impl Env {
                 continue;
             }
             let path = entry.path();
-            if std::fs::metadata(&path)
-                .map_err(|e| envdir_err(&path, e))?
-                .is_dir()
-            {
+            let metadata = std::fs::metadata(&path).map_err(|e| envdir_err(&path, e))?;
+            if metadata.is_dir() {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|e| envdir_err(&path, e))?;
             if bytes.is_empty() {
                 self.vars.remove(&name);
                 continue;
+            }
+            if holds_secret(&name) && metadata.permissions().mode() & 0o044 != 0 {
+                exposed.push((path.clone(), metadata.permissions().mode() & 0o777));
             }
             let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
             let trimmed_len = first_line
@@ -85,6 +91,7 @@ impl Env {
             self.vars
                 .insert(name, String::from_utf8_lossy(&value).into_owned());
         }
+        warn_exposed(&mut exposed);
         Ok(())
     }
 
@@ -104,8 +111,35 @@ impl Env {
     }
 }
 
+/// Whether a variable holds a secret: a secret key, password, passphrase or token, or a
+/// key itself (`WABS_ACCESS_KEY`, `WALE_PGP_KEY`), not a key's id or path.
+pub fn holds_secret(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    ["SECRET", "PASSWORD", "PASSPHRASE", "TOKEN"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name.ends_with("_KEY")
+}
+
+/// One warning naming every secret file group or others can read, with its mode.
+fn warn_exposed(exposed: &mut [(PathBuf, u32)]) {
+    if exposed.is_empty() {
+        return;
+    }
+    exposed.sort();
+    let files: Vec<String> = exposed
+        .iter()
+        .map(|(path, mode)| format!("{} (mode {mode:04o})", path.display()))
+        .collect();
+    tracing::warn!(
+        "envdir secrets readable by group or others: {}; make them private with chmod 600 (and the directory chmod 700)",
+        files.join(", ")
+    );
+}
+
 #[cfg(test)]
 mod tests {
+    use super::holds_secret;
     use crate::config::test_support::*;
 
     #[test]
@@ -130,5 +164,34 @@ mod tests {
         assert_eq!(e.get(".hidden"), None);
         let missing = e.apply_envdir(&dir.path().join("nope")).unwrap_err();
         assert!(missing.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn secrets_are_told_from_names_and_ids() {
+        for secret in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "SWIFT_PASSWORD",
+            "WABS_ACCESS_KEY",
+            "WABS_SAS_TOKEN",
+            "WALE_PGP_KEY",
+            "WALG_PGP_KEY",
+            "WALE_PGP_KEY_PASSPHRASE",
+            "PGPASSWORD",
+        ] {
+            assert!(holds_secret(secret), "{secret}");
+        }
+        for plain in [
+            "AWS_ACCESS_KEY_ID",
+            "WALE_S3_PREFIX",
+            "WALE_PGP_KEY_PATH",
+            "WALE_GPG_KEY_ID",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "SWIFT_USER",
+            "AWS_REGION",
+        ] {
+            assert!(!holds_secret(plain), "{plain}");
+        }
     }
 }

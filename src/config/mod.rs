@@ -364,11 +364,31 @@ fn parse_prefix(
             }
             Ok(StoreConfig::Swift(swift_config(netloc, path_prefix, env)?))
         }
-        "file" => Ok(StoreConfig::File(FileConfig { path_prefix })),
+        "file" => {
+            if !netloc.is_empty() && !netloc.eq_ignore_ascii_case("localhost") {
+                return Err(bad(&file_host_reason(netloc, path)));
+            }
+            Ok(StoreConfig::File(FileConfig { path_prefix }))
+        }
         _ => Err(bad(
             "unknown scheme: expected s3://, gs://, wabs://, swift:// or file://",
         )),
     }
+}
+
+/// Why `file://HOST/PATH` is refused, with what was likely meant: the absolute path
+/// `/HOST/PATH`, or `HOST/PATH` under the current directory.
+fn file_host_reason(host: &str, path: &str) -> String {
+    let relative = format!("{host}/{path}");
+    let relative = relative.trim_end_matches('/');
+    let here = std::env::current_dir()
+        .map(|dir| format!("file://{}", dir.join(relative).display()))
+        .unwrap_or_else(|_| format!("file:///ABSOLUTE/PATH/TO/{relative}"));
+    format!(
+        "{host:?} would be a host name, and file:// URLs name no host but localhost: \
+         write file:///{relative} for the absolute path /{relative}, or {here} for {relative} \
+         under the current directory"
+    )
 }
 
 /// WAL-E strips every leading `/` and adds one trailing `/` when the rest is not empty.
@@ -479,6 +499,38 @@ mod tests {
             pairs[0] = ("WALE_S3_PREFIX", url);
             let c = Config::resolve(&GlobalFlags::default(), &env(&pairs)).unwrap();
             assert_eq!(c.store.path_prefix(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn file_urls_with_a_host_are_refused_with_the_likely_intent() {
+        let resolve = |url: &str| {
+            Config::resolve(&GlobalFlags::default(), &env(&[("WALE_FILE_PREFIX", url)]))
+        };
+        let err = resolve("file://fixtures/wale-small")
+            .unwrap_err()
+            .to_string();
+        let here = std::env::current_dir().unwrap().join("fixtures/wale-small");
+        assert!(
+            err.starts_with(
+                "WALE_FILE_PREFIX=file://fixtures/wale-small: \"fixtures\" would be a host name"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("file:///fixtures/wale-small for the absolute path /fixtures/wale-small"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "file://{} for fixtures/wale-small",
+                here.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        for fine in ["file:///x", "file://localhost/x", "file://LOCALHOST/x"] {
+            assert_eq!(resolve(fine).unwrap().store.path_prefix(), "x/", "{fine}");
         }
     }
 

@@ -162,6 +162,42 @@ impl Run {
     }
 }
 
+/// The exit status `wale status` gives for the report its `--json` printed, as the
+/// README's table says: 0 caught up, 3 behind, 4 paused at the recovery target, 5 not
+/// running, 7 running and not in recovery.
+pub fn status_code_for(report: &serde_json::Value) -> i32 {
+    if report["caught_up"] == true {
+        0
+    } else if report["paused_at_target"] == true {
+        4
+    } else if report["running"] != true || report["in_recovery"].is_null() {
+        5
+    } else if report["in_recovery"] == false {
+        7
+    } else {
+        3
+    }
+}
+
+/// Runs a `wale status … --json` command; its report, once its exit status is checked
+/// against what the report says.
+pub fn status_json(cmd: Command) -> serde_json::Value {
+    let run = Run::of(cmd);
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status printed no JSON ({e}): exit {}\n{}",
+            run.code, run.stderr
+        )
+    });
+    assert_eq!(
+        run.code,
+        status_code_for(&report),
+        "status exit code disagrees with its report {report:#}\nstderr: {}",
+        run.stderr
+    );
+    report
+}
+
 /// `lzop -d -c` of a file, the reference decoder.
 pub fn lzop_decompress(path: &Path) -> Vec<u8> {
     let out = Command::new("lzop")

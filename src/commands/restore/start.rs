@@ -97,9 +97,75 @@ pub(super) async fn settle(
             pid.port,
             server.pgdata.display()
         );
-        return Ok(());
+    } else {
+        wait_for_recovery_end(server, &pid, log, cancellation).await?;
     }
-    wait_for_recovery_end(server, &pid, log, cancellation).await
+    if PidFile::read(&server.pgdata)
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.is_alive())
+    {
+        for line in running_it(server, args.cluster.as_deref(), &pid) {
+            tracing::info!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// How to stop, restart, start at boot and connect to the running server, one line
+/// each (the README's "Running it" says more): `pg_ctlcluster` and the
+/// `postgresql@N-NAME` unit for a Debian cluster (`--cluster`), else `pg_ctl` as the
+/// owner and a systemd unit of one's own.
+pub(super) fn running_it(server: &Server, cluster: Option<&str>, pid: &PidFile) -> Vec<String> {
+    let as_owner = |line: String| {
+        if users::effective_uid() == server.owner.uid {
+            line
+        } else {
+            format!("runuser -u {} -- {line}", server.owner.name)
+        }
+    };
+    let quoted = |path: &Path| conf::shell_quote(&path.to_string_lossy());
+    let socket = pid
+        .socket_dir
+        .as_deref()
+        .map(|dir| format!(" -h {}", quoted(dir)))
+        .unwrap_or_default();
+    let connect = as_owner(format!(
+        "{}{socket} -p {}",
+        quoted(&server.binaries.program("psql")),
+        pid.port
+    ));
+    if let Some(name) = cluster {
+        let major = server.binaries.major;
+        return vec![
+            format!("stop:     pg_ctlcluster {major} {name} stop"),
+            format!(
+                "restart:  pg_ctlcluster {major} {name} restart (under systemd: stop it as above once, then systemctl start|restart postgresql@{major}-{name})"
+            ),
+            format!("at boot:  systemctl enable postgresql@{major}-{name}"),
+            format!("connect:  {connect}"),
+        ];
+    }
+    let pg_ctl = quoted(&server.binaries.program("pg_ctl"));
+    let pgdata = quoted(&server.pgdata);
+    vec![
+        format!(
+            "stop:     {}",
+            as_owner(format!("{pg_ctl} -D {pgdata} -m fast stop"))
+        ),
+        format!(
+            "restart:  {}",
+            as_owner(format!(
+                "{pg_ctl} -D {pgdata} -l {} -m fast restart",
+                quoted(&log_path(&server.pgdata))
+            ))
+        ),
+        format!(
+            "at boot:  a systemd unit that runs pg_ctl as {} (README, \"Running it\")",
+            server.owner.name
+        ),
+        format!("connect:  {connect}"),
+    ]
 }
 
 /// Polls `postmaster.pid` until the server accepts connections; fails as soon as the
