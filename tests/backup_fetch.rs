@@ -250,7 +250,7 @@ fn live_non_empty_and_unknown_targets_are_refused() {
 
     // A file:// prefix naming no directory is a configuration mistake, not an empty archive.
     let mut cmd = wale();
-    cmd.arg("--file-prefix=file://tmp/no/such/archive")
+    cmd.arg("--file-prefix=file:///no/such/archive")
         .arg("backup-fetch")
         .arg(&empty)
         .arg("LATEST");
