@@ -291,30 +291,106 @@ impl PidFile {
         exe.is_file().then(|| exe.parent().map(Path::to_path_buf))?
     }
 
-    /// Whether its process still exists (a killed postmaster not yet reaped, a zombie,
+    /// Whether its process still runs (a killed postmaster not yet reaped, a zombie,
     /// does not count).
     pub fn is_alive(&self) -> bool {
-        let exists = self.pid > 0
-            && rustix::process::Pid::from_raw(self.pid).is_some_and(|pid| {
-                matches!(
-                    rustix::process::test_kill_process(pid),
-                    Ok(()) | Err(rustix::io::Errno::PERM)
-                )
-            });
-        exists && !is_zombie(self.pid)
+        process_state(self.pid) == ProcessState::Running
     }
 }
 
-/// Whether `/proc/PID/stat` says the process has exited and waits to be reaped.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
+/// What the kernel says of a process id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessState {
+    /// It runs.
+    Running,
+    /// It has exited and waits for its parent to reap it: PostgreSQL still counts it as
+    /// the owner of its lock file.
+    Unreaped,
+    /// There is no such process.
+    Gone,
+}
+
+/// `/proc/PID/stat`'s state, read once (a zombie reaped between two checks cannot look
+/// alive); `kill(pid, 0)` where `/proc` does not answer.
+fn process_state(pid: i32) -> ProcessState {
+    let Some(id) = rustix::process::Pid::from_raw(pid) else {
+        return ProcessState::Gone;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
             // `pid (comm) state …`: the state follows the last `)`.
-            let after = &stat[stat.rfind(')')? + 1..];
-            after.split_whitespace().next().map(|state| state == "Z")
-        })
-        .unwrap_or(false)
+            let state = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().next());
+            match state {
+                Some("Z" | "X" | "x") => ProcessState::Unreaped,
+                _ => ProcessState::Running,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ProcessState::Gone,
+        Err(_) => match rustix::process::test_kill_process(id) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => ProcessState::Running,
+            Err(_) => ProcessState::Gone,
+        },
+    }
+}
+
+/// The processes still holding a data directory after its server stopped or was
+/// killed: the postmaster named in `postmaster.pid` while it exists at all (PostgreSQL
+/// refuses to start while even its zombie does), and any process working in the
+/// directory as `postgres` (the old server's children, which keep its shared memory
+/// attached until they notice their postmaster is gone; a user's shell there does not
+/// count).
+pub fn leftover_processes(pgdata: &Path) -> Vec<Leftover> {
+    let mut leftovers = Vec::new();
+    if let Ok(Some(pid)) = PidFile::read(pgdata) {
+        match process_state(pid.pid) {
+            ProcessState::Running => leftovers.push(Leftover {
+                pid: pid.pid,
+                unreaped: false,
+            }),
+            ProcessState::Unreaped => leftovers.push(Leftover {
+                pid: pid.pid,
+                unreaped: true,
+            }),
+            ProcessState::Gone => {}
+        }
+    }
+    let Ok(home) = pgdata.canonicalize() else {
+        return leftovers;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return leftovers;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_postgres = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.file_name().is_some_and(|name| name == "postgres"));
+        let works_there = is_postgres
+            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == home);
+        if works_there && leftovers.iter().all(|l| l.pid != pid) {
+            leftovers.push(Leftover {
+                pid,
+                unreaped: false,
+            });
+        }
+    }
+    leftovers
+}
+
+/// A process of an old server that has not gone yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// Its process id.
+    pub pid: i32,
+    /// It has exited, but its parent has not reaped it.
+    pub unreaped: bool,
 }
 
 /// A running server reached over its Unix socket with `psql`, as the data directory's

@@ -218,6 +218,7 @@ async fn finish_earlier(
                 args,
                 &server::log_path(pgdata),
                 start::unix_now(),
+                None,
                 cancellation,
             )
             .await

@@ -62,6 +62,10 @@ pub(super) async fn start(
         .create(log_dir)
         .map_err(|e| Error::local(log_dir, "cannot create", e))?;
     chown_tree(log_dir, &server.owner)?;
+    let stale = PidFile::read(&server.pgdata).ok().flatten().map(|p| p.pid);
+    if stale.is_some() {
+        wait_for_old_server(server, log.as_path(), cancellation).await?;
+    }
     let since = unix_now();
     let pg_ctl = server.binaries.program("pg_ctl");
     let output = pg_server::command_as(&pg_ctl, &server.owner)
@@ -76,20 +80,69 @@ pub(super) async fn start(
     if !output.status.success() {
         return Err(failure(&log, &String::from_utf8_lossy(&output.stderr)));
     }
-    settle(server, args, &log, since, cancellation).await
+    settle(server, args, &log, since, stale, cancellation).await
+}
+
+/// How long a killed server's processes may take to go before a start gives up.
+const OLD_SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until no process of an earlier server holds the data directory: PostgreSQL
+/// refuses to start while its old postmaster exists, even as a zombie, or while its
+/// children keep the old shared memory attached.
+async fn wait_for_old_server(
+    server: &Server,
+    log: &Path,
+    cancellation: &Cancellation,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let leftovers = pg_server::leftover_processes(&server.pgdata);
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let pids = leftovers
+            .iter()
+            .map(|l| {
+                if l.unreaped {
+                    format!("{} (exited, not reaped by its parent)", l.pid)
+                } else {
+                    l.pid.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !told {
+            tracing::info!("waiting for the processes of the previous server to exit: {pids}");
+            told = true;
+        }
+        if started.elapsed() > OLD_SERVER_TIMEOUT {
+            return Err(Error::Server {
+                detail: format!(
+                    "processes of the previous server on {} have not exited after {} s ({pids}); PostgreSQL will not start while they exist",
+                    server.pgdata.display(),
+                    OLD_SERVER_TIMEOUT.as_secs()
+                ),
+                log: log.to_path_buf(),
+            });
+        }
+        nap(Duration::from_millis(100), cancellation).await?;
+    }
 }
 
 /// Waits for a started server as `start` does: a standby until it accepts connections;
 /// any other recovery until it ends. Also for the server of an interrupted run of the
-/// same command.
+/// same command. `stale` is the process id of a `postmaster.pid` left by an earlier
+/// server, never taken for the new one's.
 pub(super) async fn settle(
     server: &Server,
     args: &RestoreArgs,
     log: &Path,
     since: u64,
+    stale: Option<i32>,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
-    let pid = wait_until_accepting(server, log, since, cancellation).await?;
+    let pid = wait_until_accepting(server, log, since, stale, cancellation).await?;
     if args.standby {
         tracing::info!(
             "{} is running on port {} as a hot standby following the archive; `wale status {}` shows how far behind it is",
@@ -175,6 +228,7 @@ async fn wait_until_accepting(
     server: &Server,
     log: &Path,
     since: u64,
+    stale: Option<i32>,
     cancellation: &Cancellation,
 ) -> Result<PidFile, Error> {
     let state = crate::pg::datadir::DataDir::new(&server.pgdata).fetch_state();
@@ -182,7 +236,7 @@ async fn wait_until_accepting(
     let mut seen = false;
     loop {
         match PidFile::read(&server.pgdata) {
-            Ok(Some(pid)) if pid.is_alive() => {
+            Ok(Some(pid)) if Some(pid.pid) != stale && pid.is_alive() => {
                 seen = true;
                 if pid.status == "ready" || pid.status == "standby" {
                     return Ok(pid);
