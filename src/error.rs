@@ -17,6 +17,9 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The WAL file or backup is not in the archive (a 404 / `ENOENT`).
     pub const NOT_FOUND: u8 = 1;
+    /// `wal-fetch` under PostgreSQL: the prefetched segment now waits in `pg_wal` under
+    /// its own name, where PostgreSQL reads it after a non-zero `restore_command`.
+    pub const HANDED_OVER: u8 = 1;
     /// Bad command line or configuration (clap also uses 2 for usage errors).
     pub const USAGE: u8 = 2;
     /// The store kept failing with transient errors until retries ran out.

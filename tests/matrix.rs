@@ -314,6 +314,66 @@ fn standby_follows_the_archive_and_is_promoted(major: u32) {
     assert_eq!(status_code_for(&promoted), 7, "{promoted:#}");
 }
 
+/// Segments the prefetcher has ready reach PostgreSQL through `pg_wal`: with the
+/// prefetch area filled before the server starts, recovery to the end of the archive
+/// replays every segment after the backup's first from there (no "restored log file"
+/// line names one), ends at the archive's end, is promoted and holds the last rows.
+fn prefetched_segments_are_handed_over_through_pg_wal(major: u32) {
+    let version = Version::of(major);
+    let site = Site::new(&version, |_| true);
+    site.restore(&[]).expect_code(0);
+    let first = version.meta("BACKUP_START_WAL_SEGMENT");
+    let after_first: Vec<String> = version
+        .words("WAL_SEGMENTS")
+        .into_iter()
+        .filter(|name| *name > first)
+        .collect();
+    // The backup's first segment fetched as PostgreSQL would: the prefetcher it starts
+    // learns the segment size and fills the area; it exits 10 s after the last request.
+    let mut fetch = as_postgres(Path::new("/usr/bin/env"));
+    fetch
+        .args(site.archive_env.iter().map(|(k, v)| format!("{k}={v}")))
+        .arg("WALE_PREFETCH_IDLE_SECONDS=10")
+        .arg(env!("CARGO_BIN_EXE_wale"))
+        .args([
+            "wal-fetch",
+            &first,
+            "pg_wal/RECOVERYXLOG",
+            "--prefetch",
+            "16",
+        ])
+        .current_dir(site.pgdata());
+    run_ok(fetch, "wal-fetch");
+    std::fs::remove_file(site.pgdata().join("pg_wal/RECOVERYXLOG")).unwrap();
+    let area = site.pgdata().join("pg_wal/.wal-e/prefetch");
+    let started = Instant::now();
+    while !after_first.iter().all(|name| area.join(name).is_file()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not prefetched in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    site.restore(&["--start"]).expect_code(0);
+    assert_eq!(site.query("select pg_is_in_recovery()"), "f");
+    assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+    // At the end of recovery PostgreSQL reads the last segment once more, to start its
+    // new timeline: only what it read to replay counts.
+    let log = site.log();
+    let replay = &log[..log.find("redo done").expect("recovery ended")];
+    for name in &after_first {
+        assert!(
+            !replay.contains(&format!("restored log file \"{name}\"")),
+            "PostgreSQL {major}: {name} was restored, not handed over:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(&format!("restored log file \"{first}\"")),
+        "{log}"
+    );
+}
+
 /// A point-in-time restore to the named restore point: it pauses there, `status` says so
 /// on the right timeline with the archive's end, and `promote` ends recovery there.
 fn point_in_time_restore_pauses_at_its_target_and_is_promoted(major: u32) {
@@ -383,6 +443,11 @@ macro_rules! matrix {
                 #[test]
                 fn a_standby_follows_the_archive_and_is_promoted() {
                     super::standby_follows_the_archive_and_is_promoted($major);
+                }
+
+                #[test]
+                fn prefetched_segments_are_handed_over_through_pg_wal() {
+                    super::prefetched_segments_are_handed_over_through_pg_wal($major);
                 }
 
                 #[test]

@@ -186,6 +186,8 @@ fn postgres_follows_a_timeline_switch_in_the_archive_with_prefetch_on() {
         log.contains("from the prefetch area"),
         "no prefetch hit:\n{log}"
     );
+    // A hit under PostgreSQL is handed over through pg_wal, across the switch as well.
+    assert!(log.contains(" over through "), "no handover:\n{log}");
     let pgdata = work.path().join("second");
     drop(second);
     assert_prefetchers_leave(

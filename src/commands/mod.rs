@@ -39,7 +39,11 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         return status::run(config, args).await;
     }
     match command {
-        Command::WalFetch(args) => wal_fetch::run(config, &options, args).await,
+        Command::WalFetch(args) => {
+            return wal_fetch::run(config, &options, args)
+                .await
+                .map(wal_fetch::Fetched::exit_code);
+        }
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
         Command::BackupFetch(args) => backup_fetch::run(config, &options.decoding, args).await,

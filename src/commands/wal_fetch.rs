@@ -5,7 +5,15 @@
 //! or holds the complete, verified file. The file is fsynced first unless the destination
 //! is PostgreSQL's `RECOVERYXLOG`/`RECOVERYHISTORY`, which PostgreSQL fsyncs itself when it
 //! keeps the file and never reads after a crash. Transient storage failures retry the whole
-//! pipeline; a missing object is the only outcome that exits 1.
+//! pipeline; a missing object is the only failure that exits 1.
+//!
+//! Under PostgreSQL (run in its data directory, asked for a segment into `RECOVERYXLOG`),
+//! a segment the prefetcher has ready is handed over through `pg_wal` instead: renamed to
+//! `pg_wal/<segment>` and exit 1. PostgreSQL, finding nothing in the archive, reads the
+//! segment from `pg_wal` (its documented order: archive, then `pg_wal`) and skips the
+//! fsyncs and renames it makes for a restored file, which were most of the time its
+//! startup process spent per segment outside replay. The exit is 1 only once the whole,
+//! verified segment is in place under its own name, so recovery never ends early.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -37,7 +45,30 @@ const STANDBY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30)
 /// that did not compress at all.
 const WAL_READ_AHEAD: usize = 16 * 1024 * 1024;
 
-pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<(), Error> {
+/// How a successful `wal-fetch` delivered the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// At the destination given: exit 0.
+    Restored,
+    /// In `pg_wal` under its own name, for PostgreSQL to read from there: exit 1.
+    HandedOver,
+}
+
+impl Fetched {
+    /// The exit status that tells PostgreSQL where the file is.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Fetched::Restored => exit::OK,
+            Fetched::HandedOver => exit::HANDED_OVER,
+        }
+    }
+}
+
+pub async fn run(
+    config: &Config,
+    options: &Options,
+    args: &WalFetchArgs,
+) -> Result<Fetched, Error> {
     let name = &args.wal_segment;
     wal::check_archive_name(name).map_err(|why| Error::Usage(format!("{name:?}: {why}")))?;
     let kind = WalFileKind::of(name);
@@ -49,19 +80,39 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
         }
         _ => None,
     };
+    let handover = handover_path(&args.wal_destination, name, kind);
     if let Some(prefetching) = &prefetching
         && let Some(size) = prefetching
-            .take(&args.wal_destination, &options.relaunch, args.prefetch)
+            .take(
+                handover.as_deref().unwrap_or(&args.wal_destination),
+                &options.relaunch,
+                args.prefetch,
+            )
             .await
     {
         if let Some(state) = state_of(args) {
             state.clear_error();
         }
+        let Some(path) = handover else {
+            tracing::info!(
+                "restored {name} from the prefetch area ({size} bytes in {} ms)",
+                started.elapsed().as_millis()
+            );
+            return Ok(Fetched::Restored);
+        };
+        let wal_dir = wal_directory_of(&path);
+        if let Err(err) = crate::pg::datadir::mark_archived(&wal_dir, name) {
+            tracing::warn!(
+                "cannot mark {name} as archived in {}: {err}",
+                wal_dir.display()
+            );
+        }
         tracing::info!(
-            "restored {name} from the prefetch area ({size} bytes in {} ms)",
+            "handed {name} over through {} from the prefetch area ({size} bytes in {} ms)",
+            path.display(),
             started.elapsed().as_millis()
         );
-        return Ok(());
+        return Ok(Fetched::HandedOver);
     }
     let store = Store::open(&config.store).await?;
     let key = Layout::new(config.store.path_prefix()).wal_key(name);
@@ -87,7 +138,19 @@ pub async fn run(config: &Config, options: &Options, args: &WalFetchArgs) -> Res
         store.url(&key),
         started.elapsed().as_millis()
     );
-    Ok(())
+    Ok(Fetched::Restored)
+}
+
+/// Where a prefetched segment goes when PostgreSQL itself asks for it: `pg_wal/<name>`
+/// beside its `RECOVERYXLOG`, so that it reads the segment from there (see the module's
+/// documentation). `None` for any other caller, which gets the file where it asked.
+fn handover_path(destination: &Path, name: &str, kind: WalFileKind) -> Option<PathBuf> {
+    let asked_by_postgres = destination
+        .file_name()
+        .is_some_and(|file| file == "RECOVERYXLOG")
+        && kind.is_full_segment()
+        && Path::new("PG_VERSION").is_file();
+    asked_by_postgres.then(|| destination.with_file_name(name))
 }
 
 /// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status.

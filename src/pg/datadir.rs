@@ -235,6 +235,15 @@ fn is_on(value: &str) -> bool {
     )
 }
 
+/// Marks a WAL file in `wal_dir` as archived already (`archive_status/NAME.done`), as
+/// PostgreSQL does for a file it restored from the archive: an archiver running on this
+/// server (`archive_mode = always`, or after promotion) must not push it again.
+pub fn mark_archived(wal_dir: &Path, name: &str) -> std::io::Result<()> {
+    let status = wal_dir.join("archive_status");
+    std::fs::create_dir_all(&status)?;
+    std::fs::File::create(status.join(format!("{name}.done"))).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,11 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
     Ok(words.join(" "))
 }
 
+/// How often a standby at the end of the archive runs `restore_command` for the next
+/// segment: a segment is replayed within about this long of its archiving, for one
+/// small request to the store per interval while nothing new comes.
+const STANDBY_RETRY_INTERVAL: &str = "500ms";
+
 /// The recovery settings of this restore: `restore_command`, the timeline, the target.
 /// PostgreSQL 10 and 11 know no `current` (it is their default, so it is left out).
 fn recovery_settings(
@@ -262,6 +267,13 @@ fn postgresql_conf(args: &RestoreArgs, plan: &Plan, control: &ControlData, major
     line("listen_addresses", conf::quote("localhost"), "");
     line("port", args.port.to_string(), "");
     line("hot_standby", "on".into(), "");
+    if args.standby {
+        line(
+            "wal_retrieve_retry_interval",
+            conf::quote(STANDBY_RETRY_INTERVAL),
+            "how soon a standby at the end of the archive asks again (PostgreSQL's default is 5 s)",
+        );
+    }
     for (name, primary) in control.settings.named() {
         if name == "max_wal_senders" && !major.checks_max_wal_senders() {
             continue;
