@@ -28,8 +28,8 @@ if [ "${1:-}" = --quick ]; then mode=quick; shift; fi
 benches=("$@")
 for bench in "${benches[@]}"; do
   case "$bench" in
-    micro|wal_fetch|backup_fetch|recovery|gpg|verify) ;;
-    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery|gpg|verify]..." >&2; exit 2 ;;
+    micro|wal_fetch|backup_fetch|recovery|standby_lag|gpg|verify) ;;
+    *) echo "usage: scripts/bench.sh [--quick] [micro|wal_fetch|backup_fetch|recovery|standby_lag|gpg|verify]..." >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh: run as root (apt-get, PostgreSQL as postgres)" >&2; exit 2; }
@@ -75,7 +75,7 @@ export WALE_BENCH_RESULTS="$PWD/target/bench-results"
 export WALE_BENCH_REQUIRE_WAL_E=1
 elapsed=()
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(micro wal_fetch backup_fetch recovery gpg verify)
+  benches=(micro wal_fetch backup_fetch recovery standby_lag gpg verify)
   rm -rf "$WALE_BENCH_RESULTS"
   elapsed=(--elapsed-seconds)
 fi
