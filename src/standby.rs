@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::WalPages;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fetch_state::FetchState;
@@ -23,7 +24,7 @@ use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{self, Storage, Store};
 use crate::text::counted;
-use crate::wal::{Lsn, SegmentName};
+use crate::wal::{Lsn, SegmentName, WalFileKind};
 
 /// What `wale status` reports; also what `wale promote` decides on.
 #[derive(Debug, Clone, Serialize)]
@@ -430,23 +431,11 @@ async fn newest_segment_from(
     layout: &Layout,
     from: &SegmentName,
 ) -> Result<Option<SegmentName>, Error> {
-    let prefix = layout.wal_dir();
-    let mut after = format!("{prefix}{from}");
+    let mut pages = WalPages::new(config, store, layout, Some(from));
     let mut newest = None;
-    loop {
-        let page = with_retries(&config.retry, "list WAL", || {
-            store.list_after(&prefix, &after, 1000)
-        })
-        .await?;
-        let Some(last) = page.last() else {
-            return Ok(newest);
-        };
-        after = last.key.clone();
-        for object in &page {
-            let Some(segment) = object.key[prefix.len()..]
-                .strip_suffix(".lzo")
-                .and_then(SegmentName::parse)
-            else {
+    while let Some(page) = pages.next_page().await? {
+        for object in page {
+            let WalFileKind::Segment(segment) = object.kind else {
                 continue;
             };
             if segment.timeline != from.timeline {
@@ -455,6 +444,7 @@ async fn newest_segment_from(
             newest = Some(segment);
         }
     }
+    Ok(newest)
 }
 
 /// The next timeline, when its history file is in the archive.
