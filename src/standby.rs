@@ -24,7 +24,7 @@ use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{self, Storage, Store};
 use crate::text::counted;
-use crate::wal::{Lsn, SegmentName, WalFileKind};
+use crate::wal::{Lsn, SegmentName, WalFileKind, history_file_name};
 
 /// What `wale status` reports; also what `wale promote` decides on.
 #[derive(Debug, Clone, Serialize)]
@@ -455,7 +455,7 @@ async fn newer_timeline(
     timeline: u32,
 ) -> Result<Option<u32>, Error> {
     let next = timeline + 1;
-    let key = layout.wal_key(&format!("{next:08X}.history"));
+    let key = layout.wal_key(&history_file_name(next));
     match with_retries(&config.retry, "look for a newer timeline", || {
         store.head(&key)
     })

@@ -758,7 +758,7 @@ fn report_timelines(listing: &Listing, names: &Names<'_>, report: &mut Report) {
         });
         if !has_history {
             report.problems.push(Problem::missing(
-                names.url(&format!("{timeline:08X}.history")),
+                names.url(&wal::history_file_name(timeline)),
                 format!(
                     "timeline {timeline} has segments but no history file: recovery cannot follow it"
                 ),
