@@ -137,14 +137,52 @@ struct V2Service {
     endpoints: Vec<serde_json::Map<String, Value>>,
 }
 
+/// Why a Keystone answer gives no token for Swift.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AnswerError {
+    /// Not the JSON of a token.
+    #[error("unreadable Keystone {version} answer: {source}")]
+    Unreadable {
+        /// `v2` or `v3`.
+        version: &'static str,
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
+    /// A v3 answer without its token.
+    #[error("the Keystone v3 answer has no X-Subject-Token header")]
+    NoSubjectToken,
+    /// No Swift in the catalog at all: the token is likely unscoped.
+    #[error(
+        "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?"
+    )]
+    NoObjectStore,
+    /// Swift is there, but not in the region or of the endpoint type asked for.
+    #[error(
+        "the service catalog has no object-store endpoint of type {kind}{} (regions offered: {}; check SWIFT_REGION and SWIFT_ENDPOINT_TYPE)",
+        .region.as_ref().map_or_else(String::new, |r| format!(" in region {r}")),
+        .regions.join(", ")
+    )]
+    NoEndpoint {
+        /// The endpoint type or interface asked for.
+        kind: String,
+        /// The region asked for.
+        region: Option<String>,
+        /// The regions of the object-store endpoints offered.
+        regions: Vec<String>,
+    },
+}
+
 /// The token and Swift endpoint in a v2.0 answer; `Err` says what is missing.
 pub(super) fn parse_v2(
     body: &[u8],
     region: Option<&str>,
     endpoint_type: &str,
-) -> Result<Grant, String> {
+) -> Result<Grant, AnswerError> {
     let answer: V2Answer =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable Keystone v2 answer: {e}"))?;
+        serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable {
+            version: "v2",
+            source,
+        })?;
     // v2 names the types `publicURL`, `internalURL`, `adminURL`; `public` is taken too.
     let key = if endpoint_type.ends_with("URL") {
         endpoint_type.to_string()
@@ -170,7 +208,7 @@ pub(super) fn parse_v2(
             break;
         }
     }
-    let storage_url = found.ok_or_else(|| no_endpoint(&key, region, &regions))?;
+    let storage_url = found.ok_or_else(|| no_endpoint(&key, region, regions))?;
     Ok(Grant {
         token: answer.access.token.id,
         storage_url: storage_url.trim_end_matches('/').to_string(),
@@ -218,12 +256,15 @@ pub(super) fn parse_v3(
     body: &[u8],
     region: Option<&str>,
     endpoint_type: &str,
-) -> Result<Grant, String> {
+) -> Result<Grant, AnswerError> {
     let token = subject_token
         .filter(|t| !t.is_empty())
-        .ok_or("the Keystone v3 answer has no X-Subject-Token header")?;
+        .ok_or(AnswerError::NoSubjectToken)?;
     let answer: V3Answer =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable Keystone v3 answer: {e}"))?;
+        serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable {
+            version: "v3",
+            source,
+        })?;
     // v3 names the interfaces `public`, `internal`, `admin`; `publicURL` is taken too.
     let interface = endpoint_type.strip_suffix("URL").unwrap_or(endpoint_type);
     let endpoints = answer
@@ -246,7 +287,7 @@ pub(super) fn parse_v3(
             break;
         }
     }
-    let storage_url = found.ok_or_else(|| no_endpoint(interface, region, &regions))?;
+    let storage_url = found.ok_or_else(|| no_endpoint(interface, region, regions))?;
     Ok(Grant {
         token: token.to_string(),
         storage_url: storage_url.trim_end_matches('/').to_string(),
@@ -260,15 +301,16 @@ fn keystone_time(text: &str) -> Option<SystemTime> {
     parse_rfc3339_utc(text).or_else(|| parse_rfc3339_utc(&format!("{text}Z")))
 }
 
-fn no_endpoint(kind: &str, region: Option<&str>, regions: &[String]) -> String {
-    let wanted = region.map_or_else(String::new, |r| format!(" in region {r}"));
+/// No object-store endpoint of type `kind` in `region` among those in `regions`.
+fn no_endpoint(kind: &str, region: Option<&str>, regions: Vec<String>) -> AnswerError {
     if regions.is_empty() {
-        return "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?".to_string();
+        return AnswerError::NoObjectStore;
     }
-    format!(
-        "the service catalog has no object-store endpoint of type {kind}{wanted} (regions offered: {}; check SWIFT_REGION and SWIFT_ENDPOINT_TYPE)",
-        regions.join(", ")
-    )
+    AnswerError::NoEndpoint {
+        kind: kind.to_string(),
+        region: region.map(str::to_string),
+        regions,
+    }
 }
 
 /// The message of a Keystone error answer (`{"error": {"message": …}}`), if any.
@@ -333,7 +375,9 @@ mod tests {
                 .storage_url
                 .starts_with("https://swift.region-two")
         );
-        let err = parse_v2(body, Some("RegionThree"), "publicURL").unwrap_err();
+        let err = parse_v2(body, Some("RegionThree"), "publicURL")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("RegionThree") && err.contains("RegionOne, RegionTwo"),
             "{err}"
@@ -342,6 +386,7 @@ mod tests {
         assert!(
             parse_v2(unscoped, None, "publicURL")
                 .unwrap_err()
+                .to_string()
                 .contains("scoped")
         );
         assert!(parse_v2(b"<html>", None, "publicURL").is_err());
@@ -365,11 +410,14 @@ mod tests {
         );
         let admin = parse_v3(Some("t"), body, Some("RegionOne"), "admin").unwrap();
         assert_eq!(admin.storage_url, "http://10.1.0.5:8080/v1");
-        let err = parse_v3(Some("t"), body, Some("RegionThree"), "publicURL").unwrap_err();
+        let err = parse_v3(Some("t"), body, Some("RegionThree"), "publicURL")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("public in region RegionThree"), "{err}");
         assert!(
             parse_v3(None, body, None, "publicURL")
                 .unwrap_err()
+                .to_string()
                 .contains("X-Subject-Token")
         );
     }
