@@ -111,6 +111,16 @@ pub(super) fn v3_request(auth: &SwiftAuth) -> Value {
     body
 }
 
+/// A service in a catalog, with its endpoints: v2 and v3 differ only in how an endpoint
+/// is written.
+#[derive(Deserialize)]
+struct Service<E> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "Vec::new")]
+    endpoints: Vec<E>,
+}
+
 #[derive(Deserialize)]
 struct V2Answer {
     access: V2Access,
@@ -120,21 +130,13 @@ struct V2Answer {
 struct V2Access {
     token: V2Token,
     #[serde(rename = "serviceCatalog", default)]
-    service_catalog: Vec<V2Service>,
+    service_catalog: Vec<Service<serde_json::Map<String, Value>>>,
 }
 
 #[derive(Deserialize)]
 struct V2Token {
     id: String,
     expires: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct V2Service {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<serde_json::Map<String, Value>>,
 }
 
 /// Why a Keystone answer gives no token for Swift.
@@ -178,47 +180,26 @@ pub(super) fn parse_v2(
     region: Option<&str>,
     endpoint_type: &str,
 ) -> Result<Grant, AnswerError> {
-    let answer: V2Answer =
-        serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable {
-            version: "v2",
-            source,
-        })?;
+    let answer: V2Answer = read_answer(body, "v2")?;
     // v2 names the types `publicURL`, `internalURL`, `adminURL`; `public` is taken too.
     let key = if endpoint_type.ends_with("URL") {
         endpoint_type.to_string()
     } else {
         format!("{endpoint_type}URL")
     };
-    let endpoints = answer
-        .access
-        .service_catalog
-        .iter()
-        .filter(|service| service.kind == OBJECT_STORE)
-        .flat_map(|service| service.endpoints.iter());
-    let mut regions = Vec::new();
-    let mut found = None;
-    for endpoint in endpoints {
-        let endpoint_region = endpoint.get("region").and_then(Value::as_str);
-        regions.push(endpoint_region.unwrap_or("(none)").to_string());
-        if region.is_some_and(|wanted| endpoint_region != Some(wanted)) {
-            continue;
-        }
-        if let Some(url) = endpoint.get(&key).and_then(Value::as_str) {
-            found = Some(url.to_string());
-            break;
-        }
-    }
-    let storage_url = found.ok_or_else(|| no_endpoint(&key, region, regions))?;
-    Ok(Grant {
-        token: answer.access.token.id,
-        storage_url: storage_url.trim_end_matches('/').to_string(),
-        expires: answer
-            .access
-            .token
-            .expires
-            .as_deref()
-            .and_then(keystone_time),
-    })
+    let access = answer.access;
+    grant(
+        access.token.id,
+        access.token.expires.as_deref(),
+        &access.service_catalog,
+        |endpoint| Offered {
+            region_id: None,
+            region: endpoint.get("region").and_then(Value::as_str),
+            url: endpoint.get(&key).and_then(Value::as_str),
+        },
+        region,
+        &key,
+    )
 }
 
 #[derive(Deserialize)]
@@ -230,15 +211,7 @@ struct V3Answer {
 struct V3Token {
     expires_at: Option<String>,
     #[serde(default)]
-    catalog: Vec<V3Service>,
-}
-
-#[derive(Deserialize)]
-struct V3Service {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<V3Endpoint>,
+    catalog: Vec<Service<V3Endpoint>>,
 }
 
 #[derive(Deserialize)]
@@ -260,39 +233,78 @@ pub(super) fn parse_v3(
     let token = subject_token
         .filter(|t| !t.is_empty())
         .ok_or(AnswerError::NoSubjectToken)?;
-    let answer: V3Answer =
-        serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable {
-            version: "v3",
-            source,
-        })?;
+    let answer: V3Answer = read_answer(body, "v3")?;
     // v3 names the interfaces `public`, `internal`, `admin`; `publicURL` is taken too.
     let interface = endpoint_type.strip_suffix("URL").unwrap_or(endpoint_type);
-    let endpoints = answer
-        .token
-        .catalog
+    grant(
+        token.to_string(),
+        answer.token.expires_at.as_deref(),
+        &answer.token.catalog,
+        |endpoint| Offered {
+            region_id: endpoint.region_id.as_deref(),
+            region: endpoint.region.as_deref(),
+            url: (endpoint.interface == interface).then_some(endpoint.url.as_str()),
+        },
+        region,
+        interface,
+    )
+}
+
+/// The answer's JSON, read as `T`.
+fn read_answer<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    version: &'static str,
+) -> Result<T, AnswerError> {
+    serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable { version, source })
+}
+
+/// An object-store endpoint as a v2 or v3 catalog offers it.
+struct Offered<'a> {
+    /// Its region's id (v3 only).
+    region_id: Option<&'a str>,
+    /// Its region's name.
+    region: Option<&'a str>,
+    /// Its URL of the endpoint type asked for, if it has one.
+    url: Option<&'a str>,
+}
+
+/// What v2 and v3 answers share: `token` for the first object-store endpoint in `region`
+/// (in any, when none is asked for) with a URL of type `kind`, as swiftclient chooses,
+/// and the expiry Keystone gave; the error names the regions offered.
+fn grant<'a, E>(
+    token: String,
+    expires: Option<&str>,
+    catalog: &'a [Service<E>],
+    offered: impl Fn(&'a E) -> Offered<'a>,
+    region: Option<&str>,
+    kind: &str,
+) -> Result<Grant, AnswerError> {
+    let endpoints = catalog
         .iter()
         .filter(|service| service.kind == OBJECT_STORE)
-        .flat_map(|service| service.endpoints.iter());
+        .flat_map(|service| service.endpoints.iter())
+        .map(offered);
     let mut regions = Vec::new();
-    let mut found = None;
     for endpoint in endpoints {
-        let endpoint_region = endpoint.region_id.as_deref().or(endpoint.region.as_deref());
-        regions.push(endpoint_region.unwrap_or("(none)").to_string());
-        let region_matches = region.is_none_or(|wanted| {
-            endpoint.region_id.as_deref() == Some(wanted)
-                || endpoint.region.as_deref() == Some(wanted)
+        regions.push(
+            endpoint
+                .region_id
+                .or(endpoint.region)
+                .unwrap_or("(none)")
+                .to_string(),
+        );
+        let in_region = region.is_none_or(|wanted| {
+            endpoint.region_id == Some(wanted) || endpoint.region == Some(wanted)
         });
-        if region_matches && endpoint.interface == interface {
-            found = Some(endpoint.url.clone());
-            break;
+        if let (true, Some(url)) = (in_region, endpoint.url) {
+            return Ok(Grant {
+                token,
+                storage_url: url.trim_end_matches('/').to_string(),
+                expires: expires.and_then(keystone_time),
+            });
         }
     }
-    let storage_url = found.ok_or_else(|| no_endpoint(interface, region, regions))?;
-    Ok(Grant {
-        token: token.to_string(),
-        storage_url: storage_url.trim_end_matches('/').to_string(),
-        expires: answer.token.expires_at.as_deref().and_then(keystone_time),
-    })
+    Err(no_endpoint(kind, region, regions))
 }
 
 /// Keystone's times: `2026-12-08T02:05:22Z`, `2026-12-08T02:05:22.000000Z`, and v2's
