@@ -82,7 +82,7 @@ pub async fn gather(
     pgdata: &Path,
     pg_bin: Option<&Path>,
 ) -> Result<Report, Error> {
-    let control = read_control(pgdata)?;
+    let control = read_control(pgdata).await?;
     let data_dir = DataDir::new(pgdata);
     let state = data_dir.fetch_state();
     let request = data_dir.recovery_request();
@@ -345,7 +345,7 @@ fn stopped_at_target(pgdata: &Path) -> bool {
 }
 
 /// `pg_control` of the data directory (read twice if a restartpoint was writing it).
-fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
+async fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
     let path = pgdata.join("global/pg_control");
     let mut last = None;
     for _ in 0..2 {
@@ -354,7 +354,7 @@ fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
             Ok(control) => return Ok(control),
             Err(e) => last = Some(e),
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     Err(Error::Corrupt {
         url: path.display().to_string(),
