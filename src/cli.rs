@@ -108,23 +108,49 @@ pub struct Parsed {
     pub relaunch: Vec<std::ffi::OsString>,
 }
 
+/// A command line clap refused (or `--help` and `--version`, which clap answers the same
+/// way), and whether it was `wal-fetch`'s.
+#[derive(Debug)]
+pub struct Refused {
+    /// clap's answer, to print.
+    pub error: clap::Error,
+    /// The line names `wal-fetch` as its subcommand: a refusal there must stop archive
+    /// recovery like `wal-fetch`'s other usage errors ([`crate::error::exit::WAL_FETCH_USAGE`]).
+    pub wal_fetch: bool,
+}
+
 /// Parses the process's command line.
-pub fn parse() -> Result<Parsed, clap::Error> {
+pub fn parse() -> Result<Parsed, Refused> {
     parse_from(std::env::args_os())
 }
 
 /// Parses a command line. The clap definition is built once, for parsing and for the
 /// relaunch arguments (every `restore_command` call pays for it).
-pub fn parse_from<I, T>(args: I) -> Result<Parsed, clap::Error>
+pub fn parse_from<I, T>(args: I) -> Result<Parsed, Refused>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args = help_about_help(args);
+    let refused = |error| Refused {
+        error,
+        wal_fetch: names_wal_fetch(&args),
+    };
     let mut command = Cli::command();
-    let matches = command.try_get_matches_from_mut(help_about_help(args))?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    let matches = command.try_get_matches_from_mut(&args).map_err(refused)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(refused)?;
     let relaunch = relaunch_args(&command, &matches);
     Ok(Parsed { cli, relaunch })
+}
+
+/// Whether `args` name `wal-fetch` as their subcommand, asked of clap with its errors
+/// ignored (an unknown flag, a missing argument): an argument that only reads
+/// "wal-fetch" (a directory, an option's value) does not count.
+fn names_wal_fetch(args: &[std::ffi::OsString]) -> bool {
+    Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .is_ok_and(|matches| matches.subcommand_name() == Some("wal-fetch"))
 }
 
 /// `wale help [COMMAND] --help` asks for help as plainly as `wale [COMMAND] --help`, which
@@ -506,7 +532,7 @@ mod tests {
     #[test]
     fn help_about_help_is_the_help_it_asks_for() {
         let help = |args: &[&str]| match parse_from(args) {
-            Err(e) => (e.kind(), e.to_string()),
+            Err(e) => (e.error.kind(), e.error.to_string()),
             Ok(_) => panic!("{args:?} parsed as a command"),
         };
         let (kind, top) = help(&["wale", "help", "--help"]);
@@ -523,7 +549,7 @@ mod tests {
     #[test]
     fn restore_help_puts_its_own_options_first_and_storage_under_its_heading() {
         let help = match parse_from(["wale", "restore", "--help"]) {
-            Err(e) => e.to_string(),
+            Err(e) => e.error.to_string(),
             Ok(_) => panic!("--help parsed as a command"),
         };
         let at = |needle: &str| {
@@ -613,6 +639,26 @@ mod tests {
                 assert_eq!(relaunched.cli.globals, parsed.cli.globals, "{long}");
             }
         }
+    }
+
+    #[test]
+    fn refusals_know_whether_wal_fetch_was_asked_for() {
+        let wal_fetch = |args: &[&str]| match parse_from(args) {
+            Err(refused) => refused.wal_fetch,
+            Ok(_) => panic!("{args:?} parsed"),
+        };
+        assert!(wal_fetch(&[
+            "wale",
+            "wal-fetch",
+            "--no-such-flag",
+            "A",
+            "B"
+        ]));
+        assert!(wal_fetch(&["wale", "--terse", "wal-fetch", "A"]));
+        assert!(wal_fetch(&["wale", "--terse", "-v", "wal-fetch", "A", "B"]));
+        assert!(!wal_fetch(&["wale", "backup-fetch", "wal-fetch"]));
+        assert!(!wal_fetch(&["wale", "backup-list", "--no-such-flag"]));
+        assert!(!wal_fetch(&["wale", "--envdir", "wal-fetch"]));
     }
 
     #[test]

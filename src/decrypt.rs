@@ -59,13 +59,31 @@ pub enum Error {
 #[error("{origin}: {reason}")]
 pub struct KeyError {
     origin: String,
-    reason: String,
+    reason: KeyProblem,
+}
+
+/// Why the configured key cannot be used: the secret key (kept for the whole process,
+/// since it is unlocked once), or `gpg`, which holds it for WAL-E's way.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyProblem {
+    /// Not an armored secret key (the parser's words).
+    #[error("not an armored OpenPGP secret key: {0}")]
+    NotArmored(String),
+    /// Locked, and no passphrase configured.
+    #[error("the secret key is protected by a passphrase: set WALE_PGP_KEY_PASSPHRASE")]
+    NoPassphrase,
+    /// The passphrase configured does not unlock it.
+    #[error("wrong passphrase for the secret key (WALE_PGP_KEY_PASSPHRASE)")]
+    WrongPassphrase,
+    /// `gpg` cannot be started.
+    #[error("cannot run gpg: {0} (install gnupg, or give wale the key with WALE_PGP_KEY_PATH)")]
+    CannotRunGpg(Arc<io::Error>),
 }
 
 /// Decrypts objects as configured; one per process, shared by all downloads.
 pub struct Decryptor {
     decryption: Decryption,
-    key: OnceLock<Result<Arc<SignedSecretKey>, String>>,
+    key: OnceLock<Result<Arc<SignedSecretKey>, KeyProblem>>,
 }
 
 impl std::fmt::Debug for Decryptor {
@@ -110,7 +128,7 @@ impl Decryptor {
 
     /// The secret key, parsed and unlocked once per process (the passphrase's key
     /// derivation can take most of a second).
-    fn unlocked_key(&self) -> Result<Arc<SignedSecretKey>, String> {
+    fn unlocked_key(&self) -> Result<Arc<SignedSecretKey>, KeyProblem> {
         self.key
             .get_or_init(|| {
                 let Decryption::Key {
@@ -128,9 +146,9 @@ impl Decryptor {
 }
 
 /// Parses an armored secret key and removes its passphrase protection in memory.
-fn unlock(armored: &str, passphrase: Option<&str>) -> Result<SignedSecretKey, String> {
+fn unlock(armored: &str, passphrase: Option<&str>) -> Result<SignedSecretKey, KeyProblem> {
     let (mut key, _) = SignedSecretKey::from_armor_single(armored.as_bytes())
-        .map_err(|e| format!("not an armored OpenPGP secret key: {e}"))?;
+        .map_err(|e| KeyProblem::NotArmored(e.to_string()))?;
     let locked = key.primary_key.secret_params().is_encrypted()
         || key
             .secret_subkeys
@@ -140,12 +158,10 @@ fn unlock(armored: &str, passphrase: Option<&str>) -> Result<SignedSecretKey, St
         return Ok(key);
     }
     let Some(passphrase) = passphrase else {
-        return Err(
-            "the secret key is protected by a passphrase: set WALE_PGP_KEY_PASSPHRASE".into(),
-        );
+        return Err(KeyProblem::NoPassphrase);
     };
     let password = Password::from(passphrase);
-    let wrong = |_| "wrong passphrase for the secret key (WALE_PGP_KEY_PASSPHRASE)".to_string();
+    let wrong = |_| KeyProblem::WrongPassphrase;
     key.primary_key.remove_password(&password).map_err(wrong)?;
     for subkey in &mut key.secret_subkeys {
         subkey.key.remove_password(&password).map_err(wrong)?;
@@ -326,9 +342,7 @@ impl GpgReader {
             .map_err(|e| {
                 io::Error::other(KeyError {
                     origin: "WALE_GPG_KEY_ID".into(),
-                    reason: format!(
-                        "cannot run gpg: {e} (install gnupg, or give wale the key with WALE_PGP_KEY_PATH)"
-                    ),
+                    reason: KeyProblem::CannotRunGpg(Arc::new(e)),
                 })
             })?;
         let stdin = child.stdin.take().expect("piped");
@@ -458,6 +472,8 @@ mod tests {
     #[test]
     fn key_problems_are_named_without_the_key() {
         let err = unlock("not a key", Some("hunter2")).unwrap_err();
+        assert!(matches!(err, KeyProblem::NotArmored(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("not an armored OpenPGP secret key"), "{err}");
         assert!(!err.contains("hunter2"));
     }

@@ -33,6 +33,8 @@
 //!   the oldest segment.
 //! * [`restore_tree`]: a base backup restored into a data directory, the pipeline
 //!   `backup-fetch` and `restore` share.
+//! * [`standby`]: where a restored server stands against the archive (replay position,
+//!   lag, paused at a target, caught up), the facts `status` shows and `promote` checks.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
 //! * [`time`]: times as PostgreSQL writes them.
 //! * [`text`]: wording shared by the commands' output (counts and their plurals).
@@ -63,6 +65,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod restore_tree;
 pub mod retry;
+pub mod standby;
 pub mod storage;
 pub mod tablespaces;
 pub mod tar;

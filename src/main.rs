@@ -36,12 +36,12 @@ fn main() -> ExitCode {
 
 /// A command line clap refused. Under `wal-fetch` the status is above 125: PostgreSQL
 /// would read 2 as "not available", end archive recovery and promote.
-fn usage_error(err: clap::Error) -> ExitCode {
-    let _ = err.print();
-    if !err.use_stderr() {
+fn usage_error(refused: wale::cli::Refused) -> ExitCode {
+    let _ = refused.error.print();
+    if !refused.error.use_stderr() {
         return ExitCode::from(exit::OK); // --help, --version
     }
-    if std::env::args().any(|arg| arg == "wal-fetch") {
+    if refused.wal_fetch {
         ExitCode::from(exit::WAL_FETCH_USAGE)
     } else {
         ExitCode::from(exit::USAGE)

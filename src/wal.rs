@@ -241,6 +241,12 @@ impl WalFileKind {
     }
 }
 
+/// The name of timeline `timeline`'s history file, `TTTTTTTT.history`, as PostgreSQL
+/// archives it; [`WalFileKind::of`] reads it back. The one place such a name is written.
+pub fn history_file_name(timeline: u32) -> String {
+    format!("{timeline:08X}.history")
+}
+
 /// Whether `size` is a WAL segment size PostgreSQL allows: a power of two from 1 MiB to
 /// 1 GiB (`--wal-segsize`).
 pub fn is_valid_segment_size(size: u64) -> bool {
@@ -426,6 +432,11 @@ mod tests {
             WalFileKind::Partial(seg)
         );
         assert_eq!(WalFileKind::of("00000002.history"), WalFileKind::History(2));
+        assert_eq!(history_file_name(2), "00000002.history");
+        assert_eq!(
+            WalFileKind::of(&history_file_name(0x1A)),
+            WalFileKind::History(0x1A)
+        );
         assert_eq!(
             WalFileKind::of("000000010000000000000003.00000028.backup"),
             WalFileKind::BackupLabel(seg)

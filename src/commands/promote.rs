@@ -12,9 +12,8 @@ use crate::error::Error;
 use crate::pg::conf;
 use crate::pg::datadir::DataDir;
 use crate::pg::server::{self, Binaries, Connection, PidFile};
+use crate::standby::{self, Report};
 use crate::users::User;
-
-use super::status;
 
 /// How long to wait for the promoted server to accept writes.
 const WRITABLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -22,7 +21,7 @@ const WRITABLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs `wale promote`.
 pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
     let pgdata = &args.pgdata;
-    let report = status::gather(config, pgdata, args.pg_bin.as_deref()).await?;
+    let report = standby::gather(config, pgdata, args.pg_bin.as_deref()).await?;
     check_promotable(&report, args)?;
     let data_dir = DataDir::new(pgdata);
     let major = data_dir
@@ -56,7 +55,7 @@ pub async fn run(config: &Config, args: &PromoteArgs) -> Result<(), Error> {
 
 /// Refuses what must not be promoted: no server, a server not in recovery, a standby
 /// behind the archive (unless `--force`). A recovery paused at its target is promotable.
-fn check_promotable(report: &status::Report, args: &PromoteArgs) -> Result<(), Error> {
+fn check_promotable(report: &Report, args: &PromoteArgs) -> Result<(), Error> {
     let pgdata = &args.pgdata;
     if !report.running {
         return Err(Error::Usage(format!(

@@ -368,8 +368,8 @@ async fn read_partitions(
                 }
                 facts.absorb(one);
             }
-            Err(err) if err.exit_code() == crate::error::exit::CORRUPT => {
-                problems.push(Problem::corrupt(url, corrupt_reason(&err)));
+            Err(Error::Corrupt { reason, .. }) => {
+                problems.push(Problem::corrupt(url, reason));
             }
             Err(err) => return Err(err),
         }
@@ -429,14 +429,6 @@ fn check_contents(
         ));
     }
     control
-}
-
-/// The error's reason without the URL the problem already names.
-fn corrupt_reason(err: &Error) -> String {
-    match err {
-        Error::Corrupt { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Reads one partition to the end of its stream, writing nothing.
@@ -758,7 +750,7 @@ fn report_timelines(listing: &Listing, names: &Names<'_>, report: &mut Report) {
         });
         if !has_history {
             report.problems.push(Problem::missing(
-                names.url(&format!("{timeline:08X}.history")),
+                names.url(&wal::history_file_name(timeline)),
                 format!(
                     "timeline {timeline} has segments but no history file: recovery cannot follow it"
                 ),
@@ -950,11 +942,9 @@ async fn check_segments(
                     deep.ok += 1;
                     deep.bytes += bytes;
                 }
-                (url, Err(err)) if err.exit_code() == crate::error::exit::CORRUPT => {
+                (url, Err(Error::Corrupt { reason, .. })) => {
                     deep.corrupt += 1;
-                    report
-                        .problems
-                        .push(Problem::corrupt(url, corrupt_reason(&err)));
+                    report.problems.push(Problem::corrupt(url, reason));
                 }
                 (_, Err(err)) => return Err(err),
             }

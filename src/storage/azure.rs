@@ -414,18 +414,20 @@ impl ElementText {
     }
 
     /// Adds a text or reference event; other events are ignored.
-    fn add(&mut self, event: &quick_xml::events::Event<'_>) -> Result<(), String> {
+    fn add(&mut self, event: &quick_xml::events::Event<'_>) -> Result<(), ListingError> {
         use quick_xml::events::Event;
         match event {
-            Event::Text(t) => self.0.push_str(&t.decode().map_err(|e| e.to_string())?),
+            Event::Text(t) => self
+                .0
+                .push_str(&t.decode().map_err(quick_xml::Error::from)?),
             Event::CData(t) => self.0.push_str(&String::from_utf8_lossy(t)),
             Event::GeneralRef(r) => {
-                if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
+                if let Some(c) = r.resolve_char_ref()? {
                     self.0.push(c);
                 } else {
-                    let name = r.decode().map_err(|e| e.to_string())?;
+                    let name = r.decode().map_err(quick_xml::Error::from)?;
                     let resolved = quick_xml::escape::resolve_predefined_entity(&name)
-                        .ok_or_else(|| format!("unknown entity &{name};"))?;
+                        .ok_or_else(|| ListingError::UnknownEntity(name.to_string()))?;
                     self.0.push_str(resolved);
                 }
             }
@@ -435,9 +437,31 @@ impl ElementText {
     }
 }
 
+/// Why a listing page cannot be read (the store answered, but not with a listing).
+#[derive(Debug, thiserror::Error)]
+enum ListingError {
+    /// Not XML.
+    #[error(transparent)]
+    Xml(#[from] quick_xml::Error),
+    /// An entity XML does not predefine.
+    #[error("unknown entity &{0};")]
+    UnknownEntity(String),
+    /// A property that does not read as its type.
+    #[error("bad {property} {value:?}")]
+    BadProperty {
+        /// Its element's name.
+        property: &'static str,
+        /// Its text.
+        value: String,
+    },
+    /// The document stops before its elements are closed.
+    #[error("the document ends inside an element")]
+    Unclosed,
+}
+
 /// Parses an `EnumerationResults` page: blobs with their size and time, prefixes, and
 /// the next marker.
-fn parse_listing(body: &[u8]) -> Result<(Listing, Option<String>), String> {
+fn parse_listing(body: &[u8]) -> Result<(Listing, Option<String>), ListingError> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut buf = Vec::new();
@@ -447,9 +471,7 @@ fn parse_listing(body: &[u8]) -> Result<(Listing, Option<String>), String> {
     let mut next_marker = None;
     let (mut name, mut size, mut modified) = (String::new(), 0u64, UNIX_EPOCH);
     loop {
-        let event = reader
-            .read_event_into(&mut buf)
-            .map_err(|e| e.to_string())?;
+        let event = reader.read_event_into(&mut buf)?;
         match &event {
             Event::Start(e) => {
                 path.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
@@ -462,13 +484,18 @@ fn parse_listing(body: &[u8]) -> Result<(Listing, Option<String>), String> {
                 match (closed.as_str(), parent) {
                     ("Name", "Blob" | "BlobPrefix") => name = value,
                     ("Content-Length", "Properties") => {
-                        size = value
-                            .parse()
-                            .map_err(|_| format!("bad Content-Length {value:?}"))?;
+                        size = value.parse().map_err(|_| ListingError::BadProperty {
+                            property: "Content-Length",
+                            value: value.clone(),
+                        })?;
                     }
                     ("Last-Modified", "Properties") => {
-                        modified = httpdate::parse_http_date(&value)
-                            .map_err(|_| format!("bad Last-Modified {value:?}"))?;
+                        modified = httpdate::parse_http_date(&value).map_err(|_| {
+                            ListingError::BadProperty {
+                                property: "Last-Modified",
+                                value: value.clone(),
+                            }
+                        })?;
                     }
                     ("NextMarker", "EnumerationResults") if !value.is_empty() => {
                         next_marker = Some(value);
@@ -492,7 +519,7 @@ fn parse_listing(body: &[u8]) -> Result<(Listing, Option<String>), String> {
         buf.clear();
     }
     if !path.is_empty() {
-        return Err("the document ends inside an element".into());
+        return Err(ListingError::Unclosed);
     }
     Ok((listing, next_marker))
 }

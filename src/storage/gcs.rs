@@ -446,7 +446,7 @@ impl TokenSource {
                 token_uri,
             } => {
                 let jwt = signed_jwt(client_email, token_uri, key, SystemTime::now())
-                    .map_err(|detail| permanent(token_uri, detail))?;
+                    .map_err(|e| permanent(token_uri, e.to_string()))?;
                 let form = format!(
                     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={jwt}"
                 );
@@ -511,17 +511,31 @@ fn form_post(uri: &str, form: String) -> Result<Request, ::http::Error> {
         .body(Full::new(Bytes::from(form)))
 }
 
+/// Why a service account's private key is of no use: what it is not (messages follow
+/// "the service account's private key"), or that it could not sign.
+#[derive(Debug, thiserror::Error)]
+enum PrivateKeyError {
+    /// Not base64 between PEM lines.
+    #[error("is not PEM (base64 between -----BEGIN/END lines)")]
+    NotPem,
+    /// Not an RSA key in PKCS#8 form.
+    #[error("is not an RSA key in PKCS#8 form: {0}")]
+    NotRsaPkcs8(aws_lc_rs::error::KeyRejected),
+    /// Signing the token request failed.
+    #[error("cannot sign the token request with the private key")]
+    CannotSign,
+}
+
 /// The PKCS#8 key inside a PEM block (`-----BEGIN PRIVATE KEY-----`).
-fn parse_private_key(pem: &str) -> Result<aws_lc_rs::signature::RsaKeyPair, String> {
+fn parse_private_key(pem: &str) -> Result<aws_lc_rs::signature::RsaKeyPair, PrivateKeyError> {
     let body: String = pem
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with("-----"))
         .collect();
     let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body)
-        .map_err(|_| "is not PEM (base64 between -----BEGIN/END lines)".to_string())?;
-    aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
-        .map_err(|e| format!("is not an RSA key in PKCS#8 form: {e}"))
+        .map_err(|_| PrivateKeyError::NotPem)?;
+    aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der).map_err(PrivateKeyError::NotRsaPkcs8)
 }
 
 /// A JWT asking `audience` for a read-only token for `issuer`, signed RS256.
@@ -530,7 +544,7 @@ fn signed_jwt(
     audience: &str,
     key: &aws_lc_rs::signature::RsaKeyPair,
     now: SystemTime,
-) -> Result<String, String> {
+) -> Result<String, PrivateKeyError> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let issued = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -550,7 +564,7 @@ fn signed_jwt(
         signed.as_bytes(),
         &mut signature,
     )
-    .map_err(|_| "cannot sign the token request with the private key".to_string())?;
+    .map_err(|_| PrivateKeyError::CannotSign)?;
     Ok(format!("{signed}.{}", b64.encode(signature)))
 }
 

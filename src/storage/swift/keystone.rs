@@ -111,6 +111,16 @@ pub(super) fn v3_request(auth: &SwiftAuth) -> Value {
     body
 }
 
+/// A service in a catalog, with its endpoints: v2 and v3 differ only in how an endpoint
+/// is written.
+#[derive(Deserialize)]
+struct Service<E> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "Vec::new")]
+    endpoints: Vec<E>,
+}
+
 #[derive(Deserialize)]
 struct V2Answer {
     access: V2Access,
@@ -120,7 +130,7 @@ struct V2Answer {
 struct V2Access {
     token: V2Token,
     #[serde(rename = "serviceCatalog", default)]
-    service_catalog: Vec<V2Service>,
+    service_catalog: Vec<Service<serde_json::Map<String, Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -129,12 +139,39 @@ struct V2Token {
     expires: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct V2Service {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<serde_json::Map<String, Value>>,
+/// Why a Keystone answer gives no token for Swift.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AnswerError {
+    /// Not the JSON of a token.
+    #[error("unreadable Keystone {version} answer: {source}")]
+    Unreadable {
+        /// `v2` or `v3`.
+        version: &'static str,
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
+    /// A v3 answer without its token.
+    #[error("the Keystone v3 answer has no X-Subject-Token header")]
+    NoSubjectToken,
+    /// No Swift in the catalog at all: the token is likely unscoped.
+    #[error(
+        "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?"
+    )]
+    NoObjectStore,
+    /// Swift is there, but not in the region or of the endpoint type asked for.
+    #[error(
+        "the service catalog has no object-store endpoint of type {kind}{} (regions offered: {}; check SWIFT_REGION and SWIFT_ENDPOINT_TYPE)",
+        .region.as_ref().map_or_else(String::new, |r| format!(" in region {r}")),
+        .regions.join(", ")
+    )]
+    NoEndpoint {
+        /// The endpoint type or interface asked for.
+        kind: String,
+        /// The region asked for.
+        region: Option<String>,
+        /// The regions of the object-store endpoints offered.
+        regions: Vec<String>,
+    },
 }
 
 /// The token and Swift endpoint in a v2.0 answer; `Err` says what is missing.
@@ -142,45 +179,27 @@ pub(super) fn parse_v2(
     body: &[u8],
     region: Option<&str>,
     endpoint_type: &str,
-) -> Result<Grant, String> {
-    let answer: V2Answer =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable Keystone v2 answer: {e}"))?;
+) -> Result<Grant, AnswerError> {
+    let answer: V2Answer = read_answer(body, "v2")?;
     // v2 names the types `publicURL`, `internalURL`, `adminURL`; `public` is taken too.
     let key = if endpoint_type.ends_with("URL") {
         endpoint_type.to_string()
     } else {
         format!("{endpoint_type}URL")
     };
-    let endpoints = answer
-        .access
-        .service_catalog
-        .iter()
-        .filter(|service| service.kind == OBJECT_STORE)
-        .flat_map(|service| service.endpoints.iter());
-    let mut regions = Vec::new();
-    let mut found = None;
-    for endpoint in endpoints {
-        let endpoint_region = endpoint.get("region").and_then(Value::as_str);
-        regions.push(endpoint_region.unwrap_or("(none)").to_string());
-        if region.is_some_and(|wanted| endpoint_region != Some(wanted)) {
-            continue;
-        }
-        if let Some(url) = endpoint.get(&key).and_then(Value::as_str) {
-            found = Some(url.to_string());
-            break;
-        }
-    }
-    let storage_url = found.ok_or_else(|| no_endpoint(&key, region, &regions))?;
-    Ok(Grant {
-        token: answer.access.token.id,
-        storage_url: storage_url.trim_end_matches('/').to_string(),
-        expires: answer
-            .access
-            .token
-            .expires
-            .as_deref()
-            .and_then(keystone_time),
-    })
+    let access = answer.access;
+    grant(
+        access.token.id,
+        access.token.expires.as_deref(),
+        &access.service_catalog,
+        |endpoint| Offered {
+            region_id: None,
+            region: endpoint.get("region").and_then(Value::as_str),
+            url: endpoint.get(&key).and_then(Value::as_str),
+        },
+        region,
+        &key,
+    )
 }
 
 #[derive(Deserialize)]
@@ -192,15 +211,7 @@ struct V3Answer {
 struct V3Token {
     expires_at: Option<String>,
     #[serde(default)]
-    catalog: Vec<V3Service>,
-}
-
-#[derive(Deserialize)]
-struct V3Service {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<V3Endpoint>,
+    catalog: Vec<Service<V3Endpoint>>,
 }
 
 #[derive(Deserialize)]
@@ -218,40 +229,82 @@ pub(super) fn parse_v3(
     body: &[u8],
     region: Option<&str>,
     endpoint_type: &str,
-) -> Result<Grant, String> {
+) -> Result<Grant, AnswerError> {
     let token = subject_token
         .filter(|t| !t.is_empty())
-        .ok_or("the Keystone v3 answer has no X-Subject-Token header")?;
-    let answer: V3Answer =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable Keystone v3 answer: {e}"))?;
+        .ok_or(AnswerError::NoSubjectToken)?;
+    let answer: V3Answer = read_answer(body, "v3")?;
     // v3 names the interfaces `public`, `internal`, `admin`; `publicURL` is taken too.
     let interface = endpoint_type.strip_suffix("URL").unwrap_or(endpoint_type);
-    let endpoints = answer
-        .token
-        .catalog
+    grant(
+        token.to_string(),
+        answer.token.expires_at.as_deref(),
+        &answer.token.catalog,
+        |endpoint| Offered {
+            region_id: endpoint.region_id.as_deref(),
+            region: endpoint.region.as_deref(),
+            url: (endpoint.interface == interface).then_some(endpoint.url.as_str()),
+        },
+        region,
+        interface,
+    )
+}
+
+/// The answer's JSON, read as `T`.
+fn read_answer<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    version: &'static str,
+) -> Result<T, AnswerError> {
+    serde_json::from_slice(body).map_err(|source| AnswerError::Unreadable { version, source })
+}
+
+/// An object-store endpoint as a v2 or v3 catalog offers it.
+struct Offered<'a> {
+    /// Its region's id (v3 only).
+    region_id: Option<&'a str>,
+    /// Its region's name.
+    region: Option<&'a str>,
+    /// Its URL of the endpoint type asked for, if it has one.
+    url: Option<&'a str>,
+}
+
+/// What v2 and v3 answers share: `token` for the first object-store endpoint in `region`
+/// (in any, when none is asked for) with a URL of type `kind`, as swiftclient chooses,
+/// and the expiry Keystone gave; the error names the regions offered.
+fn grant<'a, E>(
+    token: String,
+    expires: Option<&str>,
+    catalog: &'a [Service<E>],
+    offered: impl Fn(&'a E) -> Offered<'a>,
+    region: Option<&str>,
+    kind: &str,
+) -> Result<Grant, AnswerError> {
+    let endpoints = catalog
         .iter()
         .filter(|service| service.kind == OBJECT_STORE)
-        .flat_map(|service| service.endpoints.iter());
+        .flat_map(|service| service.endpoints.iter())
+        .map(offered);
     let mut regions = Vec::new();
-    let mut found = None;
     for endpoint in endpoints {
-        let endpoint_region = endpoint.region_id.as_deref().or(endpoint.region.as_deref());
-        regions.push(endpoint_region.unwrap_or("(none)").to_string());
-        let region_matches = region.is_none_or(|wanted| {
-            endpoint.region_id.as_deref() == Some(wanted)
-                || endpoint.region.as_deref() == Some(wanted)
+        regions.push(
+            endpoint
+                .region_id
+                .or(endpoint.region)
+                .unwrap_or("(none)")
+                .to_string(),
+        );
+        let in_region = region.is_none_or(|wanted| {
+            endpoint.region_id == Some(wanted) || endpoint.region == Some(wanted)
         });
-        if region_matches && endpoint.interface == interface {
-            found = Some(endpoint.url.clone());
-            break;
+        if let (true, Some(url)) = (in_region, endpoint.url) {
+            return Ok(Grant {
+                token,
+                storage_url: url.trim_end_matches('/').to_string(),
+                expires: expires.and_then(keystone_time),
+            });
         }
     }
-    let storage_url = found.ok_or_else(|| no_endpoint(interface, region, &regions))?;
-    Ok(Grant {
-        token: token.to_string(),
-        storage_url: storage_url.trim_end_matches('/').to_string(),
-        expires: answer.token.expires_at.as_deref().and_then(keystone_time),
-    })
+    Err(no_endpoint(kind, region, regions))
 }
 
 /// Keystone's times: `2026-12-08T02:05:22Z`, `2026-12-08T02:05:22.000000Z`, and v2's
@@ -260,15 +313,16 @@ fn keystone_time(text: &str) -> Option<SystemTime> {
     parse_rfc3339_utc(text).or_else(|| parse_rfc3339_utc(&format!("{text}Z")))
 }
 
-fn no_endpoint(kind: &str, region: Option<&str>, regions: &[String]) -> String {
-    let wanted = region.map_or_else(String::new, |r| format!(" in region {r}"));
+/// No object-store endpoint of type `kind` in `region` among those in `regions`.
+fn no_endpoint(kind: &str, region: Option<&str>, regions: Vec<String>) -> AnswerError {
     if regions.is_empty() {
-        return "the service catalog has no object-store (Swift) service; is the token scoped to a project (SWIFT_TENANT, SWIFT_PROJECT_NAME…)?".to_string();
+        return AnswerError::NoObjectStore;
     }
-    format!(
-        "the service catalog has no object-store endpoint of type {kind}{wanted} (regions offered: {}; check SWIFT_REGION and SWIFT_ENDPOINT_TYPE)",
-        regions.join(", ")
-    )
+    AnswerError::NoEndpoint {
+        kind: kind.to_string(),
+        region: region.map(str::to_string),
+        regions,
+    }
 }
 
 /// The message of a Keystone error answer (`{"error": {"message": …}}`), if any.
@@ -333,7 +387,9 @@ mod tests {
                 .storage_url
                 .starts_with("https://swift.region-two")
         );
-        let err = parse_v2(body, Some("RegionThree"), "publicURL").unwrap_err();
+        let err = parse_v2(body, Some("RegionThree"), "publicURL")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("RegionThree") && err.contains("RegionOne, RegionTwo"),
             "{err}"
@@ -342,6 +398,7 @@ mod tests {
         assert!(
             parse_v2(unscoped, None, "publicURL")
                 .unwrap_err()
+                .to_string()
                 .contains("scoped")
         );
         assert!(parse_v2(b"<html>", None, "publicURL").is_err());
@@ -365,11 +422,14 @@ mod tests {
         );
         let admin = parse_v3(Some("t"), body, Some("RegionOne"), "admin").unwrap();
         assert_eq!(admin.storage_url, "http://10.1.0.5:8080/v1");
-        let err = parse_v3(Some("t"), body, Some("RegionThree"), "publicURL").unwrap_err();
+        let err = parse_v3(Some("t"), body, Some("RegionThree"), "publicURL")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("public in region RegionThree"), "{err}");
         assert!(
             parse_v3(None, body, None, "publicURL")
                 .unwrap_err()
+                .to_string()
                 .contains("X-Subject-Token")
         );
     }
