@@ -8,7 +8,7 @@
 # the benchmark cache's (`/var/tmp/wale-bench-cache-quick/archive`, which
 # `scripts/bench.sh --quick` or fixtures/make-bench-archive.sh builds). Extra arguments go
 # to `wal-fetch` (e.g. `--prefetch 0`). Needs root (PostgreSQL runs as `postgres`),
-# strace, PostgreSQL 15 and a built `target/release/wale`.
+# strace, PostgreSQL 15 and a built `target/release/wale` (or the binary in $WALE).
 #
 # It restores the latest base backup with `wale backup-fetch` (untimed), starts
 # PostgreSQL 15 under `strace -f` (only the system calls named below stop a process,
@@ -26,7 +26,7 @@ archive="${1:-/var/tmp/wale-bench-cache-quick/archive}"
 shift || true
 [ "$(id -u)" -eq 0 ] || { echo "trace_recovery.sh: run as root" >&2; exit 2; }
 [ -d "$archive/wal_005" ] || { echo "trace_recovery.sh: no WAL-E archive in $archive" >&2; exit 2; }
-wale="$PWD/target/release/wale"
+wale="${WALE:-$PWD/target/release/wale}"
 [ -x "$wale" ] || { echo "trace_recovery.sh: build target/release/wale first" >&2; exit 2; }
 pgbin=/usr/lib/postgresql/15/bin
 port="${TRACE_PORT:-25499}"

@@ -126,10 +126,10 @@ impl PrefetchDir {
         let text = fs::read_to_string(self.next_path()).ok()?;
         let mut fields = text.split_whitespace();
         let (name, size) = (fields.next()?, fields.next()?);
-        if let Some(check) = fields.next() {
-            if u32::from_str_radix(check, 16).ok()? != hint_check(&format!("{name} {size}")) {
-                return None;
-            }
+        if let Some(check) = fields.next()
+            && u32::from_str_radix(check, 16).ok()? != hint_check(&format!("{name} {size}"))
+        {
+            return None;
         }
         let size = size.parse().ok().filter(|&s| wal::is_valid_segment_size(s));
         Some((
