@@ -464,12 +464,15 @@ impl Bench {
             cmd
         };
         let (mut hits, mut starts, mut kept_hit, mut kept_cold) = (vec![], vec![], vec![], vec![]);
-        // Hits and start-ups in turn, then the cold fetches apart: each removed 16 MiB
-        // file is freed (and discarded) at the next journal commit, flushed before the
-        // next timed call by `sync` so that no call pays for another's.
-        for i in 0..=self.calls() {
+        // Start-ups and hits in turn, then the cold fetches apart: each removed 16 MiB
+        // file is freed (and discarded) at the next journal commit, flushed by `sync`
+        // and left to settle for 100 ms (replay's pace) so that no call pays for another's.
+        // More runs than the other rows: a few milliseconds on a shared machine.
+        let calls = self.suite.runs(30, 15);
+        for i in 0..=calls {
             std::fs::hard_link(&plain, area.join(segment)).unwrap();
             support::sync_all();
+            std::thread::sleep(Duration::from_millis(100));
             let mut version = common::wale();
             version.arg("version");
             let start = run(version);
@@ -482,10 +485,11 @@ impl Bench {
                 kept_hit.push(kept);
             }
         }
-        for i in 0..=self.calls() {
+        for i in 0..=calls {
             run(wal_fetch("0"));
             let kept = keep_restored(&dest, segment);
             support::sync_all();
+            std::thread::sleep(Duration::from_millis(100));
             if i > 0 {
                 kept_cold.push(kept);
             }
