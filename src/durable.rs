@@ -5,7 +5,8 @@
 //! atomic link or rename, followed by an fsync of the directory. On Linux the staging file
 //! is anonymous (`O_TMPFILE`): if the process is killed, even with SIGKILL, nothing is left
 //! behind. Where that is unavailable a hidden, uniquely named file is used and removed on
-//! drop.
+//! drop. The one exception, [`overwrite_in_place`], is for advisory notes rewritten many
+//! times a second whose contents check themselves (the prefetch hint).
 
 use std::fs::{File, OpenOptions};
 use std::io;
