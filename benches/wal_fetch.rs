@@ -4,7 +4,9 @@
 //! (real WAL-E objects of a pgbench workload): the median-sized one, and the smallest (a
 //! segment cut short by `pg_switch_wal()`, mostly zeros). Also: a missing segment, a
 //! prefetch hit (both tools with their prefetch on, calls spaced as replay spaces them),
-//! and process start-up (`version`).
+//! a prefetch hit alone (one ready segment, the prefetcher's lock held) against process
+//! start-up (`version`), what PostgreSQL's fsyncs of the file it keeps cost after a hit
+//! and after a cold fetch, and process start-up against WAL-E.
 //!
 //! Against the store's limit: the largest segment's object fetched by one raw GET
 //! (`curl` signing with SigV4) from the same server, tuned (with s3s-fs's ETag records,
@@ -28,6 +30,7 @@ use support::{Comparison, PgBackRest, Samples, Suite, run, run_expecting, wal_e,
 const COLD: &str = "wal-fetch, cold process";
 const HIT: &str = "wal-fetch, prefetch hit";
 const START: &str = "process start-up";
+const KEEP: &str = "PostgreSQL keeping a restored segment (durable_rename: 3 fsyncs and a rename)";
 const WALE: &str = "wale";
 const WAL_E: &str = "WAL-E 1.1.1";
 const STORE: &str = "wal-fetch, cold process, against the store";
@@ -84,6 +87,7 @@ fn main() {
         bench.pgbackrest_cold(p, &typical.1, typical.0);
     }
     bench.prefetch_hits(&segments, pgbackrest.as_ref());
+    bench.hit_alone(&typical.1);
     bench.start_up();
     bench.suite.save();
 }
@@ -427,6 +431,121 @@ impl Bench {
         )
     }
 
+    /// A prefetch hit by itself: one ready segment in the area, the prefetcher's lock held
+    /// by this process (so no prefetcher is started), a new `wal-fetch` per call into
+    /// `RECOVERYXLOG`, interleaved with `version` (the process start-up a hit cannot go
+    /// below). After each hit, and after each cold `--prefetch 0` fetch from `file://`,
+    /// what PostgreSQL then does with the file (untimed in the call): fsync it, rename it
+    /// to its segment name, fsync that and `pg_wal`, as `KeepFileRestoredFromArchive`
+    /// does. The prefetcher fsynced its segment before publishing it; a cold fetch into
+    /// `RECOVERYXLOG` leaves the writing to PostgreSQL's fsync.
+    fn hit_alone(&mut self, segment: &str) {
+        let root = tempfile::tempdir_in(self.out.path()).unwrap();
+        let (pg_wal, area) = (root.path().join("pg_wal"), root.path().join("area"));
+        std::fs::create_dir_all(area.join("running")).unwrap();
+        std::fs::create_dir(&pg_wal).unwrap();
+        let plain = root.path().join("segment");
+        let decoded = Command::new("lzop")
+            .args(["-d", "-c"])
+            .arg(self.archive.wal_object(segment))
+            .stdout(std::fs::File::create(&plain).unwrap())
+            .status()
+            .unwrap();
+        assert!(decoded.success(), "lzop -d of {segment}");
+        support::sync_all();
+        let lock = std::fs::File::create(area.join(".lock")).unwrap();
+        lock.lock().unwrap();
+        let dest = pg_wal.join("RECOVERYXLOG");
+        let wal_fetch = |prefetch: &str| {
+            let mut cmd = wale_for(&self.archive, Backend::File, None);
+            cmd.env("WALE_PREFETCH_DIR", &area)
+                .args(["--terse", "wal-fetch", "--prefetch", prefetch, segment])
+                .arg(&dest);
+            cmd
+        };
+        let (mut hits, mut starts, mut kept_hit, mut kept_cold) = (vec![], vec![], vec![], vec![]);
+        // Start-ups and hits in turn, then the cold fetches apart: each removed 16 MiB
+        // file is freed (and discarded) at the next journal commit, flushed by `sync`
+        // and left to settle for 100 ms (replay's pace) so that no call pays for another's.
+        // More runs than the other rows: a few milliseconds on a shared machine.
+        let calls = self.suite.runs(30, 15);
+        for i in 0..=calls {
+            std::fs::hard_link(&plain, area.join(segment)).unwrap();
+            support::sync_all();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut version = common::wale();
+            version.arg("version");
+            let start = run(version);
+            let hit = run(wal_fetch("8"));
+            assert!(!area.join(segment).exists(), "not served from the area");
+            let kept = keep_restored(&dest, segment);
+            if i > 0 {
+                hits.push(hit);
+                starts.push(start);
+                kept_hit.push(kept);
+            }
+        }
+        for i in 0..=calls {
+            run(wal_fetch("0"));
+            let kept = keep_restored(&dest, segment);
+            support::sync_all();
+            std::thread::sleep(Duration::from_millis(100));
+            if i > 0 {
+                kept_cold.push(kept);
+            }
+        }
+        drop(lock);
+        let case = "one ready segment, the prefetcher's lock held, a new process per call";
+        let (hit_tool, start_tool) = ("wale wal-fetch, prefetch hit", "wale version");
+        let samples = |runs: Vec<support::Sample>| {
+            let mut samples = Samples::default();
+            runs.into_iter().for_each(|run| samples.push(run));
+            samples
+        };
+        self.suite
+            .record((HIT, case, hit_tool), &samples(hits), Some(16 << 20), "");
+        self.suite
+            .record((HIT, case, start_tool), &samples(starts), None, "");
+        self.suite.compare_within(
+            Comparison {
+                label: "prefetch hit alone vs start-up (`version`)",
+                section: HIT,
+                case,
+                subject: hit_tool,
+                baseline: start_tool,
+                max_ratio: Some(1.25),
+                target: "≤ 1.25× a process start-up, ≤ 2 ms",
+            },
+            Duration::from_millis(2),
+        );
+        let case = "16 MiB segment restored by wal-fetch into RECOVERYXLOG";
+        let (after_hit, after_cold) = (
+            "after a prefetch hit (fsynced by the prefetcher)",
+            "after a cold wal-fetch --prefetch 0 (not fsynced)",
+        );
+        self.suite.record(
+            (KEEP, case, after_hit),
+            &Samples::of_times(kept_hit),
+            None,
+            "",
+        );
+        self.suite.record(
+            (KEEP, case, after_cold),
+            &Samples::of_times(kept_cold),
+            None,
+            "",
+        );
+        self.suite.compare(Comparison {
+            label: "PostgreSQL's fsyncs of a restored segment, prefetched vs cold",
+            section: KEEP,
+            case,
+            subject: after_hit,
+            baseline: after_cold,
+            max_ratio: Some(0.5),
+            target: "≤ 0.5× after a cold fetch",
+        });
+    }
+
     fn start_up(&mut self) {
         let case = "`version`, a new process per call";
         let wale = self.times(|| {
@@ -484,6 +603,26 @@ impl Bench {
     fn codes(&self, code: i32, command: impl Fn() -> Command) -> Samples {
         Samples::collect(self.calls(), 1, || run_expecting(command(), code))
     }
+}
+
+/// What PostgreSQL does with a restored file it keeps (`durable_rename` in
+/// `KeepFileRestoredFromArchive`): fsync it, rename it to its segment name, fsync it
+/// there and its directory. Returns the time taken; the kept file is removed afterwards.
+fn keep_restored(restored: &Path, name: &str) -> Duration {
+    let dir = restored.parent().unwrap();
+    let kept = dir.join(name);
+    let start = Instant::now();
+    let fsync = |path: &Path| {
+        let file = std::fs::OpenOptions::new().read(true).open(path).unwrap();
+        file.sync_all().unwrap();
+    };
+    fsync(restored);
+    std::fs::rename(restored, &kept).unwrap();
+    fsync(&kept);
+    fsync(dir);
+    let elapsed = start.elapsed();
+    std::fs::remove_file(&kept).unwrap();
+    elapsed
 }
 
 /// `curl` GETting the segment's object from `server` to /dev/null, signed with SigV4 (with

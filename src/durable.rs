@@ -5,7 +5,8 @@
 //! atomic link or rename, followed by an fsync of the directory. On Linux the staging file
 //! is anonymous (`O_TMPFILE`): if the process is killed, even with SIGKILL, nothing is left
 //! behind. Where that is unavailable a hidden, uniquely named file is used and removed on
-//! drop.
+//! drop. The one exception, [`overwrite_in_place`], is for advisory notes rewritten many
+//! times a second whose contents check themselves (the prefetch hint).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -159,6 +160,28 @@ pub fn write_file(
 /// state files (the prefetch area's notes, what `wal-fetch` records for `status`).
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     stage(path, bytes, 0o644)?.publish()
+}
+
+/// Rewrites a small advisory file in place: one write at offset 0 of a file that keeps
+/// its inode (created with mode 0644 the first time, never through a symlink), cut to
+/// `bytes` only if it was longer. Unlike [`replace_file`] no inode is allocated and none
+/// freed, which on ext4 is most of the cost of a note rewritten at every `wal-fetch`. A
+/// crash may keep the old bytes; a reader racing the write may see a mix of the old and
+/// the new, so the contents must check themselves (the prefetch hint carries a checksum).
+pub fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all_at(bytes, 0)?;
+    if file.metadata()?.len() > bytes.len() as u64 {
+        file.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
 }
 
 /// `bytes` staged for `path` with `mode`, not yet visible.
@@ -381,6 +404,20 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn overwriting_in_place_keeps_the_inode_and_cuts_a_longer_tail() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".next");
+        overwrite_in_place(&path, b"a longer first note\n").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        overwrite_in_place(&path, b"second\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
+        assert!(overwrite_in_place(&dir.path().join("link"), b"x").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! <pg_wal>/.wal-e/prefetch/<SEGMENT>             complete, verified, fsynced segments
 //! <pg_wal>/.wal-e/prefetch/running/<SEGMENT>.part   downloads in progress
 //! <pg_wal>/.wal-e/prefetch/.lock                 flock'ed by the one running prefetcher
-//! <pg_wal>/.wal-e/prefetch/.next                 "<first segment wanted> <segment size>"
+//! <pg_wal>/.wal-e/prefetch/.next                 "<first segment wanted> <segment size> <check>"
 //! <pg_wal>/.wal-e/prefetch/<SEGMENT>.error       why the prefetcher could not fetch it
 //! ```
 //!
