@@ -316,12 +316,14 @@ fn standby_follows_the_archive_and_is_promoted(major: u32) {
 
 /// Segments the prefetcher has ready reach PostgreSQL through `pg_wal`: with the
 /// prefetch area filled before the server starts, recovery to the end of the archive
-/// replays every segment after the backup's first from there (no "restored log file"
-/// line names one), ends at the archive's end, is promoted and holds the last rows.
-fn prefetched_segments_are_handed_over_through_pg_wal(major: u32) {
+/// (or a standby, to its end) replays every segment after the backup's first from there
+/// (no "restored log file" line names one), ends at the archive's end, is promoted (or
+/// caught up) and holds the last rows.
+fn prefetched_segments_are_handed_over_through_pg_wal(major: u32, standby: bool) {
     let version = Version::of(major);
     let site = Site::new(&version, |_| true);
-    site.restore(&[]).expect_code(0);
+    let mode: &[&str] = if standby { &["--standby"] } else { &[] };
+    site.restore(mode).expect_code(0);
     let first = version.meta("BACKUP_START_WAL_SEGMENT");
     let after_first: Vec<String> = version
         .words("WAL_SEGMENTS")
@@ -355,13 +357,23 @@ fn prefetched_segments_are_handed_over_through_pg_wal(major: u32) {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    site.restore(&["--start"]).expect_code(0);
-    assert_eq!(site.query("select pg_is_in_recovery()"), "f");
+    site.restore(&[mode, &["--start"]].concat()).expect_code(0);
+    if standby {
+        let last = version.meta("LAST_WAL_SEGMENT");
+        site.wait_for_status("caught up", |s| {
+            s["caught_up"] == true && s["archive_last_segment"] == last.as_str()
+        });
+    } else {
+        assert_eq!(site.query("select pg_is_in_recovery()"), "f");
+    }
     assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
     // At the end of recovery PostgreSQL reads the last segment once more, to start its
     // new timeline: only what it read to replay counts.
     let log = site.log();
-    let replay = &log[..log.find("redo done").expect("recovery ended")];
+    let replay = match log.find("redo done") {
+        Some(end) if !standby => &log[..end],
+        _ => &log[..],
+    };
     for name in &after_first {
         assert!(
             !replay.contains(&format!("restored log file \"{name}\"")),
@@ -447,7 +459,12 @@ macro_rules! matrix {
 
                 #[test]
                 fn prefetched_segments_are_handed_over_through_pg_wal() {
-                    super::prefetched_segments_are_handed_over_through_pg_wal($major);
+                    super::prefetched_segments_are_handed_over_through_pg_wal($major, false);
+                }
+
+                #[test]
+                fn a_standby_takes_prefetched_segments_through_pg_wal() {
+                    super::prefetched_segments_are_handed_over_through_pg_wal($major, true);
                 }
 
                 #[test]
