@@ -46,15 +46,7 @@ fn main() {
     let mut suite = Suite::from_env("recovery");
     let source = suite.archive.clone();
     let (archive, server) = support::serve_over_s3(&source);
-    let work = tempfile::Builder::new()
-        .prefix("wale-recovery-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = support::postgres_work_dir("wale-recovery-");
     let plain = work.path().join("wal-plain");
     decompress_all(&source.join("wal_005"), &plain);
     let timer = work.path().join("timed.sh");

@@ -71,15 +71,7 @@ fn follow(source: &Path, first: &[String], added: &[String], extra: Option<&str>
     copy_objects(source, &archive.root(), "basebackups_005", None);
     copy_objects(source, &archive.root(), "wal_005", Some(first));
     let server = S3Server::start(&archive.s3_root());
-    let work = tempfile::Builder::new()
-        .prefix("wale-lag-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let work = support::postgres_work_dir("wale-lag-");
     let pgdata = work.path().join("data");
     let socket = work.path().join("sock");
     std::fs::create_dir(&socket).unwrap();

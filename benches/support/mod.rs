@@ -389,6 +389,21 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// A scratch directory on disk (`/var/tmp`, not a tmpfs), open to PostgreSQL's `postgres`
+/// user below it.
+pub fn postgres_work_dir(prefix: &str) -> tempfile::TempDir {
+    let work = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    work
+}
+
 /// The archive at `source`, hard-linked into a scratch S3 root and served by s3s-fs on
 /// loopback. Each object gets the ETag record s3s-fs writes when an object is uploaded
 /// (as WAL-E's uploads would have made); without it s3s-fs hashes the whole object on
