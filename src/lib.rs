@@ -41,7 +41,13 @@
 //! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).
-//! * [`commands`]: one module per subcommand.
+//! * [`commands`]: one module per subcommand. `wale restore`, from argument to running
+//!   server, one file per step: `main.rs` (configuration, then the plan) → [`cli`]
+//!   (`RestoreArgs`) → `commands/restore/plan.rs` (the arguments checked and typed once:
+//!   [`commands::RestorePlan`]) → `commands/restore/mod.rs` (the steps in order, the
+//!   fetch, undo on failure) → `preflight.rs` (every check before a write) →
+//!   [`restore_tree`] (the fetch) → `configure.rs` (configuration files, envdir, recovery
+//!   settings) → `start.rs` (`pg_ctl start`, waiting, failures explained).
 //! * [`error`]: the error type and the exit-status policy.
 
 #![warn(missing_docs)]

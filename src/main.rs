@@ -10,7 +10,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use wale::cli::{Cli, Command};
-use wale::commands::{self, Options};
+use wale::commands::{self, Options, RestorePlan};
 use wale::config::{Config, Env};
 use wale::error::{Error, exit};
 
@@ -99,20 +99,26 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     if !matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
         config.retry = config.retry.interactive();
     }
-    let mut options = Options {
-        relaunch,
-        envdir: flags.envdir.clone(),
-        ..Options::default()
+    // restore's arguments become its plan here, once, where the environment is: the
+    // archive settings the envdir it writes will hold.
+    let restore = match &cli.command {
+        Command::Restore(args) => Some(RestorePlan::new(
+            args,
+            &config.store.prefix_url(),
+            flags.envdir.as_deref(),
+            wale::config::envdir_settings(flags, &env)?,
+        )?),
+        _ => None,
     };
-    if let Command::Restore(_) = cli.command {
-        options.envdir_settings = wale::config::envdir_settings(flags, &env)?;
-    }
-    options.decoding = wale::decode::Decoding::new(
-        &config,
-        wale::lzop::Options {
-            allow_concatenated: flags.allow_concatenated_lzop,
-        },
-    );
+    let options = Options {
+        relaunch,
+        decoding: wale::decode::Decoding::new(
+            &config,
+            wale::lzop::Options {
+                allow_concatenated: flags.allow_concatenated_lzop,
+            },
+        ),
+    };
     // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
     // starts faster (decoding still runs on a blocking thread). The others work in
     // parallel.
@@ -126,7 +132,12 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
             .build(),
     }
     .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(commands::run(&cli.command, &config, options))
+    match restore {
+        Some(plan) => runtime
+            .block_on(commands::restore(&config, &options, &plan))
+            .map(|()| exit::OK),
+        None => runtime.block_on(commands::run(&cli.command, &config, options)),
+    }
 }
 
 /// The envdir `wale restore` wrote for the data directory `status` or `promote` names.
@@ -136,9 +147,10 @@ fn restored_envdir(command: &Command) -> Option<std::path::PathBuf> {
         Command::Promote(args) => &args.pgdata,
         _ => return None,
     };
-    let mut name = std::path::absolute(pgdata).ok()?.into_os_string();
-    name.push(".wale-env");
-    Some(std::path::PathBuf::from(name)).filter(|dir| dir.is_dir())
+    Some(commands::restored_envdir(
+        &std::path::absolute(pgdata).ok()?,
+    ))
+    .filter(|dir| dir.is_dir())
 }
 
 /// One line per event on stderr, `wale: LEVEL: message`, fit for the PostgreSQL log.
