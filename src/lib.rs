@@ -48,7 +48,8 @@
 //!   fetch, undo on failure) → `preflight.rs` (every check before a write) →
 //!   [`restore_tree`] (the fetch) → `configure.rs` (configuration files, envdir, recovery
 //!   settings) → `start.rs` (`pg_ctl start`, waiting, failures explained).
-//! * [`error`]: the error type and the exit-status policy.
+//! * [`error`]: the error type, its kinds, and the one exit-status policy (`wal-fetch`'s
+//!   rules included).
 
 #![warn(missing_docs)]
 

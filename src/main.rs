@@ -12,7 +12,8 @@ use tracing_subscriber::registry::LookupSpan;
 use wale::cli::{Cli, Command};
 use wale::commands::{self, Options, RestorePlan};
 use wale::config::{Config, Env};
-use wale::error::{Error, exit};
+use wale::error::exit::{self, Caller};
+use wale::error::{Error, Kind};
 
 fn main() -> ExitCode {
     let wale::cli::Parsed { cli, relaunch } = match wale::cli::parse() {
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
             Command::WalFetch(args) => ExitCode::from(commands::settle_wal_fetch(args, &err)),
             _ => {
                 tracing::error!("{}", err.to_string().replace('\n', " "));
-                ExitCode::from(err.exit_code())
+                ExitCode::from(err.exit_status(Caller::Command))
             }
         },
     }
@@ -41,11 +42,12 @@ fn usage_error(refused: wale::cli::Refused) -> ExitCode {
     if !refused.error.use_stderr() {
         return ExitCode::from(exit::OK); // --help, --version
     }
-    if refused.wal_fetch {
-        ExitCode::from(exit::WAL_FETCH_USAGE)
+    let caller = if refused.wal_fetch {
+        Caller::WalFetch
     } else {
-        ExitCode::from(exit::USAGE)
-    }
+        Caller::Command
+    };
+    ExitCode::from(exit::status(Kind::Usage, caller))
 }
 
 /// Runs the command; its exit status when it did not fail.
