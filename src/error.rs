@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use crate::text::bytes_text;
 use crate::{config, lzop, storage};
 
 /// Exit statuses (documented in the README).
@@ -291,22 +292,6 @@ fn free_text(free: Option<u64>) -> String {
 
 fn needed_text(needed: Option<u64>) -> String {
     needed.map_or_else(String::new, |n| format!(", {} needed", bytes_text(n)))
-}
-
-/// A size in the largest binary unit that keeps it at least 1.
-pub fn bytes_text(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 impl crate::retry::Retryable for Error {

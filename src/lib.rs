@@ -36,8 +36,8 @@
 //! * [`standby`]: where a restored server stands against the archive (replay position,
 //!   lag, paused at a target, caught up), the facts `status` shows and `promote` checks.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
-//! * [`time`]: times as PostgreSQL writes them.
-//! * [`text`]: wording shared by the commands' output (counts and their plurals).
+//! * [`time`]: times as PostgreSQL writes them; civil dates from and to Unix time.
+//! * [`text`]: wording shared by the commands' output (counts and their plurals, sizes).
 //! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).

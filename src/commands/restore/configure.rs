@@ -238,7 +238,7 @@ fn postgresql_conf(
     major: Major,
 ) -> String {
     let mut text = String::new();
-    let now = crate::storage::civil_utc(
+    let now = crate::time::civil_utc(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),

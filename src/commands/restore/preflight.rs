@@ -12,13 +12,13 @@ use crate::commands::Options;
 use crate::config::Config;
 use crate::decode::Decoding;
 use crate::error::Error;
-use crate::error::bytes_text;
 use crate::layout::{BackupName, Layout};
 use crate::pg::server::{self, Binaries, PidFile};
 use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{Storage, Store};
 use crate::tablespaces;
+use crate::text::bytes_text;
 use crate::users::{self, User};
 use crate::wal::{LongPageHeader, SegmentName};
 
