@@ -176,6 +176,8 @@ pub enum Wanted<'a> {
     StoppedBefore {
         /// The time as given.
         time: &'a str,
+        /// The instant it names.
+        at: std::time::SystemTime,
         /// To read the backup history files.
         decoding: &'a Decoding,
     },
@@ -200,8 +202,8 @@ pub async fn resolve_backups(
         Wanted::StoppedBefore { .. } if none_complete => {
             return Err(no_backups(store, layout));
         }
-        Wanted::StoppedBefore { time, decoding } => {
-            let backup = backup_before(config, store, layout, all, time, decoding).await?;
+        Wanted::StoppedBefore { time, at, decoding } => {
+            let backup = backup_before(config, store, layout, all, (time, *at), decoding).await?;
             return Ok(vec![backup]);
         }
     };
@@ -238,21 +240,16 @@ pub async fn resolve_backup(
         .expect("resolve_backups selects one or more"))
 }
 
-/// The newest backup that stopped before `time`, by the stop time PostgreSQL recorded
+/// The newest backup that stopped before `target` (`time` as given), by the stop time PostgreSQL recorded
 /// (newest backups asked first); the refusal shows every time compared.
 async fn backup_before(
     config: &Config,
     store: &Store,
     layout: &Layout,
     mut all: Vec<Backup>,
-    time: &str,
+    (time, target): (&str, std::time::SystemTime),
     decoding: &Decoding,
 ) -> Result<Backup, Error> {
-    let target = crate::time::parse_timestamp(time).ok_or_else(|| {
-        Error::Usage(format!(
-            "--target-time {time:?}: expected a time such as '2026-11-30 10:00:00+00'"
-        ))
-    })?;
     all.sort_by(|a, b| b.name.cmp(&a.name));
     let mut compared = Vec::new();
     for backup in all {

@@ -1,4 +1,5 @@
-//! The error every command returns, and the one place that turns it into an exit code.
+//! The error every command returns, its [`Kind`], and the one place that turns a kind
+//! into an exit status ([`exit::status`]), `wal-fetch`'s rules included.
 //!
 //! PostgreSQL reads `restore_command`'s status: 0 means restored; any other status below
 //! 126 means "not available", which during archive recovery *ends recovery and promotes*;
@@ -9,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use crate::text::bytes_text;
 use crate::{config, lzop, storage};
 
 /// Exit statuses (documented in the README).
@@ -39,6 +41,65 @@ pub mod exit {
     /// 1, which means "not in the archive", but below 126 so that PostgreSQL asks again
     /// instead of shutting the standby down (`EX_TEMPFAIL`).
     pub const STANDBY_RETRY: u8 = 75;
+
+    use super::Kind;
+
+    /// Who is failing: `wal-fetch` answers PostgreSQL, which reads its status its own way.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Caller {
+        /// Any command but `wal-fetch`, and `wal-fetch` run by hand.
+        Command,
+        /// `wal-fetch` as `restore_command` in archive recovery, or a `wal-fetch` command
+        /// line clap refused (nothing ran that a retry could mend).
+        WalFetch,
+        /// `wal-fetch` as a standby's `restore_command` (`standby.signal`).
+        StandbyWalFetch,
+    }
+
+    /// The exit policy, in one place: the status a failure of `kind` exits with.
+    ///
+    /// "Not found" is 1 for everyone. Under `wal-fetch` any other failure must not read as
+    /// "not available" (below 126), which would end archive recovery and promote: usage
+    /// and configuration errors exit [`WAL_FETCH_USAGE`] rather than 2. A standby is the
+    /// exception: a status above 125 would shut it down, so it exits 1 and asks again a
+    /// few seconds later, or [`STANDBY_RETRY`] for a full disk (which is not "not in the
+    /// archive").
+    pub fn status(kind: Kind, caller: Caller) -> u8 {
+        match (caller, kind) {
+            (_, Kind::NotFound) => NOT_FOUND,
+            (Caller::StandbyWalFetch, Kind::NoSpace) => STANDBY_RETRY,
+            (Caller::StandbyWalFetch, _) => NOT_FOUND,
+            (Caller::WalFetch, Kind::Usage) => WAL_FETCH_USAGE,
+            (_, Kind::Usage) => USAGE,
+            (_, Kind::Unavailable) => UNAVAILABLE,
+            (_, Kind::StoreRefused) => STORE_REFUSED,
+            (_, Kind::Corrupt) => CORRUPT,
+            (_, Kind::NoSpace | Kind::Local) => LOCAL,
+            (_, Kind::Interrupted) => INTERRUPTED,
+        }
+    }
+}
+
+/// What kind of failure an [`Error`] is: what its exit status says ([`exit::status`]),
+/// and what callers that act on a failure ask of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bad argument or configuration.
+    Usage,
+    /// Not in the archive.
+    NotFound,
+    /// The store kept failing with transient errors, or could not be reached.
+    Unavailable,
+    /// The store refused access, or the bucket, region or object state is wrong.
+    StoreRefused,
+    /// An object whose contents are wrong.
+    Corrupt,
+    /// A file system ran out of space.
+    NoSpace,
+    /// Any other local failure: a file, the PostgreSQL server, wale itself.
+    Local,
+    /// Stopped by SIGINT or SIGTERM.
+    Interrupted,
 }
 
 /// Everything a command can fail with, each naming the object or path at fault.
@@ -141,11 +202,6 @@ impl Error {
         }
     }
 
-    /// Whether a file system filled up.
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::NoSpace { .. })
-    }
-
     /// A failure reading an object through the decode chain (body → lzop → tar), classified
     /// here once: bad lzop data is corrupt; a store failure keeps the class the store gave it
     /// (the resuming reader passes it up inside the I/O error); any other read failure is
@@ -193,27 +249,30 @@ impl Error {
 
     /// Whether this is the archive saying "no such object" (the one failure that exits 1).
     pub fn is_not_found(&self) -> bool {
-        self.exit_code() == exit::NOT_FOUND
+        self.kind() == Kind::NotFound
     }
 
-    /// The process exit status for this error (see [`exit`]).
-    pub fn exit_code(&self) -> u8 {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> Kind {
         match self {
-            Error::Config(_) | Error::Usage(_) => exit::USAGE,
-            Error::NotFound(_) | Error::Storage(storage::Error::NotFound { .. }) => exit::NOT_FOUND,
+            Error::Config(_) | Error::Usage(_) => Kind::Usage,
+            Error::NotFound(_) | Error::Storage(storage::Error::NotFound { .. }) => Kind::NotFound,
             Error::Storage(
                 storage::Error::Transient { .. } | storage::Error::Unreachable { .. },
-            ) => exit::UNAVAILABLE,
+            ) => Kind::Unavailable,
             Error::Storage(
                 storage::Error::AccessDenied { .. } | storage::Error::Permanent { .. },
-            ) => exit::STORE_REFUSED,
-            Error::Corrupt { .. } => exit::CORRUPT,
-            Error::Local { .. }
-            | Error::NoSpace { .. }
-            | Error::Server { .. }
-            | Error::Internal(_) => exit::LOCAL,
-            Error::Interrupted => exit::INTERRUPTED,
+            ) => Kind::StoreRefused,
+            Error::Corrupt { .. } => Kind::Corrupt,
+            Error::NoSpace { .. } => Kind::NoSpace,
+            Error::Local { .. } | Error::Server { .. } | Error::Internal(_) => Kind::Local,
+            Error::Interrupted => Kind::Interrupted,
         }
+    }
+
+    /// The exit status of this failure for `caller` (see [`exit::status`]).
+    pub fn exit_status(&self, caller: exit::Caller) -> u8 {
+        exit::status(self.kind(), caller)
     }
 }
 
@@ -233,22 +292,6 @@ fn free_text(free: Option<u64>) -> String {
 
 fn needed_text(needed: Option<u64>) -> String {
     needed.map_or_else(String::new, |n| format!(", {} needed", bytes_text(n)))
-}
-
-/// A size in the largest binary unit that keeps it at least 1.
-pub fn bytes_text(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 impl crate::retry::Retryable for Error {
@@ -273,11 +316,14 @@ mod tests {
 
     #[test]
     fn only_absence_exits_one_and_failures_abort_recovery() {
+        use exit::Caller;
         let url = || "s3://b/k".to_string();
-        assert_eq!(
-            Error::Storage(storage::Error::NotFound { url: url() }).exit_code(),
-            1
-        );
+        for caller in [Caller::Command, Caller::WalFetch, Caller::StandbyWalFetch] {
+            assert_eq!(
+                Error::Storage(storage::Error::NotFound { url: url() }).exit_status(caller),
+                1
+            );
+        }
         let failures = [
             Error::Storage(storage::Error::Transient {
                 url: url(),
@@ -294,7 +340,28 @@ mod tests {
             Error::local("/x", "writing", std::io::Error::other("disk full")),
         ];
         for err in failures {
-            assert!(err.exit_code() > 125, "{err} would let PostgreSQL promote");
+            assert!(
+                err.exit_status(Caller::WalFetch) > 125,
+                "{err} would let PostgreSQL promote"
+            );
+            let standby = err.exit_status(Caller::StandbyWalFetch);
+            assert!(
+                (1..126).contains(&standby),
+                "{err} would shut a standby down"
+            );
         }
+        let usage = Error::Usage("x".into());
+        assert_eq!(usage.exit_status(Caller::Command), exit::USAGE);
+        assert_eq!(usage.exit_status(Caller::WalFetch), exit::WAL_FETCH_USAGE);
+        let full = Error::NoSpace {
+            path: "/x".into(),
+            free: None,
+            needed: None,
+        };
+        assert_eq!(full.exit_status(Caller::Command), exit::LOCAL);
+        assert_eq!(
+            full.exit_status(Caller::StandbyWalFetch),
+            exit::STANDBY_RETRY
+        );
     }
 }

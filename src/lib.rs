@@ -36,13 +36,20 @@
 //! * [`standby`]: where a restored server stands against the archive (replay position,
 //!   lag, paused at a target, caught up), the facts `status` shows and `promote` checks.
 //! * [`backups`]: complete backups, `LATEST`, sentinels.
-//! * [`time`]: times as PostgreSQL writes them.
-//! * [`text`]: wording shared by the commands' output (counts and their plurals).
+//! * [`time`]: times as PostgreSQL writes them; civil dates from and to Unix time.
+//! * [`text`]: wording shared by the commands' output (counts and their plurals, sizes).
 //! * [`pool`]: the bounded worker pool, and the cancellation that stops blocking work.
 //! * [`retry`]: one backoff policy within `WALE_RETRIES` and a deadline.
 //! * [`progress`]: the progress bar of long commands (terminals only).
-//! * [`commands`]: one module per subcommand.
-//! * [`error`]: the error type and the exit-status policy.
+//! * [`commands`]: one module per subcommand. `wale restore`, from argument to running
+//!   server, one file per step: `main.rs` (configuration, then the plan) → [`cli`]
+//!   (`RestoreArgs`) → `commands/restore/plan.rs` (the arguments checked and typed once:
+//!   [`commands::RestorePlan`]) → `commands/restore/mod.rs` (the steps in order, the
+//!   fetch, undo on failure) → `preflight.rs` (every check before a write) →
+//!   [`restore_tree`] (the fetch) → `configure.rs` (configuration files, envdir, recovery
+//!   settings) → `start.rs` (`pg_ctl start`, waiting, failures explained).
+//! * [`error`]: the error type, its kinds, and the one exit-status policy (`wal-fetch`'s
+//!   rules included).
 
 #![warn(missing_docs)]
 

@@ -10,9 +10,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use wale::cli::{Cli, Command};
-use wale::commands::{self, Options};
+use wale::commands::{self, Options, RestorePlan};
 use wale::config::{Config, Env};
-use wale::error::{Error, exit};
+use wale::error::exit::{self, Caller};
+use wale::error::{Error, Kind};
 
 fn main() -> ExitCode {
     let wale::cli::Parsed { cli, relaunch } = match wale::cli::parse() {
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
             Command::WalFetch(args) => ExitCode::from(commands::settle_wal_fetch(args, &err)),
             _ => {
                 tracing::error!("{}", err.to_string().replace('\n', " "));
-                ExitCode::from(err.exit_code())
+                ExitCode::from(err.exit_status(Caller::Command))
             }
         },
     }
@@ -41,11 +42,12 @@ fn usage_error(refused: wale::cli::Refused) -> ExitCode {
     if !refused.error.use_stderr() {
         return ExitCode::from(exit::OK); // --help, --version
     }
-    if refused.wal_fetch {
-        ExitCode::from(exit::WAL_FETCH_USAGE)
+    let caller = if refused.wal_fetch {
+        Caller::WalFetch
     } else {
-        ExitCode::from(exit::USAGE)
-    }
+        Caller::Command
+    };
+    ExitCode::from(exit::status(Kind::Usage, caller))
 }
 
 /// Runs the command; its exit status when it did not fail.
@@ -99,20 +101,26 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     if !matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
         config.retry = config.retry.interactive();
     }
-    let mut options = Options {
-        relaunch,
-        envdir: flags.envdir.clone(),
-        ..Options::default()
+    // restore's arguments become its plan here, once, where the environment is: the
+    // archive settings the envdir it writes will hold.
+    let restore = match &cli.command {
+        Command::Restore(args) => Some(RestorePlan::new(
+            args,
+            &config.store.prefix_url(),
+            flags.envdir.as_deref(),
+            wale::config::envdir_settings(flags, &env)?,
+        )?),
+        _ => None,
     };
-    if let Command::Restore(_) = cli.command {
-        options.envdir_settings = wale::config::envdir_settings(flags, &env)?;
-    }
-    options.decoding = wale::decode::Decoding::new(
-        &config,
-        wale::lzop::Options {
-            allow_concatenated: flags.allow_concatenated_lzop,
-        },
-    );
+    let options = Options {
+        relaunch,
+        decoding: wale::decode::Decoding::new(
+            &config,
+            wale::lzop::Options {
+                allow_concatenated: flags.allow_concatenated_lzop,
+            },
+        ),
+    };
     // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
     // starts faster (decoding still runs on a blocking thread). The others work in
     // parallel.
@@ -126,7 +134,12 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
             .build(),
     }
     .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(commands::run(&cli.command, &config, options))
+    match restore {
+        Some(plan) => runtime
+            .block_on(commands::restore(&config, &options, &plan))
+            .map(|()| exit::OK),
+        None => runtime.block_on(commands::run(&cli.command, &config, options)),
+    }
 }
 
 /// The envdir `wale restore` wrote for the data directory `status` or `promote` names.
@@ -136,9 +149,10 @@ fn restored_envdir(command: &Command) -> Option<std::path::PathBuf> {
         Command::Promote(args) => &args.pgdata,
         _ => return None,
     };
-    let mut name = std::path::absolute(pgdata).ok()?.into_os_string();
-    name.push(".wale-env");
-    Some(std::path::PathBuf::from(name)).filter(|dir| dir.is_dir())
+    Some(commands::restored_envdir(
+        &std::path::absolute(pgdata).ok()?,
+    ))
+    .filter(|dir| dir.is_dir())
 }
 
 /// One line per event on stderr, `wale: LEVEL: message`, fit for the PostgreSQL log.

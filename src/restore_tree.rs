@@ -18,13 +18,14 @@ use crate::archive::{self, Partition};
 use crate::backups::{self, SentinelDetail};
 use crate::config::{Config, RetryPolicy};
 use crate::decode::Decoding;
-use crate::error::{Error, bytes_text};
+use crate::error::Error;
 use crate::extract::{self, Extractor};
 use crate::layout::{BackupName, Layout};
 use crate::pool::{Cancellation, for_each_bounded};
 use crate::storage::{Storage, Store};
 use crate::tablespaces::{self, Choices};
 use crate::tar;
+use crate::text::bytes_text;
 use crate::text::counted;
 
 /// Present in the target while a restore is under way or after one failed.
@@ -542,11 +543,5 @@ mod tests {
                 .to_string()
                 .contains("live data directory")
         );
-    }
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(bytes_text(999), "999 bytes");
-        assert_eq!(bytes_text(1_572_864), "1.5 MiB");
     }
 }

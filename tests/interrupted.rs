@@ -73,15 +73,18 @@ fn a_partition_that_fails_early_stops_the_others_and_nothing_is_left() {
 }
 
 /// Sends `signal` to a running `wale restore` after `delay`; its exit code.
-fn signalled_after(mut cmd: std::process::Command, delay: Duration, signal: i32) -> i32 {
+fn signalled_after(
+    mut cmd: std::process::Command,
+    delay: Duration,
+    signal: rustix::process::Signal,
+) -> i32 {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     // Its own process group, as a shell gives a foreground job.
     cmd.process_group(0);
     let child = cmd.spawn().unwrap();
     std::thread::sleep(delay);
-    // SAFETY: kill has no memory preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    send_signal(child.id(), signal);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let code = out.status.code().unwrap_or(-1);
@@ -104,9 +107,9 @@ fn sigint_and_sigterm_roll_back_and_leave_nothing() {
     {
         let site = Site::new(&version, |_| true);
         let signal = if i % 2 == 0 {
-            libc::SIGINT
+            rustix::process::Signal::INT
         } else {
-            libc::SIGTERM
+            rustix::process::Signal::TERM
         };
         let cmd = site.restore_command(&["--standby", "--start"]);
         let code = signalled_after(cmd, Duration::from_millis(millis), signal);

@@ -96,8 +96,7 @@ fn killing_the_prefetcher_never_exposes_a_partial_segment() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             for pid in prefetchers_for(pg_wal.to_str().unwrap()) {
-                // SAFETY: sending a signal has no memory effects.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                send_signal(pid, rustix::process::Signal::KILL);
             }
             if !area.prefetcher_running() {
                 break;

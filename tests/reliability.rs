@@ -414,14 +414,14 @@ fn tar_of_fixture_head() -> Vec<u8> {
 
 /// The processes a standby stands on, by their command lines: the postmaster and its
 /// startup process (`postgres … startup`), and wale's prefetchers.
-fn standby_processes(pgdata: &Path) -> Vec<(i32, String)> {
+fn standby_processes(pgdata: &Path) -> Vec<(u32, String)> {
     let needle = pgdata.display().to_string();
     let postmaster = std::fs::read_to_string(pgdata.join("postmaster.pid"))
         .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
@@ -432,7 +432,7 @@ fn standby_processes(pgdata: &Path) -> Vec<(i32, String)> {
             .ok()
             .and_then(|s| {
                 let after = s[s.rfind(')')? + 1..].to_string();
-                after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                after.split_whitespace().nth(1)?.parse::<u32>().ok()
             });
         if Some(pid) == postmaster {
             found.push((pid, "postmaster".to_string()));
@@ -481,8 +481,7 @@ fn chaos_random_kills_of_restore_and_of_the_standby_end_with_the_archives_data()
         let processes = standby_processes(&site.pgdata());
         if !processes.is_empty() {
             let (pid, what) = processes[rng.usize(0..processes.len())].clone();
-            // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            send_signal(pid, rustix::process::Signal::KILL);
             standby_kills += 1;
             *killed_what.entry(what).or_default() += 1;
         }

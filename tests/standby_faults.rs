@@ -72,9 +72,8 @@ fn postgres_killed_with_sigkill_resumes_from_the_archive_with_the_same_command()
     site.wait_for_status("caught up before the kill", |s| s["caught_up"] == true);
 
     let pid_file = std::fs::read_to_string(site.pgdata().join("postmaster.pid")).unwrap();
-    let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    send_signal(pid, rustix::process::Signal::KILL);
     for name in &later {
         site.add_wal(name);
     }
@@ -111,8 +110,7 @@ fn the_prefetcher_killed_again_and_again_costs_nothing_but_time() {
             let mut kills = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for pid in prefetchers_for(&needle) {
-                    // SAFETY: kill has no memory preconditions.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    send_signal(pid, rustix::process::Signal::KILL);
                     kills += 1;
                 }
                 std::thread::sleep(Duration::from_millis(50));

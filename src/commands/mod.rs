@@ -10,6 +10,8 @@ mod verify;
 mod wal_fetch;
 mod wal_prefetch;
 
+pub use restore::plan::{RestorePlan, default_envdir as restored_envdir};
+pub use restore::run as restore;
 pub use status::{exit_status as status_exit, not_a_data_directory};
 pub use wal_fetch::settle as settle_wal_fetch;
 
@@ -25,15 +27,12 @@ pub struct Options {
     pub decoding: Decoding,
     /// Global arguments for a child `wale` (the prefetcher).
     pub relaunch: Vec<std::ffi::OsString>,
-    /// `--envdir`, as given: a restored server's `restore_command` reads it.
-    pub envdir: Option<std::path::PathBuf>,
-    /// The archive settings in effect, for the envdir `restore` writes when none was given.
-    pub envdir_settings: Vec<(String, String)>,
 }
 
 /// Runs one subcommand and gives its exit status: [`exit::OK`], or for `status` the
 /// state it found ([`status_exit`]). `version` never gets here: it needs no
-/// configuration.
+/// configuration; nor does `restore`, which runs from its plan ([`RestorePlan`],
+/// [`restore`]).
 pub async fn run(command: &Command, config: &Config, options: Options) -> Result<u8, Error> {
     if let Command::Status(args) = command {
         return status::run(config, args).await;
@@ -47,10 +46,11 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
         Command::BackupList(args) => backup_list::run(config, args).await,
         Command::BackupFetch(args) => backup_fetch::run(config, &options.decoding, args).await,
-        Command::Restore(args) => restore::run(config, &options, args).await,
         Command::Promote(args) => promote::run(config, args).await,
         Command::Verify(args) => verify::run(config, &options.decoding, args).await,
-        Command::Status(_) | Command::Version | Command::Generate(_) => Ok(()),
+        Command::Status(_) | Command::Restore(_) | Command::Version | Command::Generate(_) => {
+            Ok(())
+        }
     }
     .map(|()| exit::OK)
 }

@@ -153,15 +153,13 @@ fn handover_path(destination: &Path, name: &str, kind: WalFileKind) -> Option<Pa
     asked_by_postgres.then(|| destination.with_file_name(name))
 }
 
-/// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status.
+/// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status
+/// (the policy is [`exit::status`]'s).
 ///
-/// "Not found" is 1, and for a segment it is recorded: recovery has read everything
-/// before it. Any other failure is recorded, and then:
-/// * in standby mode (`standby.signal` in the working directory, which PostgreSQL makes
-///   the data directory) it exits 1 as well, loudly: a standby tries again a few seconds
-///   later, whereas a status above 125 would shut it down;
-/// * otherwise it exits above 125, usage and configuration errors included, so that
-///   archive recovery stops rather than ends and promotes at the wrong point.
+/// "Not found" is recorded for a segment: recovery has read everything before it. Any
+/// other failure is recorded too, and logged loudly; in standby mode (`standby.signal` in
+/// the working directory, which PostgreSQL makes the data directory) the line says that
+/// PostgreSQL will ask again.
 pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
     let state = state_of(args);
     let line = err.to_string().replace('\n', " ");
@@ -182,7 +180,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
             state.record_not_found(&segment);
         }
         remove_stale(&args.wal_destination);
-        return exit::NOT_FOUND;
+        return err.exit_status(exit::Caller::WalFetch);
     }
     let line = match err {
         Error::NoSpace { path, free, .. }
@@ -198,21 +196,12 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         _ => line,
     };
     let code = if in_standby_mode() {
-        // Any status below 126 makes a standby ask again a few seconds later; above 125
-        // it would shut down. A full disk is not "not in the archive": not 1.
-        let code = if err.is_no_space() {
-            exit::STANDBY_RETRY
-        } else {
-            exit::NOT_FOUND
-        };
+        let code = err.exit_status(exit::Caller::StandbyWalFetch);
         tracing::error!("{line} (standby mode: exiting {code} so that PostgreSQL asks again)");
         code
     } else {
         tracing::error!("{line}");
-        match err.exit_code() {
-            exit::USAGE => exit::WAL_FETCH_USAGE,
-            code => code,
-        }
+        err.exit_status(exit::Caller::WalFetch)
     };
     remove_stale(&args.wal_destination);
     if let Some(state) = &state {

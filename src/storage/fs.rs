@@ -8,7 +8,8 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{Error, Listing, ObjectMeta, ObjectReader, Storage, civil_utc, unix_parts};
+use super::{Error, Listing, ObjectMeta, ObjectReader, Storage, unix_parts};
+use crate::time::civil_utc;
 
 /// Reads a WAL-E archive from the local file system.
 pub struct FileStore;

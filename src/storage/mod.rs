@@ -25,6 +25,7 @@ use std::time::SystemTime;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::config::{RetryPolicy, StoreConfig};
+use crate::time::{civil_utc, unix_from_civil};
 
 /// A storage failure, naming the object (as a URL) it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -590,42 +591,6 @@ pub(crate) fn refuses_connections(err: &(dyn std::error::Error + 'static)) -> bo
     false
 }
 
-/// Civil date and time (UTC) of a Unix timestamp: (year, month, day, hour, minute, second).
-pub(crate) fn civil_utc(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = unix_secs.div_euclid(86_400);
-    let secs_of_day = unix_secs.rem_euclid(86_400) as u32;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60,
-    )
-}
-
-/// The Unix timestamp of a civil date and time (UTC): the inverse of [`civil_utc`].
-pub(crate) fn unix_from_civil(year: i64, month: u32, day: u32, secs_of_day: u32) -> i64 {
-    // Howard Hinnant's days-from-civil algorithm.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe - 719_468) * 86_400 + i64::from(secs_of_day)
-}
-
 /// Parses the RFC 3339 UTC times cloud APIs send (`2026-11-30T12:29:01.900289Z`, with or
 /// without a fraction, `Z` or `+00:00`).
 pub(crate) fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
@@ -790,10 +755,6 @@ mod tests {
 
     #[test]
     fn cloud_times_parse_and_print_as_wal_e_showed_them() {
-        for secs in [0i64, 951_782_400, 1_795_561_130, 4_102_444_800] {
-            let (y, mo, d, h, mi, s) = civil_utc(secs);
-            assert_eq!(unix_from_civil(y, mo, d, h * 3600 + mi * 60 + s), secs);
-        }
         let t = parse_rfc3339_utc("2026-11-24T22:58:50.900289Z").unwrap();
         assert_eq!(unix_parts(t), (1_795_561_130, 900_289_000));
         assert_eq!(
@@ -812,13 +773,5 @@ mod tests {
         ] {
             assert!(parse_rfc3339_utc(bad).is_none(), "{bad}");
         }
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil_utc(1_795_561_130), (2026, 11, 24, 22, 58, 50));
-        assert_eq!(civil_utc(951_782_400), (2000, 2, 29, 0, 0, 0));
-        assert_eq!(civil_utc(-1), (1969, 12, 31, 23, 59, 59));
     }
 }

@@ -23,10 +23,11 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 
 use super::{
-    Body, Error, Listing, ObjectMeta, ObjectReader, Storage, civil_utc, error_chain, innermost,
+    Body, Error, Listing, ObjectMeta, ObjectReader, Storage, error_chain, innermost,
     refuses_connections, unix_parts,
 };
 use crate::config::{Addressing, Credentials, Endpoint, S3Config, bucket_is_subdomain_compatible};
+use crate::time::civil_utc;
 
 /// Region used to sign requests to a custom endpoint when `AWS_REGION` is unset, and to
 /// ask AWS where a bucket lives.

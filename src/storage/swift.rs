@@ -539,7 +539,7 @@ fn swift_time(text: &str) -> Option<SystemTime> {
 /// A time as Swift's listings print it: microseconds always, no zone.
 fn swift_time_text(t: SystemTime) -> String {
     let (secs, nanos) = unix_parts(t);
-    let (y, mo, d, h, mi, s) = super::civil_utc(secs);
+    let (y, mo, d, h, mi, s) = crate::time::civil_utc(secs);
     format!(
         "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}",
         nanos / 1000

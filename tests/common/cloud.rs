@@ -28,11 +28,6 @@ fn emulators_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/wale-emulators"))
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A running emulator, stopped when dropped.
 pub struct Emulator {
     pub cloud: Cloud,
@@ -43,7 +38,7 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn start(cloud: Cloud) -> Emulator {
-        let port = free_port();
+        let port = super::pg::free_port();
         let data = tempfile::tempdir().unwrap();
         let dir = emulators_dir();
         let mut cmd = match cloud {

@@ -22,6 +22,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
+/// Sends `signal` to process `pid`. A process already gone is no failure: the tests
+/// race their targets on purpose.
+pub fn send_signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
 pub const ACCESS_KEY: &str = "wale-test-key";
 pub const SECRET_KEY: &str = "wale-test-secret";
 pub const BUCKET: &str = "wale-test";

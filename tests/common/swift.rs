@@ -44,11 +44,6 @@ fn venv() -> PathBuf {
         .join("swift")
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn is_root() -> bool {
     wale::users::effective_uid() == 0
 }
@@ -76,7 +71,12 @@ impl SwiftServer {
             .tempdir_in("/var/tmp")
             .unwrap();
         assert_takes_user_xattrs(dir.path());
-        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let ports = [
+            super::pg::free_port(),
+            super::pg::free_port(),
+            super::pg::free_port(),
+            super::pg::free_port(),
+        ];
         let mut server = SwiftServer {
             port: ports[0],
             ports,
@@ -366,16 +366,17 @@ impl Drop for SwiftServer {
 fn assert_takes_user_xattrs(dir: &Path) {
     let probe = dir.join("xattr-probe");
     std::fs::write(&probe, b"").unwrap();
-    let path = std::ffi::CString::new(probe.to_str().unwrap()).unwrap();
-    let name = c"user.wale-probe";
-    // SAFETY: both strings are NUL-terminated and the value is a valid 1-byte buffer.
-    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
-    assert_eq!(
-        rc,
-        0,
+    let set = rustix::fs::setxattr(
+        &probe,
+        "user.wale-probe",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    );
+    assert!(
+        set.is_ok(),
         "{} does not take user xattrs ({}), which Swift needs",
         dir.display(),
-        std::io::Error::last_os_error()
+        std::io::Error::from(set.unwrap_err())
     );
     std::fs::remove_file(&probe).unwrap();
 }

@@ -7,8 +7,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{Plan, absolute, chown_tree, default_envdir};
-use crate::cli::RestoreArgs;
+use super::plan::{Envdir, Recovery, RestorePlan, TimelineTarget};
+use super::{Checked, chown_tree};
 use crate::commands::Options;
 use crate::error::Error;
 use crate::pg::conf::{self, Finding};
@@ -55,28 +55,28 @@ const CLUSTER_SETTINGS: &[&str] = &[
 /// Writes the configuration files, the envdir, the signal file.
 pub(super) fn configure(
     options: &Options,
-    args: &RestoreArgs,
-    plan: &Plan,
+    plan: &RestorePlan,
+    checked: &Checked,
     control: &ControlData,
 ) -> Result<(), Error> {
     let pgdata = &plan.pgdata;
-    neutralise_auto_conf(args, plan)?;
-    let envdir = envdir_of(options, pgdata)?;
-    let restore_command = restore_command(&envdir, options)?;
+    neutralise_auto_conf(plan, checked)?;
+    let envdir = envdir_of(plan)?;
+    let restore_command = restore_command(envdir, options)?;
     let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
-    let recovery = recovery_settings(args, major, &restore_command);
-    let mut text = postgresql_conf(args, plan, control, major);
+    let recovery = recovery_settings(plan, major, &restore_command);
+    let mut text = postgresql_conf(plan, checked, control, major);
     match major.recovery_config() {
         RecoveryConfig::SignalFiles => {
             append_settings(&mut text, &recovery);
-            let signal = if args.standby {
+            let signal = if plan.recovery.is_standby() {
                 "standby.signal"
             } else {
                 "recovery.signal"
             };
             write_file(&pgdata.join(signal), "", 0o600)?;
         }
-        RecoveryConfig::RecoveryConf => write_recovery_conf(pgdata, args, major, &recovery)?,
+        RecoveryConfig::RecoveryConf => write_recovery_conf(plan, major, &recovery)?,
     }
     if !plan.settings.is_empty() {
         text.push_str("\n# --set\n");
@@ -89,17 +89,17 @@ pub(super) fn configure(
     // Last: without postgresql.conf PostgreSQL refuses to start, so a restore interrupted
     // before this point can never be started by mistake.
     write_file(&pgdata.join("postgresql.conf"), &text, 0o600)?;
-    if let Some(cluster) = &args.cluster {
-        register_cluster(cluster, plan, &text)?;
+    if let Some(cluster) = &plan.cluster {
+        register_cluster(cluster, plan, checked, &text)?;
     }
     Ok(())
 }
 
 /// The vendor's `postgresql.auto.conf` with what would stop or mislead this server
 /// commented out (the original kept beside it).
-fn neutralise_auto_conf(args: &RestoreArgs, plan: &Plan) -> Result<(), Error> {
+fn neutralise_auto_conf(plan: &RestorePlan, checked: &Checked) -> Result<(), Error> {
     let pgdata = &plan.pgdata;
-    let pkglibdir = plan.binaries.pkglibdir();
+    let pkglibdir = checked.binaries.pkglibdir();
     let auto_path = pgdata.join("postgresql.auto.conf");
     let Some(original) = crate::durable::read_small_file(&auto_path)
         .map_err(|e| Error::local(&auto_path, "cannot read", e))?
@@ -107,7 +107,7 @@ fn neutralise_auto_conf(args: &RestoreArgs, plan: &Plan) -> Result<(), Error> {
         return Ok(());
     };
     let mut owned = OWNED_SETTINGS.to_vec();
-    if args.cluster.is_some() {
+    if plan.cluster.is_some() {
         owned.extend_from_slice(CLUSTER_SETTINGS);
     }
     let sanitised = conf::sanitise_auto_conf(&original, &owned, &|library| {
@@ -127,12 +127,12 @@ fn neutralise_auto_conf(args: &RestoreArgs, plan: &Plan) -> Result<(), Error> {
 
 /// The envdir `restore_command` reads: `--envdir` as given, else the settings in effect
 /// written beside the data directory.
-fn envdir_of(options: &Options, pgdata: &Path) -> Result<PathBuf, Error> {
-    if let Some(dir) = &options.envdir {
-        return absolute(dir);
-    }
-    let dir = default_envdir(pgdata);
-    write_envdir(&dir, &options.envdir_settings)?;
+fn envdir_of(plan: &RestorePlan) -> Result<&Path, Error> {
+    let dir = match &plan.envdir {
+        Envdir::Given(dir) => return Ok(dir),
+        Envdir::Written(dir) => dir,
+    };
+    write_envdir(dir, &plan.archive_settings)?;
     tracing::info!(
         "the archive settings for restore_command are in {} (mode 0700, outside the data directory)",
         dir.display()
@@ -142,8 +142,7 @@ fn envdir_of(options: &Options, pgdata: &Path) -> Result<PathBuf, Error> {
 
 /// PostgreSQL 10 and 11: the recovery settings in `recovery.conf`, with `standby_mode`.
 fn write_recovery_conf(
-    pgdata: &Path,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     major: Major,
     recovery: &[(&str, String)],
 ) -> Result<(), Error> {
@@ -151,11 +150,11 @@ fn write_recovery_conf(
         "# Written by wale restore: PostgreSQL {major} reads its recovery settings here and\n\
          # renames this file to recovery.done when recovery ends.\n"
     );
-    if args.standby {
+    if plan.recovery.is_standby() {
         append_settings(&mut text, &[("standby_mode", "on".to_string())]);
     }
     append_settings(&mut text, recovery);
-    write_file(&pgdata.join("recovery.conf"), &text, 0o600)
+    write_file(&plan.pgdata.join("recovery.conf"), &text, 0o600)
 }
 
 fn report_findings(findings: &[Finding], pkglibdir: &Path) {
@@ -207,29 +206,20 @@ const STANDBY_RETRY_INTERVAL: &str = "500ms";
 /// The recovery settings of this restore: `restore_command`, the timeline, the target.
 /// PostgreSQL 10 and 11 know no `current` (it is their default, so it is left out).
 fn recovery_settings(
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     major: Major,
     restore_command: &str,
 ) -> Vec<(&'static str, String)> {
     let mut settings = vec![("restore_command", restore_command.to_string())];
     let default_current = major.recovery_config() == RecoveryConfig::RecoveryConf;
-    if !(default_current && args.target_timeline == "current") {
-        settings.push(("recovery_target_timeline", args.target_timeline.clone()));
+    if !(default_current && plan.timeline == TimelineTarget::Current) {
+        settings.push(("recovery_target_timeline", plan.timeline.to_string()));
     }
-    let targets = [
-        ("recovery_target_time", &args.target_time),
-        ("recovery_target_lsn", &args.target_lsn),
-        ("recovery_target_name", &args.target_name),
-        ("recovery_target_xid", &args.target_xid),
-        ("recovery_target_action", &args.target_action),
-    ];
-    for (name, value) in targets {
-        if let Some(value) = value {
-            settings.push((name, value.clone()));
+    if let Recovery::ToTarget { target, action } = &plan.recovery {
+        settings.push(target.setting());
+        if let Some(action) = action {
+            settings.push(("recovery_target_action", action.as_str().to_string()));
         }
-    }
-    if args.target_immediate {
-        settings.push(("recovery_target", "immediate".to_string()));
     }
     settings
 }
@@ -241,9 +231,14 @@ fn append_settings(text: &mut String, settings: &[(&str, String)]) {
     }
 }
 
-fn postgresql_conf(args: &RestoreArgs, plan: &Plan, control: &ControlData, major: Major) -> String {
+fn postgresql_conf(
+    plan: &RestorePlan,
+    checked: &Checked,
+    control: &ControlData,
+    major: Major,
+) -> String {
     let mut text = String::new();
-    let now = crate::storage::civil_utc(
+    let now = crate::time::civil_utc(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
@@ -251,7 +246,7 @@ fn postgresql_conf(args: &RestoreArgs, plan: &Plan, control: &ControlData, major
     let _ = writeln!(
         text,
         "# Written by wale restore at {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC from backup {}.",
-        now.0, now.1, now.2, now.3, now.4, now.5, plan.backup
+        now.0, now.1, now.2, now.3, now.4, now.5, checked.backup
     );
     text.push_str(
         "# WAL-E backups do not hold the source's postgresql.conf; this is what this server needs.\n\
@@ -265,9 +260,9 @@ fn postgresql_conf(args: &RestoreArgs, plan: &Plan, control: &ControlData, major
         };
     };
     line("listen_addresses", conf::quote("localhost"), "");
-    line("port", args.port.to_string(), "");
+    line("port", plan.port.to_string(), "");
     line("hot_standby", "on".into(), "");
-    if args.standby {
+    if plan.recovery.is_standby() {
         line(
             "wal_retrieve_retry_interval",
             conf::quote(STANDBY_RETRY_INTERVAL),
@@ -339,18 +334,15 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
 
 /// Registers the data directory as Debian cluster `N/NAME`, as `pg_restorecluster` does:
 /// the configuration under `/etc/postgresql/N/NAME` pointing at the data directory.
-fn register_cluster(cluster: &str, plan: &Plan, conf_text: &str) -> Result<(), Error> {
-    let valid = !cluster.is_empty()
-        && cluster
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        && !cluster.starts_with('.');
-    if !valid {
-        return Err(Error::Usage(format!(
-            "--cluster {cluster:?}: not a cluster name"
-        )));
-    }
-    let etc = PathBuf::from(format!("/etc/postgresql/{}/{cluster}", plan.binaries.major));
+/// The name was checked with the plan.
+fn register_cluster(
+    cluster: &str,
+    plan: &RestorePlan,
+    checked: &Checked,
+    conf_text: &str,
+) -> Result<(), Error> {
+    let major = checked.binaries.major;
+    let etc = PathBuf::from(format!("/etc/postgresql/{major}/{cluster}"));
     if !Path::new("/etc/postgresql-common").is_dir() {
         return Err(Error::Usage(
             "--cluster needs postgresql-common (/etc/postgresql-common is missing)".into(),
@@ -369,7 +361,7 @@ fn register_cluster(cluster: &str, plan: &Plan, conf_text: &str) -> Result<(), E
         .map_err(|e| Error::local(&etc, "cannot create", e))?;
     let pgdata = &plan.pgdata;
     let mut text = conf_text.to_string();
-    let _ = writeln!(text, "\n# Debian cluster {}/{cluster}", plan.binaries.major);
+    let _ = writeln!(text, "\n# Debian cluster {}/{cluster}", major);
     for (name, value) in [
         ("data_directory", pgdata.display().to_string()),
         ("hba_file", etc.join("pg_hba.conf").display().to_string()),
@@ -379,9 +371,9 @@ fn register_cluster(cluster: &str, plan: &Plan, conf_text: &str) -> Result<(), E
         ),
         (
             "external_pid_file",
-            format!("/var/run/postgresql/{}-{cluster}.pid", plan.binaries.major),
+            format!("/var/run/postgresql/{}-{cluster}.pid", major),
         ),
-        ("cluster_name", format!("{}/{cluster}", plan.binaries.major)),
+        ("cluster_name", format!("{}/{cluster}", major)),
     ] {
         let _ = writeln!(text, "{name} = {}", conf::quote(&value));
     }
@@ -389,10 +381,10 @@ fn register_cluster(cluster: &str, plan: &Plan, conf_text: &str) -> Result<(), E
     write_file(&etc.join("pg_hba.conf"), &conf::local_only_hba(), 0o640)?;
     write_file(&etc.join("pg_ident.conf"), &conf::empty_ident(), 0o640)?;
     write_file(&etc.join("start.conf"), "manual\n", 0o644)?;
-    chown_tree(&etc, &plan.owner)?;
+    chown_tree(&etc, &checked.owner)?;
     tracing::info!(
         "registered as cluster {}/{cluster} (configuration in {}; pg_lsclusters lists it)",
-        plan.binaries.major,
+        major,
         etc.display()
     );
     Ok(())

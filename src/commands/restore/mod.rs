@@ -1,22 +1,25 @@
 //! `restore PGDATA [BACKUP_NAME|LATEST]`: from an archive to a server that starts.
 //!
-//! 1. Preflight, writing nothing: the backup, the target, free space, server binaries of
-//!    the backup's major version, the WAL from the backup's start to its stop segment, and
-//!    the first segment's page header (system identifier, segment size).
-//! 2. Fetch with `backup-fetch`'s pipeline; tablespaces into real directories outside
-//!    PGDATA, `pg_wal` a real directory.
-//! 3. Validate what came back: `PG_VERSION`, `backup_label`, `pg_control` (known layout,
-//!    CRC) against the binaries and the archive's WAL.
-//! 4. Configuration: the vendor's `postgresql.auto.conf` neutralised, `postgresql.conf`,
+//! Read in this order, one file per step:
+//!
+//! 0. [`plan`]: the arguments checked and typed once ([`RestorePlan`]: recovery target,
+//!    timeline, settings, paths); `main` makes it, every later step reads it.
+//! 1. `preflight`, writing nothing: the backup, free space, server binaries of the
+//!    backup's major version, the WAL from the backup's start to its stop segment, and the
+//!    first segment's page header (system identifier, segment size).
+//! 2. Fetch (here, [`run`]) with `backup-fetch`'s pipeline ([`crate::restore_tree`]);
+//!    tablespaces into real directories outside PGDATA, `pg_wal` a real directory.
+//! 3. Validate what came back (here): `PG_VERSION`, `backup_label`, `pg_control` (known
+//!    layout, CRC) against the binaries and the archive's WAL.
+//! 4. `configure`: the vendor's `postgresql.auto.conf` neutralised, `postgresql.conf`,
 //!    `pg_hba.conf`, `pg_ident.conf`, an envdir for `restore_command` outside PGDATA,
 //!    the signal file and recovery target.
-//! 5. `--start`: `pg_ctl start` as the owner, failures explained in one line.
+//! 5. `start` (`--start`): `pg_ctl start` as the owner, failures explained in one line.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cli::RestoreArgs;
 use crate::commands::Options;
 use crate::config::Config;
 use crate::error::Error;
@@ -33,10 +36,13 @@ use crate::wal::LongPageHeader;
 use crate::restore_tree::{self, FetchRequest};
 
 mod configure;
+pub(super) mod plan;
 mod preflight;
 mod start;
 
-/// Runs `wale restore`.
+use plan::RestorePlan;
+
+/// Runs `wale restore` as `plan` says.
 ///
 /// The first thing it writes into PGDATA is [`RESTORE_RECORD`], naming this restore (its
 /// request) and what it may create; it is marked complete once the configuration is in
@@ -45,88 +51,53 @@ mod start;
 /// after a kill, the same command recognises its work: unfinished, it is removed and
 /// redone; complete, the command goes on from there (starts the server, or waits for the
 /// one it started). SIGINT and SIGTERM stop the work and roll everything back.
-pub async fn run(config: &Config, options: &Options, args: &RestoreArgs) -> Result<(), Error> {
+pub async fn run(config: &Config, options: &Options, plan: &RestorePlan) -> Result<(), Error> {
     let cancellation = Cancellation::new();
     let _signals = crate::pool::cancel_on_signals(&cancellation);
-    let pgdata = absolute(&args.pgdata)?;
-    let request = request_of(config, options, args, &pgdata)?;
-    if let Some(record) = DataDir::new(&pgdata).restore_record()
-        && let Some(complete) = earlier_restore(&pgdata, record, &request)?
+    let pgdata = &plan.pgdata;
+    if let Some(record) = DataDir::new(pgdata).restore_record()
+        && let Some(complete) = earlier_restore(pgdata, record, &plan.request)?
     {
-        return finish_earlier(&pgdata, complete, args, &cancellation).await;
+        return finish_earlier(plan, complete, &cancellation).await;
     }
     let store = Arc::new(Store::open(&config.store).await?);
     let layout = Layout::new(config.store.path_prefix());
-    let plan = tokio::select! {
+    let checked = tokio::select! {
         biased;
         () = cancellation.cancelled() => {
             return Err(Error::Interrupted);
         }
-        plan = preflight::preflight(config, options, args, &store, &layout) => plan?,
+        checked = preflight::preflight(config, options, plan, &store, &layout) => checked?,
     };
 
     // From here on wale writes. Until the restore is complete, a failure removes what
     // this run created, so the same command can simply be run again.
-    let undo = Undo::record(&plan);
+    let undo = Undo::record(plan, &checked);
     let restored = fetch_and_configure(
         config,
         options,
-        args,
+        plan,
         &store,
-        &plan,
+        &checked,
         &undo,
-        &request,
         &cancellation,
     )
     .await;
     if let Err(err) = restored {
         return Err(undo.roll_back(err));
     }
-    if !args.start {
-        tracing::info!(
-            "restored; start it with: {}",
-            start::command_line(&plan.server())
-        );
+    let server = checked.server(pgdata);
+    if !plan.start {
+        tracing::info!("restored; start it with: {}", start::command_line(&server));
         return Ok(());
     }
-    let server = plan.server();
-    match start::start(&server, args, &cancellation).await {
+    match start::start(&server, plan, &cancellation).await {
         Err(Error::Interrupted) => {
             start::stop(&server);
             Err(undo.roll_back(Error::Interrupted))
         }
         other => other,
     }
-}
-
-/// What decides a restore's result, compared when the same command is run again: every
-/// argument but `--start`, `--pool-size` and `--pg-bin`, and the archive.
-fn request_of(
-    config: &Config,
-    options: &Options,
-    args: &RestoreArgs,
-    pgdata: &Path,
-) -> Result<serde_json::Value, Error> {
-    let envdir = options.envdir.as_deref().map(absolute).transpose()?;
-    Ok(serde_json::json!({
-        "archive": config.store.prefix_url(),
-        "pgdata": pgdata,
-        "backup": args.backup_name,
-        "standby": args.standby,
-        "port": args.port,
-        "tablespaces": args.tablespaces,
-        "settings": args.settings,
-        "cluster": args.cluster,
-        "owner": args.owner,
-        "envdir": envdir,
-        "target_time": args.target_time,
-        "target_lsn": args.target_lsn,
-        "target_name": args.target_name,
-        "target_xid": args.target_xid,
-        "target_immediate": args.target_immediate,
-        "target_action": args.target_action,
-        "target_timeline": args.target_timeline,
-    }))
 }
 
 /// A data directory holding a record of an earlier `wale restore`: of another request,
@@ -174,14 +145,14 @@ fn earlier_restore(
 /// the server is started, or the one an interrupted run started is waited for as the
 /// run would have.
 async fn finish_earlier(
-    pgdata: &Path,
+    plan: &RestorePlan,
     record: RestoreRecord,
-    args: &RestoreArgs,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
+    let pgdata = &plan.pgdata;
     let binaries = Binaries::for_data_dir(
         record.major,
-        args.pg_bin.as_deref(),
+        plan.pg_bin.as_deref(),
         &DataDir::new(pgdata),
         None,
     )
@@ -196,7 +167,7 @@ async fn finish_earlier(
         .ok()
         .flatten()
         .filter(PidFile::is_alive);
-    match (args.start, running) {
+    match (plan.start, running) {
         (false, _) => {
             tracing::info!(
                 "{} already holds this restore of {}, complete; start it with: {}",
@@ -215,7 +186,7 @@ async fn finish_earlier(
             );
             start::settle(
                 &server,
-                args,
+                plan,
                 &server::log_path(pgdata),
                 start::unix_now(),
                 None,
@@ -229,20 +200,20 @@ async fn finish_earlier(
                 pgdata.display(),
                 record.backup
             );
-            start::start(&server, args, cancellation).await
+            start::start(&server, plan, cancellation).await
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Fetches the backup into the data directory and writes the configuration, between the
+/// record of an unfinished restore and the record of a complete one.
 async fn fetch_and_configure(
     config: &Config,
     options: &Options,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     store: &Arc<Store>,
-    plan: &Plan,
+    checked: &Checked,
     undo: &Undo,
-    request: &serde_json::Value,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
     if let Some(parent) = plan.pgdata.parent() {
@@ -255,21 +226,21 @@ async fn fetch_and_configure(
     }
     restore_tree::prepare_target(&plan.pgdata, false)?;
     let mut record = RestoreRecord {
-        backup: plan.backup.to_string(),
-        major: plan.binaries.major,
-        pg_bin: plan.binaries.dir.clone(),
+        backup: checked.backup.to_string(),
+        major: checked.binaries.major,
+        pg_bin: checked.binaries.dir.clone(),
         complete: false,
-        request: request.clone(),
+        request: plan.request.clone(),
         places: undo.places.clone(),
     };
     write_record(&plan.pgdata, &record)?;
     let fetch = FetchRequest {
         target: plan.pgdata.clone(),
-        backup: plan.backup.clone(),
-        pool_size: args.pool_size,
+        backup: checked.backup.clone(),
+        pool_size: plan.pool_size,
         blind_restore: false,
         restore_spec: None,
-        mappings: plan
+        mappings: checked
             .tablespaces
             .iter()
             .map(|t| (t.oid.clone(), t.location.clone()))
@@ -287,16 +258,16 @@ async fn fetch_and_configure(
         }
     };
     interrupted()?;
-    let control = validate(plan)?;
+    let control = validate(&plan.pgdata, checked)?;
     check_settings(&plan.settings, &control)?;
-    give_to_owner(plan)?;
-    report_tablespace_contents(plan);
-    configure::configure(options, args, plan, &control)?;
-    give_to_owner(plan)?;
+    give_to_owner(plan, checked)?;
+    report_tablespace_contents(checked);
+    configure::configure(options, plan, checked, &control)?;
+    give_to_owner(plan, checked)?;
     interrupted()?;
     record.complete = true;
     write_record(&plan.pgdata, &record)?;
-    give_to_owner(plan)
+    give_to_owner(plan, checked)
 }
 
 /// Writes the restore's record (durably, so that a restart after a crash sees it).
@@ -314,14 +285,14 @@ struct Undo {
 }
 
 impl Undo {
-    fn record(plan: &Plan) -> Undo {
+    fn record(plan: &RestorePlan, checked: &Checked) -> Undo {
         // PGDATA and each tablespace directory: absent or empty (preflight checked), so
         // emptying or removing them loses nothing.
         let mut places: Vec<(PathBuf, bool)> = std::iter::once(&plan.pgdata)
-            .chain(plan.tablespaces.iter().map(|t| &t.location))
+            .chain(checked.tablespaces.iter().map(|t| &t.location))
             .map(|p| (p.clone(), p.exists()))
             .collect();
-        places.extend(plan.created_beside.iter().map(|p| (p.clone(), false)));
+        places.extend(checked.created_beside.iter().map(|p| (p.clone(), false)));
         Undo { places }
     }
 
@@ -388,25 +359,24 @@ fn empty_directory(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Everything preflight learned, for the later steps.
-pub(super) struct Plan {
-    pub(super) pgdata: PathBuf,
+/// Everything preflight learned about the archive and this machine, for the later steps
+/// (what the arguments asked for is the [`RestorePlan`]).
+pub(super) struct Checked {
     pub(super) backup: BackupName,
     pub(super) binaries: Binaries,
     pub(super) owner: User,
     pub(super) first_header: LongPageHeader,
     pub(super) tablespaces: Vec<PlacedTablespace>,
-    pub(super) settings: Vec<(String, String)>,
     /// Directories beside PGDATA that this run creates (the default tablespace root, the
     /// envdir): the run's to give to the owner, or to remove if it fails.
     pub(super) created_beside: Vec<PathBuf>,
 }
 
-impl Plan {
-    /// The server this plan restores, for starting it.
-    fn server(&self) -> start::Server {
+impl Checked {
+    /// The server restored into `pgdata`, for starting it.
+    fn server(&self, pgdata: &Path) -> start::Server {
         start::Server {
-            pgdata: self.pgdata.clone(),
+            pgdata: pgdata.to_path_buf(),
             binaries: self.binaries.clone(),
             owner: self.owner.clone(),
         }
@@ -420,36 +390,19 @@ pub(super) struct PlacedTablespace {
     pub(super) location: PathBuf,
 }
 
-pub(super) fn absolute(path: &Path) -> Result<PathBuf, Error> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let here = std::env::current_dir()
-        .map_err(|e| Error::local(".", "cannot read the current directory", e))?;
-    Ok(here.join(path))
-}
-
-/// Where tablespaces go unless mapped: `<PGDATA>_tablespaces/`.
-pub(super) fn default_tablespace_root(pgdata: &Path) -> PathBuf {
-    let mut name = pgdata.as_os_str().to_os_string();
-    name.push("_tablespaces");
-    PathBuf::from(name)
-}
-
 /// Checks the restored tree against the binaries and the archive's WAL.
-fn validate(plan: &Plan) -> Result<ControlData, Error> {
-    let pgdata = &plan.pgdata;
+fn validate(pgdata: &Path, checked: &Checked) -> Result<ControlData, Error> {
     let place = |name: &str| pgdata.join(name).display().to_string();
     let version = std::fs::read_to_string(pgdata.join("PG_VERSION"))
         .map_err(|e| Error::local(pgdata.join("PG_VERSION"), "cannot read", e))?;
     let major = server::major_of_version_text(&version);
-    if major != Some(plan.binaries.major) {
+    if major != Some(checked.binaries.major) {
         return Err(Error::corrupt(
             place("PG_VERSION"),
             format!(
                 "says {:?}, but the backup's server was PostgreSQL {}",
                 version.trim(),
-                plan.binaries.major
+                checked.binaries.major
             ),
         ));
     }
@@ -463,11 +416,11 @@ fn validate(plan: &Plan) -> Result<ControlData, Error> {
         .map_err(|e| Error::local(pgdata.join("global/pg_control"), "cannot read", e))?;
     let control =
         ControlData::parse(&bytes).map_err(|e| Error::corrupt(place("global/pg_control"), e))?;
-    let header = &plan.first_header;
-    let mismatch = if control.major_version != plan.binaries.major {
+    let header = &checked.first_header;
+    let mismatch = if control.major_version != checked.binaries.major {
         Some(format!(
             "written by PostgreSQL {}, but PG_VERSION says {}",
-            control.major_version, plan.binaries.major
+            control.major_version, checked.binaries.major
         ))
     } else if header.system_identifier != control.system_identifier {
         Some(format!(
@@ -530,8 +483,8 @@ fn check_settings(settings: &[(String, String)], control: &ControlData) -> Resul
 
 /// Counts relation files in each restored tablespace: a tablespace meant for temporary
 /// files (a vendor's `ephemeral`) that holds real tables needs a decision before cutover.
-fn report_tablespace_contents(plan: &Plan) {
-    for tablespace in &plan.tablespaces {
+fn report_tablespace_contents(checked: &Checked) {
+    for tablespace in &checked.tablespaces {
         let relations = count_relation_files(&tablespace.location);
         if relations > 0 {
             tracing::warn!(
@@ -568,16 +521,16 @@ fn count_relation_files(dir: &Path) -> usize {
 }
 
 /// As root: the data directory, the tablespaces and what wale wrote belong to the owner.
-fn give_to_owner(plan: &Plan) -> Result<(), Error> {
+fn give_to_owner(plan: &RestorePlan, checked: &Checked) -> Result<(), Error> {
     if users::effective_uid() != 0 {
         return Ok(());
     }
     // Only what this run made or filled: never a directory that was there before.
     let roots = std::iter::once(&plan.pgdata)
-        .chain(plan.tablespaces.iter().map(|t| &t.location))
-        .chain(&plan.created_beside);
+        .chain(checked.tablespaces.iter().map(|t| &t.location))
+        .chain(&checked.created_beside);
     for root in roots {
-        chown_tree(root, &plan.owner)?;
+        chown_tree(root, &checked.owner)?;
     }
     Ok(())
 }
@@ -600,15 +553,9 @@ pub(super) fn chown_tree(path: &Path, owner: &User) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn default_envdir(pgdata: &Path) -> PathBuf {
-    let mut name = pgdata.as_os_str().to_os_string();
-    name.push(".wale-env");
-    PathBuf::from(name)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::preflight::parse_settings;
+    use super::plan::parse_settings;
     use super::*;
 
     #[test]

@@ -4,44 +4,43 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{PlacedTablespace, Plan, absolute, default_tablespace_root};
+use super::plan::{BackupChoice, Envdir, RestorePlan, default_tablespace_root};
+use super::{Checked, PlacedTablespace};
 use crate::archive::{self, WalPages, Wanted};
 use crate::backups::{self, Backup, SentinelDetail};
-use crate::cli::RestoreArgs;
 use crate::commands::Options;
 use crate::config::Config;
 use crate::decode::Decoding;
 use crate::error::Error;
-use crate::error::bytes_text;
 use crate::layout::{BackupName, Layout};
 use crate::pg::server::{self, Binaries, PidFile};
 use crate::pg::version::Major;
 use crate::retry::with_retries;
 use crate::storage::{Storage, Store};
 use crate::tablespaces;
+use crate::text::bytes_text;
 use crate::users::{self, User};
 use crate::wal::{LongPageHeader, SegmentName};
 
-/// Checks everything before anything is written, and plans the restore.
+/// Checks everything the plan needs of this machine and the archive before anything is
+/// written.
 pub(super) async fn preflight(
     config: &Config,
     options: &Options,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     store: &Arc<Store>,
     layout: &Layout,
-) -> Result<Plan, Error> {
-    let pgdata = absolute(&args.pgdata)?;
-    let owner = choose_owner(&args.owner)?;
-    let settings = parse_settings(&args.settings)?;
-    check_recovery_options(args)?;
-    check_target_directory(&pgdata)?;
-    check_reachable(&pgdata, &owner)?;
-    check_key_readable(&options.envdir_settings, &owner)?;
+) -> Result<Checked, Error> {
+    let pgdata = &plan.pgdata;
+    let owner = choose_owner(&plan.owner)?;
+    check_target_directory(pgdata)?;
+    check_reachable(pgdata, &owner)?;
+    check_key_readable(&plan.archive_settings, &owner)?;
     check_archive_readable(config, &owner)?;
-    check_port(args)?;
-    check_envdir(options, &pgdata, &owner)?;
+    check_port(plan)?;
+    check_envdir(&plan.envdir, &owner)?;
 
-    let backup = choose_backup(config, store, layout, args, &options.decoding).await?;
+    let backup = choose_backup(config, store, layout, plan, &options.decoding).await?;
     let detail = with_retries(&config.retry, "read the sentinel", || {
         backups::read_detail(store, layout, &backup.name)
     })
@@ -54,45 +53,43 @@ pub(super) async fn preflight(
         ))
     })?;
     let binaries =
-        Binaries::find(major, args.pg_bin.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
+        Binaries::find(major, plan.pg_bin.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
     tracing::info!(
         "backup {} (PostgreSQL {major}); server binaries {} ({})",
         backup.name,
         binaries.dir.display(),
         binaries.version_line
     );
-    check_free_space(&pgdata, detail.expanded_size_bytes)?;
+    check_free_space(pgdata, detail.expanded_size_bytes)?;
     let first_header =
         read_first_header(config, store, layout, &backup.name, &options.decoding).await?;
     check_wal_between(config, store, layout, &backup.name, &detail, &first_header).await?;
     let tablespaces = place_tablespaces(
-        &pgdata,
+        pgdata,
         &detail,
-        &args.tablespaces,
+        &plan.tablespaces,
         store,
         layout,
         &backup.name,
     )?;
-    Ok(Plan {
-        created_beside: created_beside(options, args, &pgdata, &tablespaces, major),
-        pgdata,
+    Ok(Checked {
+        created_beside: created_beside(plan, &tablespaces, major),
         backup: backup.name,
         binaries,
         owner,
         first_header,
         tablespaces,
-        settings,
     })
 }
 
 /// The envdir `restore_command` will read: one given must be readable by the owner;
 /// else wale writes the settings beside PGDATA, and never overwrites an envdir it did not
 /// make in this run.
-fn check_envdir(options: &Options, pgdata: &Path, owner: &User) -> Result<(), Error> {
-    if let Some(envdir) = &options.envdir {
-        return check_envdir_readable(&absolute(envdir)?, owner);
-    }
-    let envdir = super::default_envdir(pgdata);
+fn check_envdir(envdir: &Envdir, owner: &User) -> Result<(), Error> {
+    let envdir = match envdir {
+        Envdir::Given(dir) => return check_envdir_readable(dir, owner),
+        Envdir::Written(dir) => dir,
+    };
     if envdir.exists() {
         return Err(Error::Usage(format!(
             "{} already exists (left by an earlier restore?): remove it, or pass --envdir",
@@ -105,14 +102,12 @@ fn check_envdir(options: &Options, pgdata: &Path, owner: &User) -> Result<(), Er
 /// What the restore will create outside PGDATA (and remove again on failure): the
 /// default tablespace root, the default envdir, Debian's cluster configuration.
 fn created_beside(
-    options: &Options,
-    args: &RestoreArgs,
-    pgdata: &Path,
+    plan: &RestorePlan,
     tablespaces: &[PlacedTablespace],
     major: u32,
 ) -> Vec<PathBuf> {
     let mut created = Vec::new();
-    let tablespace_root = default_tablespace_root(pgdata);
+    let tablespace_root = default_tablespace_root(&plan.pgdata);
     if !tablespace_root.exists()
         && tablespaces
             .iter()
@@ -120,10 +115,10 @@ fn created_beside(
     {
         created.push(tablespace_root);
     }
-    if options.envdir.is_none() {
-        created.push(super::default_envdir(pgdata));
+    if let Envdir::Written(dir) = &plan.envdir {
+        created.push(dir.clone());
     }
-    if let Some(cluster) = &args.cluster {
+    if let Some(cluster) = &plan.cluster {
         created.push(PathBuf::from(format!("/etc/postgresql/{major}/{cluster}")));
     }
     created
@@ -155,73 +150,6 @@ fn choose_owner(requested: &str) -> Result<User, Error> {
         )));
     }
     Ok(user)
-}
-
-/// `--set NAME=VALUE` pairs, names checked.
-pub(super) fn parse_settings(raw: &[String]) -> Result<Vec<(String, String)>, Error> {
-    raw.iter()
-        .map(|pair| {
-            let (name, value) = pair
-                .split_once('=')
-                .ok_or_else(|| Error::Usage(format!("--set {pair:?}: expected NAME=VALUE")))?;
-            let name = name.trim().to_ascii_lowercase();
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-            if !valid {
-                return Err(Error::Usage(format!(
-                    "--set {pair:?}: {name:?} is not a setting name"
-                )));
-            }
-            Ok((name, value.trim().to_string()))
-        })
-        .collect()
-}
-
-fn check_recovery_options(args: &RestoreArgs) -> Result<(), Error> {
-    let timeline = args.target_timeline.as_str();
-    if !(timeline == "latest"
-        || timeline == "current"
-        || timeline.parse::<u32>().is_ok_and(|t| t > 0))
-    {
-        return Err(Error::Usage(format!(
-            "--target-timeline {timeline:?}: expected latest, current or a timeline number"
-        )));
-    }
-    if let Some(lsn) = &args.target_lsn
-        && crate::wal::Lsn::parse(lsn).is_none()
-    {
-        return Err(Error::Usage(format!(
-            "--target-lsn {lsn:?}: expected a WAL position such as 0/3000060"
-        )));
-    }
-    if let Some(time) = &args.target_time
-        && crate::time::parse_timestamp(time).is_none()
-    {
-        return Err(Error::Usage(format!(
-            "--target-time {time:?}: expected a time such as '2026-11-30 10:00:00+00'"
-        )));
-    }
-    if args.standby && has_target(args) {
-        return Err(Error::Usage(
-            "--standby follows the archive without end; a recovery target (--target-*) makes no sense with it".into(),
-        ));
-    }
-    if args.target_action.is_some() && !has_target(args) {
-        return Err(Error::Usage(
-            "--target-action needs a recovery target (--target-time, --target-lsn, --target-name, --target-xid or --target-immediate)".into(),
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn has_target(args: &RestoreArgs) -> bool {
-    args.target_time.is_some()
-        || args.target_lsn.is_some()
-        || args.target_name.is_some()
-        || args.target_xid.is_some()
-        || args.target_immediate
 }
 
 /// The target must be absent or an empty directory, and no server may use it.
@@ -303,12 +231,16 @@ async fn choose_backup(
     config: &Config,
     store: &Store,
     layout: &Layout,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     decoding: &Decoding,
 ) -> Result<Backup, Error> {
-    let wanted = match (args.backup_name.as_deref(), args.target_time.as_deref()) {
-        (None, Some(time)) => Wanted::StoppedBefore { time, decoding },
-        (name, _) => Wanted::Query(backups::Query::parse(Some(name.unwrap_or("LATEST")))?),
+    let wanted = match &plan.backup {
+        BackupChoice::StoppedBefore(time) => Wanted::StoppedBefore {
+            time: &time.text,
+            at: time.at,
+            decoding,
+        },
+        BackupChoice::Query(query) => Wanted::Query(query.clone()),
     };
     archive::resolve_backup(config, store, layout, &wanted).await
 }
@@ -450,18 +382,14 @@ async fn check_wal_between(
 fn place_tablespaces(
     pgdata: &Path,
     detail: &SentinelDetail,
-    mappings: &[String],
+    mappings: &[(String, PathBuf)],
     store: &Store,
     layout: &Layout,
     backup: &BackupName,
 ) -> Result<Vec<PlacedTablespace>, Error> {
-    let mappings = mappings
-        .iter()
-        .map(|m| tablespaces::parse_mapping(m))
-        .collect::<Result<Vec<_>, _>>()?;
     let in_backup = tablespaces::from_spec(detail.spec.as_ref())
         .map_err(|e| Error::corrupt(store.url(&layout.sentinel_key(backup)), e))?;
-    for (oid, _) in &mappings {
+    for (oid, _) in mappings {
         if !in_backup.iter().any(|t| &t.oid == oid) {
             return Err(Error::Usage(format!(
                 "--tablespace {oid}=…: backup {backup} has no tablespace {oid} (it has: {})",
@@ -481,7 +409,6 @@ fn place_tablespaces(
             .find(|(oid, _)| oid == &tablespace.oid)
             .map(|(_, path)| path.clone())
             .unwrap_or_else(|| default_root.join(&tablespace.oid));
-        let location = absolute(&location)?;
         if location.starts_with(pgdata) {
             return Err(Error::Usage(format!(
                 "tablespace {} at {}: a tablespace must live outside the data directory",
@@ -548,7 +475,7 @@ fn check_envdir_readable(envdir: &Path, owner: &User) -> Result<(), Error> {
             owner.name,
             owner.name,
             owner.name,
-            super::default_envdir(Path::new("PGDATA")).display()
+            super::plan::default_envdir(Path::new("PGDATA")).display()
         )));
     }
     Ok(())
@@ -599,14 +526,14 @@ fn check_archive_readable(config: &Config, owner: &User) -> Result<(), Error> {
 
 /// `--start` needs the port free: a server already listening there would make the new
 /// one fail after the whole restore.
-fn check_port(args: &RestoreArgs) -> Result<(), Error> {
+fn check_port(plan: &RestorePlan) -> Result<(), Error> {
     let in_use = [
         std::net::IpAddr::from([127, 0, 0, 1]),
         std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ]
     .into_iter()
     .any(|ip| {
-        std::net::TcpListener::bind((ip, args.port))
+        std::net::TcpListener::bind((ip, plan.port))
             .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
     });
     if !in_use {
@@ -614,9 +541,9 @@ fn check_port(args: &RestoreArgs) -> Result<(), Error> {
     }
     let line = format!(
         "port {} is in use on this machine (another PostgreSQL?); pass --port with a free one",
-        args.port
+        plan.port
     );
-    if args.start {
+    if plan.start {
         return Err(Error::Usage(line));
     }
     tracing::warn!("{line} before starting the restored server");

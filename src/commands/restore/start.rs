@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::chown_tree;
-use crate::cli::RestoreArgs;
+use super::plan::RestorePlan;
 use crate::error::Error;
 use crate::pg::conf;
 use crate::pg::server::Binaries;
@@ -51,7 +51,7 @@ pub(super) fn command_line(server: &Server) -> String {
 /// recovery until it ends (promoted, paused at its target, or shut down as asked).
 pub(super) async fn start(
     server: &Server,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
     let log = log_path(&server.pgdata);
@@ -80,7 +80,7 @@ pub(super) async fn start(
     if !output.status.success() {
         return Err(failure(&log, &String::from_utf8_lossy(&output.stderr)));
     }
-    settle(server, args, &log, since, stale, cancellation).await
+    settle(server, plan, &log, since, stale, cancellation).await
 }
 
 /// How long a killed server's processes may take to go before a start gives up.
@@ -136,14 +136,14 @@ async fn wait_for_old_server(
 /// server, never taken for the new one's.
 pub(super) async fn settle(
     server: &Server,
-    args: &RestoreArgs,
+    plan: &RestorePlan,
     log: &Path,
     since: u64,
     stale: Option<i32>,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
     let pid = wait_until_accepting(server, log, since, stale, cancellation).await?;
-    if args.standby {
+    if plan.recovery.is_standby() {
         tracing::info!(
             "{} is running on port {} as a hot standby following the archive; `wale status {}` shows how far behind it is",
             server.pgdata.display(),
@@ -158,7 +158,7 @@ pub(super) async fn settle(
         .flatten()
         .is_some_and(|p| p.is_alive())
     {
-        for line in running_it(server, args.cluster.as_deref(), &pid) {
+        for line in running_it(server, plan.cluster.as_deref(), &pid) {
             tracing::info!("{line}");
         }
     }
