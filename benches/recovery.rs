@@ -32,13 +32,16 @@ const WALE: &str = "wale wal-fetch (prefetch 8)";
 const WALE_NO_PREFETCH: &str = "wale wal-fetch --prefetch 0";
 const WAL_E: &str = "WAL-E 1.1.1 wal-fetch (prefetch 8)";
 const REPLAY: &str = "replay alone, segments in pg_wal (the limit)";
+const PROTOCOL: &str =
+    "archive recovery, segments in pg_wal, restore_command false (the per-file protocol's limit)";
 /// Stands for the data directory in a mode's command, which differs from run to run.
 const PGDATA: &str = "{pgdata}";
 
 /// One way of giving PostgreSQL its WAL.
 struct Mode {
     tool: String,
-    /// The restore_command; None: the segments are put in pg_wal before the start.
+    /// The restore_command; None: the segments are put in pg_wal before the start (with
+    /// `false` as the command for [`PROTOCOL`]).
     command: Option<String>,
     runs: usize,
 }
@@ -75,6 +78,7 @@ fn main() {
     };
     let mut modes = vec![
         mode(REPLAY, None, many),
+        mode(PROTOCOL, None, many),
         mode(CP, Some(format!("cp {}/%f %p", plain.display())), many),
         mode(
             WALE,
@@ -122,6 +126,7 @@ fn main() {
             }
             let how = match &modes[i].command {
                 Some(command) => Wal::Command(command),
+                None if modes[i].tool == PROTOCOL => Wal::InPgWalThroughArchiveRecovery(&plain),
                 None => Wal::InPgWal(&plain),
             };
             outcomes[i].push(recover(&archive, &server, work.path(), slot, &timer, how));
@@ -159,7 +164,12 @@ fn main() {
                 .get(((calls.len().max(1) - 1) as f64 * q).round() as usize)
                 .map_or(0.0, |us| *us as f64 / 1000.0)
         };
-        let note = if mode.command.is_some() {
+        let note = if mode.tool == PROTOCOL {
+            format!(
+                "archive recovery that finds every segment in pg_wal after a restore_command that fails; {}",
+                samples.spread()
+            )
+        } else if mode.command.is_some() {
             format!(
                 "{replayed} segments restored; restore_command median {:.1} ms, p99 {:.1} ms; {}",
                 at(0.5),
@@ -182,6 +192,14 @@ fn main() {
             target,
         })
     };
+    compare(
+        &mut suite,
+        "recovery, wale with prefetch vs the per-file protocol alone",
+        WALE,
+        PROTOCOL,
+        Some(1.05),
+        "≤ 1.05× archive recovery from pg_wal",
+    );
     compare(
         &mut suite,
         "recovery, wale with prefetch vs replay alone",
@@ -241,6 +259,10 @@ enum Wal<'a> {
     Command(&'a str),
     /// Already in pg_wal, copied from this directory of decompressed segments (untimed).
     InPgWal(&'a Path),
+    /// The same, read by archive recovery after `restore_command = false` fails for each:
+    /// the cost of the per-file protocol alone (a fork per segment, segment-by-segment
+    /// reading), with nothing fetched.
+    InPgWalThroughArchiveRecovery(&'a Path),
 }
 
 /// Restores the backup with wale (untimed), then times PostgreSQL from start to the end
@@ -273,6 +295,7 @@ fn recover(
             command.replace(PGDATA, &pgdata.display().to_string())
         ),
         Wal::InPgWal(_) => String::new(),
+        Wal::InPgWalThroughArchiveRecovery(_) => "false".to_string(),
     };
     write_recovery_conf(
         &pgdata,
@@ -281,9 +304,11 @@ fn recover(
         &restore_command,
         "archive_mode = off\nshared_buffers = 256MB\n",
     );
-    if let Wal::InPgWal(plain) = wal {
-        // No recovery.signal: crash recovery from the backup label through pg_wal.
-        std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
+    if let Wal::InPgWal(plain) | Wal::InPgWalThroughArchiveRecovery(plain) = wal {
+        if let Wal::InPgWal(_) = wal {
+            // No recovery.signal: crash recovery from the backup label through pg_wal.
+            std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
+        }
         // A copy, not links: PostgreSQL recycles old segments by renaming and rewriting.
         let copied = Command::new("cp")
             .arg("-a")
