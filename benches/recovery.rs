@@ -126,8 +126,8 @@ fn main() {
             }
             let how = match &modes[i].command {
                 Some(command) => Wal::Command(command),
-                None if modes[i].tool == PROTOCOL => Wal::InPgWalThroughArchiveRecovery(&plain),
-                None => Wal::InPgWal(&plain),
+                None if modes[i].tool == PROTOCOL => Wal::PreplacedBehindFalse(&plain),
+                None => Wal::Preplaced(&plain),
             };
             outcomes[i].push(recover(&archive, &server, work.path(), slot, &timer, how));
             slot += 1;
@@ -258,11 +258,11 @@ enum Wal<'a> {
     /// From this restore_command (`{pgdata}` replaced by the data directory).
     Command(&'a str),
     /// Already in pg_wal, copied from this directory of decompressed segments (untimed).
-    InPgWal(&'a Path),
+    Preplaced(&'a Path),
     /// The same, read by archive recovery after `restore_command = false` fails for each:
     /// the cost of the per-file protocol alone (a fork per segment, segment-by-segment
     /// reading), with nothing fetched.
-    InPgWalThroughArchiveRecovery(&'a Path),
+    PreplacedBehindFalse(&'a Path),
 }
 
 /// Restores the backup with wale (untimed), then times PostgreSQL from start to the end
@@ -294,8 +294,8 @@ fn recover(
             calls.display(),
             command.replace(PGDATA, &pgdata.display().to_string())
         ),
-        Wal::InPgWal(_) => String::new(),
-        Wal::InPgWalThroughArchiveRecovery(_) => "false".to_string(),
+        Wal::Preplaced(_) => String::new(),
+        Wal::PreplacedBehindFalse(_) => "false".to_string(),
     };
     write_recovery_conf(
         &pgdata,
@@ -304,8 +304,8 @@ fn recover(
         &restore_command,
         "archive_mode = off\nshared_buffers = 256MB\n",
     );
-    if let Wal::InPgWal(plain) | Wal::InPgWalThroughArchiveRecovery(plain) = wal {
-        if let Wal::InPgWal(_) = wal {
+    if let Wal::Preplaced(plain) | Wal::PreplacedBehindFalse(plain) = wal {
+        if let Wal::Preplaced(_) = wal {
             // No recovery.signal: crash recovery from the backup label through pg_wal.
             std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
         }
@@ -334,7 +334,7 @@ fn recover(
                 || (l.contains("handed 0") && l.contains(" over through "))
         })
         .count();
-    if let Wal::InPgWal(_) = wal {
+    if let Wal::Preplaced(_) = wal {
         assert!(
             recovery.log_text().contains("redo done at"),
             "crash recovery did not replay: {}",
