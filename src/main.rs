@@ -52,52 +52,15 @@ fn usage_error(refused: wale::cli::Refused) -> ExitCode {
 
 /// Runs the command; its exit status when it did not fail.
 fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
-    match &cli.command {
-        Command::Version => {
-            println!("{}", env!("CARGO_PKG_VERSION"));
-            return Ok(exit::OK);
-        }
-        Command::Generate(args) => {
-            return wale::cli::generate(&args.out_dir)
-                .map(|_| exit::OK)
-                .map_err(|e| {
-                    Error::local(
-                        &args.out_dir,
-                        "cannot write the man pages and completions",
-                        e,
-                    )
-                });
-        }
-        // Scripts read `status`'s exit status: a directory that is no data directory is
-        // its own status, before any configuration is looked for.
-        Command::Status(args) => {
-            if let Some(reason) = commands::not_a_data_directory(&args.pgdata) {
-                tracing::error!("{reason}");
-                return Ok(commands::status_exit::NOT_A_DATA_DIRECTORY);
-            }
-        }
-        _ => {}
+    if let Some(answered) = answer_without_configuration(cli) {
+        return answered;
     }
     let flags = &cli.globals;
     let mut env = Env::from_process();
     if let Some(dir) = &flags.envdir {
         env.apply_envdir(dir)?;
     }
-    let config = match Config::resolve(flags, &env) {
-        // `status` and `promote` of a server `restore` made find the archive through the
-        // envdir it wrote beside the data directory.
-        Err(wale::config::Error::NoPrefix) if flags.envdir.is_none() => {
-            match restored_envdir(&cli.command) {
-                Some(dir) => {
-                    env.apply_envdir(&dir)?;
-                    Config::resolve(flags, &env)?
-                }
-                None => return Err(wale::config::Error::NoPrefix.into()),
-            }
-        }
-        other => other?,
-    };
-    let mut config = config;
+    let mut config = resolve_configuration(cli, &mut env)?;
     if !matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
         config.retry = config.retry.interactive();
     }
@@ -139,6 +102,53 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
             .block_on(commands::restore(&config, &options, &plan))
             .map(|()| exit::OK),
         None => runtime.block_on(commands::run(&cli.command, &config, options)),
+    }
+}
+
+/// The commands that need no archive configuration, answered; `None` for the others.
+fn answer_without_configuration(cli: &Cli) -> Option<Result<u8, Error>> {
+    match &cli.command {
+        Command::Version => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            Some(Ok(exit::OK))
+        }
+        Command::Generate(args) => Some(
+            wale::cli::generate(&args.out_dir)
+                .map(|_| exit::OK)
+                .map_err(|e| {
+                    Error::local(
+                        &args.out_dir,
+                        "cannot write the man pages and completions",
+                        e,
+                    )
+                }),
+        ),
+        // Scripts read `status`'s exit status: a directory that is no data directory is
+        // its own status, before any configuration is looked for.
+        Command::Status(args) => commands::not_a_data_directory(&args.pgdata).map(|reason| {
+            tracing::error!("{reason}");
+            Ok(commands::status_exit::NOT_A_DATA_DIRECTORY)
+        }),
+        _ => None,
+    }
+}
+
+/// The configuration from the flags and the environment; `status` and `promote` of a
+/// server `restore` made find the archive through the envdir it wrote beside the data
+/// directory (applied to `env`).
+fn resolve_configuration(cli: &Cli, env: &mut Env) -> Result<Config, Error> {
+    let flags = &cli.globals;
+    match Config::resolve(flags, env) {
+        Err(wale::config::Error::NoPrefix) if flags.envdir.is_none() => {
+            match restored_envdir(&cli.command) {
+                Some(dir) => {
+                    env.apply_envdir(&dir)?;
+                    Ok(Config::resolve(flags, env)?)
+                }
+                None => Err(wale::config::Error::NoPrefix.into()),
+            }
+        }
+        other => Ok(other?),
     }
 }
 
