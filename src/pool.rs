@@ -114,8 +114,9 @@ pub struct CancellableRead<R> {
 impl<R: Read> Read for CancellableRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancellation.is_cancelled() {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
+            // Not `ErrorKind::Interrupted`: every `read_exact` loop (std's, lzop's, tar's)
+            // retries that kind at once, and would spin here for ever.
+            return Err(io::Error::other(
                 "cancelled: the operation failed elsewhere or was interrupted",
             ));
         }
@@ -232,5 +233,15 @@ mod tests {
         raised.cancel();
         let result = for_each_bounded(items, 2, &raised, |_| async {}, |()| Ok(())).await;
         assert!(matches!(result, Err(Error::Interrupted)));
+    }
+
+    #[test]
+    fn a_cancelled_reader_ends_read_exact_instead_of_spinning() {
+        let cancellation = Cancellation::default();
+        let mut reader = cancellation.reader(std::io::repeat(7));
+        let mut buf = [0u8; 4];
+        reader.read_exact(&mut buf).unwrap();
+        cancellation.cancel();
+        assert!(reader.read_exact(&mut buf).is_err());
     }
 }

@@ -93,7 +93,7 @@ pub async fn run(config: &Config, options: &Options, plan: &RestorePlan) -> Resu
     }
     match start::start(&server, plan, &cancellation).await {
         Err(Error::Interrupted) => {
-            start::stop(&server);
+            start::stop_completely(&server);
             Err(undo.roll_back(Error::Interrupted))
         }
         other => other,

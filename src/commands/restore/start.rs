@@ -352,6 +352,20 @@ pub(super) fn stop(server: &Server) {
         .output();
 }
 
+/// Stops the server and waits until none of its processes is left (for at most 30 s): a
+/// postmaster interrupted so early that it has not written `postmaster.pid` yet is not
+/// stopped by `pg_ctl` and would go on writing into the directory being removed.
+pub(super) fn stop_completely(server: &Server) {
+    let started = Instant::now();
+    stop(server);
+    while !pg_server::leftover_processes(&server.pgdata).is_empty()
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        stop(server);
+    }
+}
+
 /// A start that failed: the log's explanation, else `fallback`.
 fn failure(log: &Path, fallback: &str) -> Error {
     let text = std::fs::read_to_string(log).unwrap_or_default();
