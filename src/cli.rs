@@ -205,6 +205,9 @@ pub enum Command {
     WalFetch(WalFetchArgs),
     /// Run the background prefetcher for a WAL directory (wal-fetch starts it itself).
     WalPrefetch(WalPrefetchArgs),
+    /// Serve a standby's WAL stream from the archive (wal-fetch starts it itself).
+    #[command(hide = true)]
+    WalStream(WalStreamArgs),
     /// Restore a backup into a ready-to-start server: checks, fetch, layout, configuration,
     /// recovery settings; --standby for a hot standby following the archive, --start to
     /// start it.
@@ -317,6 +320,12 @@ pub struct RestoreArgs {
     /// to the end of the archive (or the target) and stopping there.
     #[arg(long)]
     pub standby: bool,
+
+    /// With --standby: take WAL only through restore_command, without wale's WAL stream
+    /// (a local replication socket the standby streams the archive from, while
+    /// restore_command stays the fallback).
+    #[arg(long, requires = "standby")]
+    pub no_wal_stream: bool,
 
     /// Start the server once restored, as the data directory's owner, and wait until it
     /// accepts connections.
@@ -515,6 +524,13 @@ pub struct WalPrefetchArgs {
     /// How many segments to keep prefetched ahead of recovery.
     #[arg(short = 'p', long = "prefetch", default_value_t = 8, value_name = "N")]
     pub window: u32,
+}
+
+/// Arguments of `wal-stream`.
+#[derive(Debug, Args)]
+pub struct WalStreamArgs {
+    /// The standby's data directory (set up by `restore --standby`).
+    pub pgdata: PathBuf,
 }
 
 #[cfg(test)]

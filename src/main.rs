@@ -61,7 +61,10 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
         env.apply_envdir(dir)?;
     }
     let mut config = resolve_configuration(cli, &mut env)?;
-    if !matches!(cli.command, Command::WalFetch(_) | Command::WalPrefetch(_)) {
+    if !matches!(
+        cli.command,
+        Command::WalFetch(_) | Command::WalPrefetch(_) | Command::WalStream(_)
+    ) {
         config.retry = config.retry.interactive();
     }
     // restore's arguments become its plan here, once, where the environment is: the

@@ -301,6 +301,11 @@ fn standby_follows_the_archive_and_is_promoted(major: u32) {
         s["caught_up"] == true && s["archive_last_segment"] == last.as_str()
     });
     assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+    let log = site.log();
+    assert!(
+        log.contains("started streaming WAL from primary"),
+        "the standby never streamed from wale's WAL stream: {log}"
+    );
 
     let run = site.promote().expect_code(0);
     assert!(run.stderr.contains("accepts writes"), "{}", run.stderr);
@@ -322,7 +327,11 @@ fn standby_follows_the_archive_and_is_promoted(major: u32) {
 fn prefetched_segments_are_handed_over_through_pg_wal(major: u32, standby: bool) {
     let version = Version::of(major);
     let site = Site::new(&version, |_| true);
-    let mode: &[&str] = if standby { &["--standby"] } else { &[] };
+    let mode: &[&str] = if standby {
+        &["--standby", "--no-wal-stream"]
+    } else {
+        &[]
+    };
     site.restore(mode).expect_code(0);
     let first = version.meta("BACKUP_START_WAL_SEGMENT");
     let after_first: Vec<String> = version

@@ -44,6 +44,9 @@ pub async fn run(command: &Command, config: &Config, options: Options) -> Result
                 .map(wal_fetch::Fetched::exit_code);
         }
         Command::WalPrefetch(args) => wal_prefetch::run(config, &options, args).await,
+        Command::WalStream(args) => {
+            crate::stream::serve(config, &options.decoding, &args.pgdata).await
+        }
         Command::BackupList(args) => backup_list::run(config, args).await,
         Command::BackupFetch(args) => backup_fetch::run(config, &options.decoding, args).await,
         Command::Promote(args) => promote::run(config, args).await,

@@ -31,6 +31,7 @@ use crate::lzop::DecodeToError;
 use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::prefetch::{Prefetching, wal_directory_of};
 use crate::storage::{ObjectReader, Storage, Store};
+use crate::stream::StreamDir;
 use crate::wal::{self, WalFileKind};
 
 /// Buffer over the object: the decoder's header reads are a few bytes each, which on a
@@ -52,6 +53,8 @@ pub enum Fetched {
     Restored,
     /// In `pg_wal` under its own name, for PostgreSQL to read from there: exit 1.
     HandedOver,
+    /// Left to wale's WAL stream, which the standby turns to next: exit 1.
+    Streamed,
 }
 
 impl Fetched {
@@ -59,7 +62,7 @@ impl Fetched {
     pub fn exit_code(self) -> u8 {
         match self {
             Fetched::Restored => exit::OK,
-            Fetched::HandedOver => exit::HANDED_OVER,
+            Fetched::HandedOver | Fetched::Streamed => exit::HANDED_OVER,
         }
     }
 }
@@ -74,6 +77,16 @@ pub async fn run(
     let kind = WalFileKind::of(name);
     let started = Instant::now();
     check_destination_directory(&args.wal_destination)?;
+    if let Some(stream) = stream_of_standby(&args.wal_destination, name, kind) {
+        stream.ensure_served(Path::new("."), &options.relaunch);
+        if stream.takes_segments() {
+            tracing::info!(
+                "left {name} to wale's WAL stream ({}): the standby reads it from there",
+                stream.root().display()
+            );
+            return Ok(Fetched::Streamed);
+        }
+    }
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
             Some(Prefetching::new(config, &args.wal_destination, segment))
@@ -151,6 +164,17 @@ fn handover_path(destination: &Path, name: &str, kind: WalFileKind) -> Option<Pa
         && kind.is_full_segment()
         && Path::new("PG_VERSION").is_file();
     asked_by_postgres.then(|| destination.with_file_name(name))
+}
+
+/// The WAL stream of the standby that asks for a segment, when `restore --standby` set
+/// one up ([`crate::stream`]).
+fn stream_of_standby(destination: &Path, name: &str, kind: WalFileKind) -> Option<StreamDir> {
+    handover_path(destination, name, kind)?;
+    if !in_standby_mode() {
+        return None;
+    }
+    let stream = StreamDir::of_data_dir(Path::new("."));
+    stream.is_enabled().then_some(stream)
 }
 
 /// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status

@@ -69,6 +69,12 @@ pub fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// A value quoted for a libpq connection string (`primary_conninfo`): single quotes,
+/// with backslash escapes for quotes and backslashes.
+pub fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// A word quoted for `sh -c` (PostgreSQL runs `restore_command` through the shell).
 pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
@@ -311,6 +317,7 @@ mod tests {
         assert_eq!(parse_line(""), None);
         assert_eq!(parse_line("x = 'unterminated"), None);
         assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(conninfo_quote(r"/a b/it's\x"), r"'/a b/it\'s\\x'");
         assert_eq!(shell_quote("/usr/bin/wale"), "/usr/bin/wale");
         assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
     }

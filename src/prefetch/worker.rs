@@ -287,9 +287,7 @@ async fn download(
     .await?
 }
 
-/// Starts a detached prefetcher for `area` unless one runs: this same executable (not
-/// `argv[0]` or `PATH`), in its own session, stdio on /dev/null, so it outlives the
-/// short `restore_command` that started it.
+/// Starts a detached prefetcher for `area` unless one runs ([`crate::detached::spawn`]).
 pub fn ensure_running(
     area: &PrefetchDir,
     base: &Path,
@@ -300,35 +298,14 @@ pub fn ensure_running(
     if area.prefetcher_running() {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(relaunch)
-        .arg("wal-prefetch")
-        .arg("--prefetch")
-        .arg(window.to_string())
-        .arg(base)
-        .arg(next.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    use std::os::unix::process::CommandExt;
-    // Its own session, so that the signals PostgreSQL sends to the restore_command's
-    // process group at shutdown do not cut a download short.
-    // SAFETY: pre_exec runs between fork and exec; setsid is async-signal-safe,
-    // allocates nothing and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = rustix::process::setsid();
-            Ok(())
-        });
-    }
-    match cmd.spawn() {
-        // Not waited for: it outlives this process and is reparented to init.
-        Ok(child) => drop(child),
-        Err(err) => tracing::warn!("cannot start the prefetcher: {err}"),
-    }
+    let args = [
+        "wal-prefetch".into(),
+        "--prefetch".into(),
+        window.to_string().into(),
+        base.as_os_str().to_owned(),
+        next.to_string().into(),
+    ];
+    crate::detached::spawn(relaunch, &args, "the prefetcher");
 }
 
 /// Waits for a download of `segment` that the prefetcher has under way, as long as it

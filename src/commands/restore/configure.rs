@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::pg::conf::{self, Finding};
 use crate::pg::control::ControlData;
 use crate::pg::version::{self, Major, RecoveryConfig};
+use crate::stream::StreamDir;
 
 /// The five settings, and every other name wale writes in `postgresql.conf`: a line for
 /// any of them in `postgresql.auto.conf` would override wale's, so it is commented out.
@@ -29,6 +30,7 @@ const OWNED_SETTINGS: &[&str] = &[
     "wal_level",
     "archive_mode",
     "restore_command",
+    "primary_conninfo",
     "recovery_target",
     "recovery_target_time",
     "recovery_target_lsn",
@@ -64,7 +66,10 @@ pub(super) fn configure(
     let envdir = envdir_of(plan)?;
     let restore_command = restore_command(envdir, options)?;
     let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
-    let recovery = recovery_settings(plan, major, &restore_command);
+    let mut recovery = recovery_settings(plan, major, &restore_command);
+    if let Some(conninfo) = enable_wal_stream(plan)? {
+        recovery.push(("primary_conninfo", conninfo));
+    }
     let mut text = postgresql_conf(plan, checked, control, major);
     match major.recovery_config() {
         RecoveryConfig::SignalFiles => {
@@ -196,6 +201,28 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
     }
     words.push(r#"wal-fetch "%f" "%p""#.into());
     Ok(words.join(" "))
+}
+
+/// For a standby with wale's WAL stream ([`crate::stream`]): its directory, and the
+/// `primary_conninfo` that points the walreceiver at it. None without it, or when the
+/// socket's path would be too long for the kernel (the standby then takes WAL through
+/// `restore_command` alone).
+fn enable_wal_stream(plan: &RestorePlan) -> Result<Option<String>, Error> {
+    if !plan.wal_stream {
+        return Ok(None);
+    }
+    let stream = StreamDir::of_data_dir(&plan.pgdata);
+    if !stream.socket_path_fits() {
+        tracing::warn!(
+            "no WAL stream: its socket {} would be longer than the kernel allows; the standby takes WAL through restore_command alone",
+            stream.socket().display()
+        );
+        return Ok(None);
+    }
+    stream
+        .enable()
+        .map_err(|e| Error::local(stream.root(), "cannot create", e))?;
+    Ok(Some(stream.conninfo()))
 }
 
 /// How often a standby at the end of the archive runs `restore_command` for the next

@@ -26,6 +26,8 @@ pub struct RestorePlan {
     pub(crate) recovery: Recovery,
     /// `--target-timeline`.
     pub(crate) timeline: TimelineTarget,
+    /// A standby that takes WAL through wale's WAL stream too (not `--no-wal-stream`).
+    pub(crate) wal_stream: bool,
     /// `--set NAME=VALUE`, names checked and lower-cased, values trimmed, in order.
     pub(crate) settings: Vec<(String, String)>,
     /// `--tablespace OID=PATH`, paths absolute.
@@ -207,6 +209,7 @@ impl RestorePlan {
             backup,
             recovery,
             timeline,
+            wal_stream: args.standby && !args.no_wal_stream,
             settings,
             tablespaces,
             envdir,
@@ -239,6 +242,7 @@ fn request_of(
         "pgdata": pgdata,
         "backup": args.backup_name,
         "standby": args.standby,
+        "no_wal_stream": args.no_wal_stream,
         "port": args.port,
         "tablespaces": args.tablespaces,
         "settings": args.settings,

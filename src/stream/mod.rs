@@ -1,0 +1,287 @@
+//! wale's WAL stream: a standby's fast path past the per-file `restore_command`.
+//!
+//! `restore --standby` points the standby's `primary_conninfo` at a Unix socket in
+//! `<pg_wal>/.wal-e/stream/` (mode 0700: only the server's owner can reach it, and the
+//! server checks the peer's uid too). There a small wale process speaks PostgreSQL's
+//! physical replication protocol (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`,
+//! `START_REPLICATION … TIMELINE n`, keepalives, the end of a timeline) and serves the
+//! archive's segments, decoded and checked, to the walreceiver. The walreceiver writes
+//! them into `pg_wal` while the startup process replays: no process is forked per
+//! segment and replay never waits for a file's fsync.
+//!
+//! PostgreSQL takes WAL from the archive first. So `wal-fetch`, asked by a standby for a
+//! segment while the stream serves, answers "not here" at once ([`StreamDir::takes_segments`]);
+//! PostgreSQL then looks in `pg_wal` and turns to streaming. When the stream is down, or
+//! failed lately, or no walreceiver came to it for a minute, `wal-fetch` fetches the
+//! segment itself as before: the `restore_command` path is the fallback and never goes
+//! away. `wal-fetch` also starts the stream's process when none runs, as it does the
+//! prefetcher; the process exits after a minute with no walreceiver.
+//!
+//! [`source`] reads the archive, [`session`] speaks to one walreceiver, [`wire`] is the
+//! protocol's framing.
+
+pub mod session;
+pub mod source;
+pub mod wire;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+use crate::decode::Decoding;
+use crate::error::Error;
+use crate::fetch_state::FetchState;
+use crate::pg::datadir::DataDir;
+use source::ArchiveWal;
+
+/// The port in the socket's name (`.s.PGSQL.<port>`); only the directory is private.
+pub const PORT: u16 = 5432;
+
+/// The longest socket path the kernel takes (`sun_path` less its terminating zero).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// After this long without a walreceiver, `wal-fetch` serves segments itself again
+/// (the standby is not configured for the stream, or cannot reach it), and the
+/// stream's process exits.
+const UNUSED_AFTER: Duration = Duration::from_secs(60);
+
+/// After the stream failed a walreceiver (a corrupt or unreadable segment), `wal-fetch`
+/// serves segments itself for this long, reporting the failure as it does.
+const FAILURE_HOLD: Duration = Duration::from_secs(30);
+
+const SOCKET_DIR: &str = "stream";
+const LOCK_FILE: &str = ".lock";
+const STATE_FILE: &str = "clients";
+const FAILURE_FILE: &str = "failure";
+
+/// The stream's directory of one data directory: the socket, the lock of the one
+/// process serving it, its client count and its last failure.
+#[derive(Debug, Clone)]
+pub struct StreamDir {
+    root: PathBuf,
+}
+
+impl StreamDir {
+    /// The stream directory of the data directory `pgdata`: in its WAL directory,
+    /// resolved (beside the prefetch area).
+    pub fn of_data_dir(pgdata: &Path) -> StreamDir {
+        let wal_dir = DataDir::new(pgdata).wal_dir();
+        let wal_dir = fs::canonicalize(&wal_dir).unwrap_or(wal_dir);
+        StreamDir {
+            root: wal_dir.join(".wal-e").join(SOCKET_DIR),
+        }
+    }
+
+    /// The socket directory (`host` in `primary_conninfo`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(format!(".s.PGSQL.{PORT}"))
+    }
+
+    /// Whether the socket's path fits the kernel's limit.
+    pub fn socket_path_fits(&self) -> bool {
+        self.socket().as_os_str().len() <= MAX_SOCKET_PATH
+    }
+
+    /// `primary_conninfo` for a standby of this data directory.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={PORT} application_name=wale",
+            crate::pg::conf::conninfo_quote(&self.root.to_string_lossy())
+        )
+    }
+
+    /// Creates the directory (mode 0700): the standby is to use the stream.
+    pub fn enable(&self) -> io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+    }
+
+    /// Whether `restore --standby` set this data directory up for the stream.
+    pub fn is_enabled(&self) -> bool {
+        self.root.is_dir()
+    }
+
+    /// Takes the lock of the serving process if nobody holds it.
+    fn try_lock(&self) -> io::Result<Option<File>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.root.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(err)) => Err(err),
+        }
+    }
+
+    /// Whether a process serves the stream.
+    pub fn is_served(&self) -> bool {
+        matches!(self.try_lock(), Ok(None))
+    }
+
+    /// Whether a standby's `wal-fetch` should leave segments to the stream: it is
+    /// served, did not fail lately, and has a walreceiver (or had one, or started, less
+    /// than [`UNUSED_AFTER`] ago).
+    pub fn takes_segments(&self) -> bool {
+        if !self.is_served() || self.failed_within(FAILURE_HOLD).is_some() {
+            return false;
+        }
+        match self.read_clients() {
+            Some((clients, changed)) => clients > 0 || age(changed) < UNUSED_AFTER,
+            None => false,
+        }
+    }
+
+    /// The last failure, when it is younger than `within`.
+    pub fn failed_within(&self, within: Duration) -> Option<String> {
+        let text = fs::read_to_string(self.root.join(FAILURE_FILE)).ok()?;
+        let (at, reason) = text.trim_end().split_once(' ')?;
+        (age(at.parse().ok()?) < within).then(|| reason.to_string())
+    }
+
+    fn record_failure(&self, reason: &str) {
+        let line = format!("{} {}\n", unix_millis(), reason.replace('\n', " "));
+        let _ = crate::durable::replace_file(&self.root.join(FAILURE_FILE), line.as_bytes());
+    }
+
+    fn write_clients(&self, clients: usize) {
+        let line = format!("{clients} {}\n", unix_millis());
+        let _ = crate::durable::replace_file(&self.root.join(STATE_FILE), line.as_bytes());
+    }
+
+    fn read_clients(&self) -> Option<(usize, u64)> {
+        let text = fs::read_to_string(self.root.join(STATE_FILE)).ok()?;
+        let (clients, changed) = text.trim_end().split_once(' ')?;
+        Some((clients.parse().ok()?, changed.parse().ok()?))
+    }
+
+    /// Starts the stream's process for `pgdata` unless one serves it (see
+    /// [`crate::detached::spawn`]).
+    pub fn ensure_served(&self, pgdata: &Path, relaunch: &[std::ffi::OsString]) {
+        if self.is_served() {
+            return;
+        }
+        let args = [
+            std::ffi::OsString::from("wal-stream"),
+            pgdata.as_os_str().to_owned(),
+        ];
+        crate::detached::spawn(relaunch, &args, "the WAL stream");
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long ago a [`unix_millis`] instant was (zero for one in the future).
+fn age(millis: u64) -> Duration {
+    Duration::from_millis(unix_millis().saturating_sub(millis))
+}
+
+/// Serves the stream of the data directory `pgdata` until no walreceiver has come for
+/// [`UNUSED_AFTER`]; returns at once when another process serves it.
+pub async fn serve(config: &Config, decoding: &Decoding, pgdata: &Path) -> Result<(), Error> {
+    let dir = StreamDir::of_data_dir(pgdata);
+    if !dir.is_enabled() {
+        return Err(Error::Usage(format!(
+            "{} has no WAL stream directory {}: `wale restore --standby` sets one up",
+            pgdata.display(),
+            dir.root().display()
+        )));
+    }
+    let Some(_lock) = dir
+        .try_lock()
+        .map_err(|e| Error::local(dir.root(), "cannot lock", e))?
+    else {
+        tracing::debug!("the WAL stream of {} is served already", pgdata.display());
+        return Ok(());
+    };
+    let control_path = pgdata.join("global").join("pg_control");
+    let control = fs::read(&control_path)
+        .map_err(|e| Error::local(&control_path, "cannot read", e))
+        .and_then(|bytes| {
+            crate::pg::control::ControlData::parse(&bytes)
+                .map_err(|e| Error::Usage(format!("{}: {e}", control_path.display())))
+        })?;
+    let archive = ArchiveWal::open(
+        config,
+        decoding,
+        control.system_identifier,
+        u64::from(control.segment_size),
+    )
+    .await?;
+    let socket = dir.socket();
+    let _ = fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| Error::local(&socket, "cannot listen on", e))?;
+    let context = Arc::new(session::Context {
+        archive,
+        major_version: control.major_version,
+        fetch_state: FetchState::for_wal_dir(&DataDir::new(pgdata).wal_dir()),
+        prefetch_bytes: config.prefetch.max_bytes,
+    });
+    dir.write_clients(0);
+    tracing::info!("serving the WAL stream on {}", socket.display());
+    let result = accept_until_unused(&dir, &listener, &context).await;
+    let _ = fs::remove_file(&socket);
+    let _ = fs::remove_file(dir.root().join(STATE_FILE));
+    result
+}
+
+/// Accepts walreceivers, one session each, until none has been connected for
+/// [`UNUSED_AFTER`].
+async fn accept_until_unused(
+    dir: &StreamDir,
+    listener: &UnixListener,
+    context: &Arc<session::Context>,
+) -> Result<(), Error> {
+    let clients = Arc::new(AtomicUsize::new(0));
+    let mut last_change = std::time::Instant::now();
+    loop {
+        let nap = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (connection, _) = accepted
+                    .map_err(|e| Error::local(dir.socket(), "cannot accept on", e))?;
+                let (dir, context, clients) = (dir.clone(), context.clone(), clients.clone());
+                dir.write_clients(clients.fetch_add(1, Ordering::SeqCst) + 1);
+                tokio::spawn(async move {
+                    if let Err(failure) = session::run(connection, &context).await {
+                        tracing::error!("WAL stream: {failure}");
+                        dir.record_failure(&failure.to_string());
+                    }
+                    dir.write_clients(clients.fetch_sub(1, Ordering::SeqCst) - 1);
+                });
+                last_change = std::time::Instant::now();
+            }
+            () = nap => {
+                if clients.load(Ordering::SeqCst) > 0 {
+                    last_change = std::time::Instant::now();
+                } else if last_change.elapsed() > UNUSED_AFTER {
+                    tracing::info!("no walreceiver for {UNUSED_AFTER:?}; the WAL stream ends");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
