@@ -291,8 +291,8 @@ pub enum PageHeaderError {
     /// A short page header where a segment's first page has a long one.
     #[error("the first page has no long header")]
     NotLong,
-    /// Written on another timeline than the name says.
-    #[error("page header says timeline {found}, the name {named}")]
+    /// Written on a later timeline than the name says.
+    #[error("page header says timeline {found}, later than the name's {named}")]
     Timeline {
         /// The header's timeline.
         found: u32,
@@ -344,7 +344,8 @@ impl LongPageHeader {
 }
 
 /// Checks that the first bytes of a file are the long page header of `segment`: WAL's
-/// magic, the long-header flag, the name's timeline and the segment's own start address.
+/// magic, the long-header flag, the name's timeline (or an ancestor's) and the segment's
+/// own start address.
 pub fn check_page_header(
     header: &[u8],
     segment: &SegmentName,
@@ -355,7 +356,9 @@ pub fn check_page_header(
     let tli = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     let pageaddr = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     check_magic(magic, info)?;
-    if tli != segment.timeline {
+    // A timeline's first segment starts with its parent's pages when the switch came
+    // mid-segment (PostgreSQL copies them over at promotion): an ancestor is fine.
+    if tli > segment.timeline {
         return Err(PageHeaderError::Timeline {
             found: tli,
             named: segment.timeline,
@@ -530,7 +533,11 @@ mod tests {
         h[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
         h[36..40].copy_from_slice(&8192u32.to_le_bytes());
         assert!(check_page_header(&h, &s, 16 << 20).is_ok());
-        assert!(check_page_header(&h, &seg(2, 0, 3), 16 << 20).is_err());
+        // A timeline's first segment may start with its parent's pages; never a child's.
+        assert!(check_page_header(&h, &seg(2, 0, 3), 16 << 20).is_ok());
+        let mut later = h;
+        later[4..8].copy_from_slice(&3u32.to_le_bytes());
+        assert!(check_page_header(&later, &seg(2, 0, 3), 16 << 20).is_err());
         assert!(check_page_header(&h, &seg(1, 0, 4), 16 << 20).is_err());
         assert!(check_page_header(&[0u8; 16], &s, 16 << 20).is_err());
         let long = LongPageHeader::parse(&h).unwrap();

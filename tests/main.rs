@@ -42,3 +42,5 @@ mod swift;
 mod verify;
 /// `wal-fetch` end to end: byte identity, exit codes, nothing left behind.
 mod wal_fetch;
+/// A standby through wale's WAL stream: a timeline switch, the stream killed, who may connect.
+mod wal_stream;

@@ -59,7 +59,7 @@ pub(crate) struct Site<'a> {
     /// Where `basebackups_005/` and `wal_005/` are written.
     archive_root: PathBuf,
     /// How `wale` finds the archive (the prefix and its settings).
-    archive_env: Vec<(String, String)>,
+    pub(crate) archive_env: Vec<(String, String)>,
 }
 
 impl<'a> Site<'a> {
@@ -134,11 +134,15 @@ impl<'a> Site<'a> {
         self.archive_root.clone()
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     pub(crate) fn pgdata(&self) -> PathBuf {
         self.work.path().join("data/main")
     }
 
-    fn sock(&self) -> PathBuf {
+    pub(crate) fn sock(&self) -> PathBuf {
         self.work.path().join("sock")
     }
 
@@ -181,7 +185,7 @@ impl<'a> Site<'a> {
     }
 
     /// `wale promote`: no prefix, no `--pg-bin`.
-    fn promote(&self) -> Run {
+    pub(crate) fn promote(&self) -> Run {
         let mut cmd = wale();
         cmd.arg("promote").arg(self.pgdata());
         Run::of(cmd)

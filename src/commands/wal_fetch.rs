@@ -77,8 +77,8 @@ pub async fn run(
     let kind = WalFileKind::of(name);
     let started = Instant::now();
     check_destination_directory(&args.wal_destination)?;
-    if let Some(stream) = stream_of_standby(&args.wal_destination, name, kind) {
-        stream.ensure_served(Path::new("."), &options.relaunch);
+    if let Some((stream, pgdata)) = stream_of_standby(&args.wal_destination, name, kind) {
+        stream.ensure_served(&pgdata, &options.relaunch);
         if stream.takes_segments() {
             tracing::info!(
                 "left {name} to wale's WAL stream ({}): the standby reads it from there",
@@ -167,14 +167,19 @@ fn handover_path(destination: &Path, name: &str, kind: WalFileKind) -> Option<Pa
 }
 
 /// The WAL stream of the standby that asks for a segment, when `restore --standby` set
-/// one up ([`crate::stream`]).
-fn stream_of_standby(destination: &Path, name: &str, kind: WalFileKind) -> Option<StreamDir> {
+/// one up ([`crate::stream`]), and the standby's data directory (resolved).
+fn stream_of_standby(
+    destination: &Path,
+    name: &str,
+    kind: WalFileKind,
+) -> Option<(StreamDir, PathBuf)> {
     handover_path(destination, name, kind)?;
     if !in_standby_mode() {
         return None;
     }
-    let stream = StreamDir::of_data_dir(Path::new("."));
-    stream.is_enabled().then_some(stream)
+    let pgdata = std::fs::canonicalize(".").ok()?;
+    let stream = StreamDir::of_data_dir(&pgdata);
+    stream.is_enabled().then_some((stream, pgdata))
 }
 
 /// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status

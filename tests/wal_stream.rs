@@ -1,0 +1,247 @@
+//! wale's WAL stream (`restore --standby`'s fast path): real PostgreSQL 13 and 15
+//! standbys from real WAL-E archives (the version matrix's fixtures) follow a timeline
+//! switch through it, catch up while it is killed again and again mid-stream (the
+//! `restore_command` fallback and its restart by `wal-fetch`), and only the server's
+//! owner may connect to it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::pg::{as_postgres, give_to_postgres};
+use crate::common::send_signal;
+use crate::matrix::{Site, Version};
+
+/// Polls `sql` on `site` until it answers `expected` (errors count as not yet).
+fn wait_for_answer(site: &Site, sql: &str, expected: &str, what: &str) {
+    let started = Instant::now();
+    loop {
+        let mut cmd = as_postgres(Path::new("/usr/lib/postgresql/15/bin/psql"));
+        cmd.args(["-X", "-q", "-A", "-t", "-h"]).arg(site.sock());
+        cmd.args(["-p", &site.port().to_string(), "-d", "postgres", "-c", sql]);
+        let out = cmd.output().unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what}: {sql} did not answer {expected:?} in 120 s ({});\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            site.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The pids of the `wale wal-stream` processes serving `pgdata`.
+fn stream_pids(pgdata: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        if words.iter().any(|w| w == "wal-stream") && words.iter().any(|w| Path::new(w) == pgdata) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn stream_dir(pgdata: &Path) -> PathBuf {
+    pgdata.join("pg_wal/.wal-e/stream")
+}
+
+/// The primary promoted a second time, elsewhere: restored from the same archive to its
+/// end, promoted to timeline 2, rows written and archived with lzop as WAL-E lays them
+/// out. Meanwhile the standby streams timeline 1; it must end that stream at the switch
+/// point, fetch timeline 2's history and stream timeline 2, with the exact rows.
+fn standby_streams_across_a_timeline_switch(major: u32) {
+    let version = Version::of(major);
+    let standby = Site::new(&version, |_| true);
+    standby
+        .restore(&[
+            "LATEST",
+            "--standby",
+            "--start",
+            "--target-timeline",
+            "latest",
+        ])
+        .expect_code(0);
+    standby.wait_for_status("caught up", |s| s["caught_up"] == true);
+
+    let wal_dir = standby.archive().join("wal_005");
+    give_to_postgres(&wal_dir);
+    let primary = Site::on(
+        &version,
+        |_| false,
+        standby.archive(),
+        standby.archive_env.clone(),
+    );
+    primary.restore(&[]).expect_code(0);
+    let conf = primary.pgdata().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "archive_mode = on\narchive_command = 'lzop -c < %p > {d}/%f.lzo.tmp && mv {d}/%f.lzo.tmp {d}/%f.lzo'\n",
+        d = wal_dir.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    primary.restore(&["--start"]).expect_code(0);
+    wait_for_answer(&primary, "select pg_is_in_recovery()", "f", "promotion");
+    primary.query("create table after_switch as select generate_series(1, 1000) as i");
+    primary.query("select pg_switch_wal()");
+    wait_for_answer(
+        &primary,
+        "select left(last_archived_wal, 8) from pg_stat_archiver",
+        "00000002",
+        "timeline 2 archived",
+    );
+    assert!(wal_dir.join("00000002.history.lzo").exists());
+
+    wait_for_answer(
+        &standby,
+        "select count(*) from after_switch",
+        "1000",
+        "the switch",
+    );
+    let status = standby.wait_for_status("caught up on timeline 2", |s| {
+        s["caught_up"] == true && s["timeline"] == 2
+    });
+    assert_eq!(status["standby"], true, "{status:#}");
+    let log = standby.log();
+    assert!(log.contains("started streaming WAL from primary"), "{log}");
+    assert!(
+        log.contains("replication terminated by primary server")
+            && log.contains("End of WAL reached on timeline 1"),
+        "the stream did not end timeline 1 at its switch point: {log}"
+    );
+    assert!(
+        log.contains("WAL streaming at") && log.contains("on timeline 2"),
+        "timeline 2 was not streamed: {log}"
+    );
+    assert_eq!(standby.counted(), version.meta("EXPECTED_AT_END"));
+    let run = standby.promote().expect_code(0);
+    assert!(run.stderr.contains("accepts writes"), "{}", run.stderr);
+}
+
+/// The stream's process killed with SIGKILL every 150 ms while the archive grows: the
+/// standby falls back to `restore_command`, which starts the stream again, and catches
+/// up with the archive's exact data.
+fn a_stream_killed_mid_stream_is_replaced(major: u32) {
+    let version = Version::of(major);
+    let later = version.words("SEGMENTS_AFTER_RESTORE_POINT");
+    let standby = Site::new(&version, |name| !later.iter().any(|l| l == name));
+    standby
+        .restore(&["LATEST", "--standby", "--start"])
+        .expect_code(0);
+    standby.wait_for_status("caught up with the first part", |s| s["caught_up"] == true);
+    let pgdata = standby.pgdata();
+    assert!(!stream_pids(&pgdata).is_empty(), "no stream runs");
+
+    let mut killed = 0;
+    for name in &later {
+        standby.add_wal(name);
+        for _ in 0..3 {
+            for pid in stream_pids(&pgdata) {
+                send_signal(pid, rustix::process::Signal::KILL);
+                killed += 1;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    assert!(killed >= 2, "the stream was killed {killed} times");
+    let last = version.meta("LAST_WAL_SEGMENT");
+    standby.wait_for_status("caught up with the grown archive", |s| {
+        s["caught_up"] == true && s["archive_last_segment"] == last.as_str()
+    });
+    assert_eq!(standby.counted(), version.meta("EXPECTED_AT_END"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream_pids(&pgdata).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stream was not started again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = standby.log();
+    assert!(
+        log.matches("started streaming WAL from primary").count() >= 2,
+        "the standby did not stream again after the kills: {log}"
+    );
+}
+
+/// The socket's directory is the server owner's alone (0700), and the stream refuses
+/// any other user (root here, who can pass any directory): a replication client as the
+/// owner is answered with this cluster's identity, one as root is refused.
+fn only_the_owner_may_connect(major: u32) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let version = Version::of(major);
+    let standby = Site::new(&version, |_| true);
+    standby
+        .restore(&["LATEST", "--standby", "--start"])
+        .expect_code(0);
+    standby.wait_for_status("caught up", |s| s["caught_up"] == true);
+    let dir = stream_dir(&standby.pgdata());
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        meta.uid(),
+        std::fs::metadata(standby.pgdata()).unwrap().uid()
+    );
+    let conninfo = format!("host={} port=5432 replication=true", dir.display());
+    let psql = Path::new("/usr/lib/postgresql/15/bin/psql");
+    let mut owner = as_postgres(psql);
+    owner.args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"]);
+    let out = owner.output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let system = standby.query("select system_identifier from pg_control_system()");
+    assert!(answer.starts_with(&format!("{system}|")), "{answer}");
+    let root = std::process::Command::new(psql)
+        .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+        .output()
+        .unwrap();
+    assert!(!root.status.success());
+    assert!(
+        String::from_utf8_lossy(&root.stderr).contains("serves only the data directory's owner"),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+}
+
+macro_rules! stream_tests {
+    ($($name:ident: $major:expr,)*) => {
+        $(
+            mod $name {
+                #[test]
+                fn a_standby_streams_across_a_timeline_switch() {
+                    super::standby_streams_across_a_timeline_switch($major);
+                }
+
+                #[test]
+                fn a_stream_killed_mid_stream_is_replaced() {
+                    super::a_stream_killed_mid_stream_is_replaced($major);
+                }
+
+                #[test]
+                fn only_the_owner_may_connect() {
+                    super::only_the_owner_may_connect($major);
+                }
+            }
+        )*
+    };
+}
+
+stream_tests! {
+    pg13: 13,
+    pg15: 15,
+}
