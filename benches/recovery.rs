@@ -32,6 +32,7 @@ const WALE: &str = "wale wal-fetch (prefetch 8)";
 const WALE_NO_PREFETCH: &str = "wale wal-fetch --prefetch 0";
 const WAL_E: &str = "WAL-E 1.1.1 wal-fetch (prefetch 8)";
 const REPLAY: &str = "replay alone, segments in pg_wal (the limit)";
+const STREAM: &str = "wale WAL stream (standby streaming the archive, restore_command fallback), promoted at the archive's end";
 const PROTOCOL: &str =
     "archive recovery, segments in pg_wal, restore_command false (the per-file protocol's limit)";
 /// Stands for the data directory in a mode's command, which differs from run to run.
@@ -41,7 +42,7 @@ const PGDATA: &str = "{pgdata}";
 struct Mode {
     tool: String,
     /// The restore_command; None: the segments are put in pg_wal before the start (with
-    /// `false` as the command for [`PROTOCOL`]).
+    /// `false` as the command for [`PROTOCOL`]). For [`STREAM`], the fallback.
     command: Option<String>,
     runs: usize,
 }
@@ -86,6 +87,11 @@ fn main() {
             many,
         ),
         mode(
+            STREAM,
+            Some(format!("{wale} --envdir {env} wal-fetch %f %p")),
+            many,
+        ),
+        mode(
             WALE_NO_PREFETCH,
             Some(format!(
                 "{wale} --envdir {env} wal-fetch --prefetch 0 %f %p"
@@ -114,6 +120,10 @@ fn main() {
         ));
     }
     let segments = support::wal_segments(&source).len();
+    let last_segment = support::wal_segments(&source)
+        .into_iter()
+        .max()
+        .expect("the archive has WAL");
     let case = format!("{segments} archived segments, PostgreSQL start to promotion");
     let mut outcomes: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
     let rounds = modes.iter().map(|m| m.runs).max().unwrap_or(0);
@@ -125,6 +135,7 @@ fn main() {
                 continue;
             }
             let how = match &modes[i].command {
+                Some(command) if modes[i].tool == STREAM => Wal::Stream(command, &last_segment),
                 Some(command) => Wal::Command(command),
                 None if modes[i].tool == PROTOCOL => Wal::PreplacedBehindFalse(&plain),
                 None => Wal::Preplaced(&plain),
@@ -138,7 +149,7 @@ fn main() {
     let counts: std::collections::BTreeSet<usize> = modes
         .iter()
         .zip(&outcomes)
-        .filter(|(mode, _)| mode.command.is_some())
+        .filter(|(mode, _)| mode.command.is_some() && mode.tool != STREAM)
         .flat_map(|(_, runs)| runs.iter().map(|run| run.segments))
         .collect();
     assert!(
@@ -164,7 +175,12 @@ fn main() {
                 .get(((calls.len().max(1) - 1) as f64 * q).round() as usize)
                 .map_or(0.0, |us| *us as f64 / 1000.0)
         };
-        let note = if mode.tool == PROTOCOL {
+        let note = if mode.tool == STREAM {
+            format!(
+                "a standby streaming from wale's WAL stream, promoted once its startup process waits for WAL the stream has not got; {}",
+                samples.spread()
+            )
+        } else if mode.tool == PROTOCOL {
             format!(
                 "archive recovery that finds every segment in pg_wal after a restore_command that fails; {}",
                 samples.spread()
@@ -199,6 +215,14 @@ fn main() {
         PROTOCOL,
         Some(1.05),
         "≤ 1.05× archive recovery from pg_wal",
+    );
+    compare(
+        &mut suite,
+        "recovery, wale WAL stream vs replay alone",
+        STREAM,
+        REPLAY,
+        Some(1.05),
+        "≤ 1.05× PostgreSQL's replay alone",
     );
     compare(
         &mut suite,
@@ -259,6 +283,9 @@ enum Wal<'a> {
     Command(&'a str),
     /// Already in pg_wal, copied from this directory of decompressed segments (untimed).
     Preplaced(&'a Path),
+    /// A standby streaming from wale's WAL stream, with this restore_command as its
+    /// fallback, promoted when it has replayed to the end of this last segment.
+    Stream(&'a str, &'a str),
     /// The same, read by archive recovery after `restore_command = false` fails for each:
     /// the cost of the per-file protocol alone (a fork per segment, segment-by-segment
     /// reading), with nothing fetched.
@@ -294,6 +321,7 @@ fn recover(
             calls.display(),
             command.replace(PGDATA, &pgdata.display().to_string())
         ),
+        Wal::Stream(command, _) => command.replace(PGDATA, &pgdata.display().to_string()),
         Wal::Preplaced(_) => String::new(),
         Wal::PreplacedBehindFalse(_) => "false".to_string(),
     };
@@ -318,11 +346,17 @@ fn recover(
             .unwrap();
         assert!(copied.success(), "cp of the segments into pg_wal");
     }
+    if let Wal::Stream(..) = wal {
+        make_standby_of_stream(&pgdata);
+    }
     std::fs::create_dir_all(dir.join("spool")).unwrap();
     give_to_postgres(&dir);
     assert!(Command::new("sync").status().unwrap().success());
     let start = Instant::now();
     let recovery = Recovery::start(&pgdata, &socket, 25432 + slot, dir.join("postgres.log"));
+    if let Wal::Stream(_, last) = wal {
+        promote_at_the_end(&recovery, &pgdata, last);
+    }
     recovery.wait_until_promoted(Duration::from_secs(1800));
     let elapsed = start.elapsed();
     // Restored (PostgreSQL's line), or handed over through pg_wal (wale's line).
@@ -357,6 +391,49 @@ fn recover(
         segments,
         call_micros: micros,
     }
+}
+
+/// Turns the archive recovery [`write_recovery_conf`] set up into a standby of wale's
+/// WAL stream, as `wale restore --standby` does: `standby.signal`, `primary_conninfo` to
+/// the socket directory (mode 0700) in `pg_wal/.wal-e/stream`, the latest timeline.
+fn make_standby_of_stream(pgdata: &Path) {
+    let stream = pgdata.join("pg_wal/.wal-e/stream");
+    std::fs::create_dir_all(&stream).unwrap();
+    std::fs::set_permissions(&stream, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
+    std::fs::write(pgdata.join("standby.signal"), "").unwrap();
+    let conf = pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "primary_conninfo = 'host={} port=5432'\nwal_retrieve_retry_interval = '500ms'\nrecovery_target_timeline = 'latest'\n",
+        stream.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+}
+
+/// Promotes a standby of the stream once it has replayed the archive: the stream has
+/// asked for the segment after `last` (its "not found" record for `wale status`) and the
+/// startup process waits for streamed WAL. Polled every 50 ms.
+fn promote_at_the_end(recovery: &Recovery, pgdata: &Path, last: &str) {
+    let after_last = {
+        let (tli, number) = (&last[..8], u64::from_str_radix(&last[8..], 16).unwrap());
+        let next = number + 1;
+        // 16 MiB segments: 256 per log file.
+        format!("{tli}{:08X}{:08X}", next >> 8, next & 0xFF)
+    };
+    let record = pgdata.join("pg_wal/.wale-status/last-not-found");
+    let waits = "select count(*) from pg_stat_activity where backend_type = 'startup' and wait_event = 'RecoveryWalStream'";
+    loop {
+        let asked = std::fs::read_to_string(&record)
+            .is_ok_and(|text| text.trim_end().ends_with(&after_last));
+        if asked && recovery.psql(&["-A", "-t", "-c", waits]).trim() == "1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut promote = as_postgres(&recovery.bin.join("pg_ctl"));
+    promote.arg("-D").arg(pgdata).args(["-w", "promote"]);
+    assert!(promote.status().unwrap().success(), "pg_ctl promote");
 }
 
 /// The segments, decompressed by the real lzop, for the `cp` baseline.

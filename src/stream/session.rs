@@ -671,10 +671,13 @@ fn file_of(number: u64, size: u64, extent: &Extent) -> SegmentName {
     SegmentName::from_number(timeline, number, size)
 }
 
+/// One segment's fetch under way: its bytes, decoded and checked.
+type Fetch = JoinHandle<Result<Vec<u8>, Error>>;
+
 /// Segments being fetched, in order.
 #[derive(Default)]
 struct ReadAhead {
-    queue: VecDeque<(SegmentName, JoinHandle<Result<Vec<u8>, Error>>)>,
+    queue: VecDeque<(SegmentName, Fetch)>,
     /// The head was missing last time: fetch it alone until it comes.
     missing: bool,
 }
