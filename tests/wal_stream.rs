@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::pg::{as_postgres, give_to_postgres};
-use crate::common::send_signal;
+use crate::common::{send_signal, wale_processes};
 use crate::matrix::{Site, Version};
 
 /// Polls `sql` on `site` until it answers `expected` (errors count as not yet).
@@ -34,23 +34,7 @@ fn wait_for_answer(site: &Site, sql: &str, expected: &str, what: &str) {
 
 /// The pids of the `wale wal-stream` processes serving `pgdata`.
 fn stream_pids(pgdata: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let words: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|w| String::from_utf8_lossy(w).into_owned())
-            .collect();
-        if words.iter().any(|w| w == "wal-stream") && words.iter().any(|w| Path::new(w) == pgdata) {
-            pids.push(pid);
-        }
-    }
-    pids
+    wale_processes("wal-stream", &pgdata.display().to_string())
 }
 
 fn stream_dir(pgdata: &Path) -> PathBuf {

@@ -107,6 +107,11 @@ pub fn assert_prefetchers_leave(needle: &str, area: Option<&Path>) {
 
 /// Pids of running `wal-prefetch` processes whose command line mentions `needle`.
 pub fn prefetchers_for(needle: &str) -> Vec<u32> {
+    wale_processes("wal-prefetch", needle)
+}
+
+/// Pids of running processes whose command line has `subcommand` and mentions `needle`.
+pub fn wale_processes(subcommand: &str, needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -116,7 +121,7 @@ pub fn prefetchers_for(needle: &str) -> Vec<u32> {
             continue;
         };
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains("wal-prefetch") && text.contains(needle) {
+        if text.contains(subcommand) && text.contains(needle) {
             pids.push(pid);
         }
     }
