@@ -226,6 +226,14 @@ fn main() {
     );
     compare(
         &mut suite,
+        "recovery, wale WAL stream vs archive recovery from pg_wal",
+        STREAM,
+        PROTOCOL,
+        Some(1.05),
+        "≤ 1.05× archive recovery from pg_wal",
+    );
+    compare(
+        &mut suite,
         "recovery, wale with prefetch vs replay alone",
         WALE,
         REPLAY,

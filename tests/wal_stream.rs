@@ -202,6 +202,49 @@ fn only_the_owner_may_connect(major: u32) {
     );
 }
 
+/// A corrupt segment in the archive (another segment's object under its name): the
+/// stream refuses it with one line naming the object, which PostgreSQL logs and
+/// `status` reports; nothing of it is replayed. Once the right object is archived, the
+/// standby catches up with the exact data (through `restore_command` while the stream
+/// holds off after its failure, or the stream again).
+fn a_corrupt_segment_is_refused_and_reported(major: u32) {
+    let version = Version::of(major);
+    let later = version.words("SEGMENTS_AFTER_RESTORE_POINT");
+    let standby = Site::new(&version, |name| !later.iter().any(|l| l == name));
+    standby
+        .restore(&["LATEST", "--standby", "--start"])
+        .expect_code(0);
+    let caught =
+        standby.wait_for_status("caught up with the first part", |s| s["caught_up"] == true);
+    let wal = standby.archive().join("wal_005");
+    let first_later = format!("{}.lzo", later[0]);
+    let wrong = format!("{}.lzo", caught["replay_segment"].as_str().unwrap());
+    std::fs::copy(wal.join(&wrong), wal.join(&first_later)).unwrap();
+    let status = standby.wait_for_status("the corrupt segment reported", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&later[0]))
+    });
+    assert_eq!(status["caught_up"], false, "{status:#}");
+    assert_eq!(
+        status["replay_segment"], caught["replay_segment"],
+        "{status:#}"
+    );
+    let log = standby.log();
+    assert!(
+        log.contains(&later[0]) && log.contains("page header address"),
+        "PostgreSQL's log does not name the corrupt object: {log}"
+    );
+    for name in &later {
+        standby.add_wal(name);
+    }
+    let last = version.meta("LAST_WAL_SEGMENT");
+    standby.wait_for_status("caught up with the repaired archive", |s| {
+        s["caught_up"] == true && s["archive_last_segment"] == last.as_str()
+    });
+    assert_eq!(standby.counted(), version.meta("EXPECTED_AT_END"));
+}
+
 macro_rules! stream_tests {
     ($($name:ident: $major:expr,)*) => {
         $(
@@ -214,6 +257,11 @@ macro_rules! stream_tests {
                 #[test]
                 fn a_stream_killed_mid_stream_is_replaced() {
                     super::a_stream_killed_mid_stream_is_replaced($major);
+                }
+
+                #[test]
+                fn a_corrupt_segment_is_refused_and_reported() {
+                    super::a_corrupt_segment_is_refused_and_reported($major);
                 }
 
                 #[test]

@@ -321,17 +321,28 @@ fn decode_into(
     let mut decoder = decoding
         .decoder(body, &url)
         .map_err(|e| Error::from_read(&url, e))?;
+    let mut tap = HeaderTap {
+        inner: staged.early_writeback(),
+        header: Vec::with_capacity(wal::LONG_PAGE_HEADER_SIZE),
+    };
     let written = decoder
-        .decode_to_on_two_threads(&mut staged.early_writeback())
+        .decode_to_on_two_threads(&mut tap)
         .map_err(|err| match err {
             DecodeToError::Decode(bad) => Error::from_decode(&url, bad),
             DecodeToError::Write(io) => Error::local(&destination, "cannot write", io),
         })?;
+    let header = tap.header;
     if kind.is_full_segment() && !wal::is_valid_segment_size(written) {
         return Err(Error::corrupt(
             url,
             format!("decompressed to {written} bytes, which is not a WAL segment size"),
         ));
+    }
+    if let WalFileKind::Segment(segment) = kind
+        && kind.is_full_segment()
+    {
+        wal::check_page_header(&header, &segment, written)
+            .map_err(|why| Error::corrupt(url.clone(), why))?;
     }
     if is_restore_scratch(&destination) {
         staged
@@ -343,6 +354,26 @@ fn decode_into(
             .map_err(|e| Error::local(&destination, "cannot fsync and rename into place", e))?;
     }
     Ok(written)
+}
+
+/// A writer that keeps the first bytes written: a segment's page header, checked before
+/// the file is published (the prefetcher checks its files the same way).
+struct HeaderTap<W> {
+    inner: W,
+    header: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for HeaderTap<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        let wanted = wal::LONG_PAGE_HEADER_SIZE.saturating_sub(self.header.len());
+        self.header.extend_from_slice(&buf[..written.min(wanted)]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Whether `destination` is PostgreSQL's own scratch name, which it makes durable itself

@@ -56,6 +56,9 @@ const UNUSED_AFTER: Duration = Duration::from_secs(60);
 /// serves segments itself for this long, reporting the failure as it does.
 const FAILURE_HOLD: Duration = Duration::from_secs(30);
 
+/// How long `wal-fetch` waits for the stream's process it started to listen.
+const START_WAIT: Duration = Duration::from_secs(1);
+
 const SOCKET_DIR: &str = "stream";
 const LOCK_FILE: &str = ".lock";
 const STATE_FILE: &str = "clients";
@@ -174,9 +177,11 @@ impl StreamDir {
     }
 
     /// Starts the stream's process for `pgdata` unless one serves it (see
-    /// [`crate::detached::spawn`]).
+    /// [`crate::detached::spawn`]) or it failed lately, and waits up to [`START_WAIT`]
+    /// for it to listen, so that the call that started it can already leave its segment
+    /// to it.
     pub fn ensure_served(&self, pgdata: &Path, relaunch: &[std::ffi::OsString]) {
-        if self.is_served() {
+        if self.is_served() || self.failed_within(FAILURE_HOLD).is_some() {
             return;
         }
         let args = [
@@ -184,6 +189,19 @@ impl StreamDir {
             pgdata.as_os_str().to_owned(),
         ];
         crate::detached::spawn(relaunch, &args, "the WAL stream");
+        let started = std::time::Instant::now();
+        while started.elapsed() < START_WAIT {
+            if self.is_listening() || self.failed_within(FAILURE_HOLD).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether a process serves the stream and listens on its socket (it writes its
+    /// client count once it does).
+    fn is_listening(&self) -> bool {
+        self.is_served() && self.read_clients().is_some()
     }
 }
 
@@ -216,6 +234,23 @@ pub async fn serve(config: &Config, decoding: &Decoding, pgdata: &Path) -> Resul
         tracing::debug!("the WAL stream of {} is served already", pgdata.display());
         return Ok(());
     };
+    // Whatever count is there was left by a process that died: not listening yet.
+    let _ = fs::remove_file(dir.root().join(STATE_FILE));
+    let served = listen_and_serve(config, decoding, pgdata, &dir).await;
+    if let Err(err) = &served {
+        dir.record_failure(&err.to_string());
+    }
+    served
+}
+
+/// [`serve`] holding the lock: the cluster's identity, the archive, the socket, then
+/// the walreceivers.
+async fn listen_and_serve(
+    config: &Config,
+    decoding: &Decoding,
+    pgdata: &Path,
+    dir: &StreamDir,
+) -> Result<(), Error> {
     let control_path = pgdata.join("global").join("pg_control");
     let control = fs::read(&control_path)
         .map_err(|e| Error::local(&control_path, "cannot read", e))
@@ -242,7 +277,7 @@ pub async fn serve(config: &Config, decoding: &Decoding, pgdata: &Path) -> Resul
     });
     dir.write_clients(0);
     tracing::info!("serving the WAL stream on {}", socket.display());
-    let result = accept_until_unused(&dir, &listener, &context).await;
+    let result = accept_until_unused(dir, &listener, &context).await;
     let _ = fs::remove_file(&socket);
     let _ = fs::remove_file(dir.root().join(STATE_FILE));
     result
