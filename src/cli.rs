@@ -321,10 +321,10 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub standby: bool,
 
-    /// With --standby: take WAL only through restore_command, without wale's WAL stream
-    /// (a local replication socket the standby streams the archive from, while
-    /// restore_command stays the fallback).
-    #[arg(long, requires = "standby")]
+    /// Take WAL only through restore_command, without wale's WAL stream (a local
+    /// replication socket a standby, or a recovery to the end of the archive, streams the
+    /// archive from, while restore_command stays the fallback).
+    #[arg(long)]
     pub no_wal_stream: bool,
 
     /// Start the server once restored, as the data directory's owner, and wait until it

@@ -102,12 +102,17 @@ fn sigint_and_sigterm_roll_back_and_leave_nothing() {
     let version = Version::of(14);
     // The signals land at fractions of how long the whole restore takes on this machine
     // now (fixed delays miss it on a fast machine and pile up at its start on a slow one).
-    let whole = {
-        let site = Site::new(&version, |_| true);
-        let started = std::time::Instant::now();
-        site.restore(&["--standby", "--start"]).expect_code(0);
-        started.elapsed()
-    };
+    // The shorter of two runs: a first run on a cold page cache, or one that shared the
+    // cores with another test, would put every signal after the end of the next ones.
+    let whole = (0..2)
+        .map(|_| {
+            let site = Site::new(&version, |_| true);
+            let started = std::time::Instant::now();
+            site.restore(&["--standby", "--start"]).expect_code(0);
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
     let mut interrupted = 0;
     for (i, fraction) in [0.05, 0.15, 0.3, 0.45, 0.6, 0.7, 0.8, 0.9]
         .into_iter()

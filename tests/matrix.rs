@@ -334,7 +334,7 @@ fn prefetched_segments_are_handed_over_through_pg_wal(major: u32, standby: bool)
     let mode: &[&str] = if standby {
         &["--standby", "--no-wal-stream"]
     } else {
-        &[]
+        &["--no-wal-stream"]
     };
     site.restore(mode).expect_code(0);
     let first = version.meta("BACKUP_START_WAL_SEGMENT");

@@ -245,6 +245,49 @@ fn a_corrupt_segment_is_refused_and_reported(major: u32) {
     assert_eq!(standby.counted(), version.meta("EXPECTED_AT_END"));
 }
 
+/// A recovery to the end of the archive (no `--standby`) runs as a standby of the
+/// stream and is promoted once the archive's WAL is all flushed: `restore --start`
+/// returns with the server promoted on the archive's last data.
+fn a_recovery_to_the_end_streams_and_is_promoted_there(major: u32) {
+    let version = Version::of(major);
+    let site = Site::new(&version, |_| true);
+    site.restore(&["LATEST", "--start"]).expect_code(0);
+    wait_for_answer(&site, "select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+    let log = site.log();
+    assert!(log.contains("started streaming WAL from primary"), "{log}");
+    assert!(log.contains("received promote request"), "{log}");
+    assert!(
+        !log.contains("restored log file \"0"),
+        "segments came through restore_command: {log}"
+    );
+    site.query("insert into matrix_check values (100000, 99, 'after the end')");
+}
+
+/// The same with the stream held off (a failure recorded a moment ago, as a stream that
+/// cannot start leaves): `restore_command` fetches every segment and, at the archive's
+/// end, `wal-fetch` asks for the promotion itself.
+fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch(major: u32) {
+    let version = Version::of(major);
+    let site = Site::new(&version, |_| true);
+    site.restore(&["LATEST"]).expect_code(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::fs::write(
+        stream_dir(&site.pgdata()).join("failure"),
+        format!("{now} the test holds the stream off\n"),
+    )
+    .unwrap();
+    site.restore(&["LATEST", "--start"]).expect_code(0);
+    wait_for_answer(&site, "select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+    let log = site.log();
+    assert!(!log.contains("started streaming WAL"), "{log}");
+    assert!(log.contains("received promote request"), "{log}");
+}
+
 macro_rules! stream_tests {
     ($($name:ident: $major:expr,)*) => {
         $(
@@ -262,6 +305,16 @@ macro_rules! stream_tests {
                 #[test]
                 fn a_corrupt_segment_is_refused_and_reported() {
                     super::a_corrupt_segment_is_refused_and_reported($major);
+                }
+
+                #[test]
+                fn a_recovery_to_the_end_streams_and_is_promoted_there() {
+                    super::a_recovery_to_the_end_streams_and_is_promoted_there($major);
+                }
+
+                #[test]
+                fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch() {
+                    super::a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch($major);
                 }
 
                 #[test]

@@ -208,6 +208,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         {
             state.record_not_found(&segment);
         }
+        promote_at_the_end_of_the_archive(args);
         remove_stale(&args.wal_destination);
         return err.exit_status(exit::Caller::WalFetch);
     }
@@ -237,6 +238,28 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         state.record_error(&line);
     }
     code
+}
+
+/// A recovery to the end of the archive runs as a standby of wale's WAL stream, which
+/// promotes it there; when the stream is down and the archive has no next segment, this
+/// `wal-fetch` asks for the promotion instead (what "not found" means to a recovery that
+/// is not a standby).
+fn promote_at_the_end_of_the_archive(args: &WalFetchArgs) {
+    let kind = WalFileKind::of(&args.wal_segment);
+    let Some((stream, pgdata)) = stream_of_standby(&args.wal_destination, &args.wal_segment, kind)
+    else {
+        return;
+    };
+    if !stream.promotes_at_end() {
+        return;
+    }
+    match crate::stream::request_promotion(&pgdata) {
+        Ok(()) => tracing::info!(
+            "the archive ends before {}: promotion requested (this recovery ends at the archive's end)",
+            args.wal_segment
+        ),
+        Err(err) => tracing::warn!("cannot request the promotion: {err}"),
+    }
 }
 
 /// The WAL segment size of the data directory PostgreSQL runs us in (16 MiB elsewhere).

@@ -63,6 +63,24 @@ const SOCKET_DIR: &str = "stream";
 const LOCK_FILE: &str = ".lock";
 const STATE_FILE: &str = "clients";
 const FAILURE_FILE: &str = "failure";
+const PROMOTE_AT_END_FILE: &str = "promote-at-end";
+
+/// Ends the recovery of the server on `pgdata` as `pg_ctl promote` does: the `promote`
+/// signal file, then SIGUSR1 to the postmaster. PostgreSQL looks for it only when it has
+/// no more WAL to replay, so the caller makes sure everything there is has reached it.
+pub fn request_promotion(pgdata: &Path) -> io::Result<()> {
+    let pid_file = pgdata.join("postmaster.pid");
+    let text = fs::read_to_string(&pid_file)?;
+    let pid = text
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{}: no process id", pid_file.display())))?;
+    crate::durable::replace_file(&pgdata.join("promote"), b"")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
+    Ok(())
+}
 
 /// The stream's directory of one data directory: the socket, the lock of the one
 /// process serving it, its client count and its last failure.
@@ -105,14 +123,25 @@ impl StreamDir {
         )
     }
 
-    /// Creates the directory (mode 0700): the standby is to use the stream.
-    pub fn enable(&self) -> io::Result<()> {
+    /// Creates the directory (mode 0700): the server is to use the stream. With
+    /// `promote_at_end`, a recovery to the end of the archive run as a standby: it is
+    /// promoted once it has everything the archive holds ([`request_promotion`]).
+    pub fn enable(&self, promote_at_end: bool) -> io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.root)?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))?;
+        if promote_at_end {
+            crate::durable::replace_file(&self.root.join(PROMOTE_AT_END_FILE), b"")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the server recovers to the end of the archive (not a standby for good).
+    pub fn promotes_at_end(&self) -> bool {
+        self.root.join(PROMOTE_AT_END_FILE).exists()
     }
 
     /// Whether `restore --standby` set this data directory up for the stream.
@@ -270,6 +299,8 @@ async fn listen_and_serve(
     let listener =
         UnixListener::bind(&socket).map_err(|e| Error::local(&socket, "cannot listen on", e))?;
     let context = Arc::new(session::Context {
+        pgdata: pgdata.to_path_buf(),
+        promote_at_end: dir.promotes_at_end(),
         archive,
         major_version: control.major_version,
         fetch_state: FetchState::for_wal_dir(&DataDir::new(pgdata).wal_dir()),

@@ -19,6 +19,10 @@ use crate::wal::{Lsn, SegmentName, TimelineSwitch};
 
 /// What every session shares.
 pub struct Context {
+    /// The server's data directory.
+    pub pgdata: std::path::PathBuf,
+    /// A recovery to the end of the archive run as a standby: promote it there.
+    pub promote_at_end: bool,
     /// The archive's WAL.
     pub archive: ArchiveWal,
     /// The cluster's major version (reported as the server's).
@@ -70,6 +74,8 @@ pub async fn run(connection: UnixStream, context: &Context) -> Result<(), Error>
         inbox,
         newest_timeline: 1,
         naps: 0,
+        flushed: Lsn(0),
+        promoted: false,
     };
     let result = session.commands().await;
     listener.abort();
@@ -196,6 +202,10 @@ struct Session<'a> {
     newest_timeline: u32,
     /// Naps taken at the end of the archive (a timeline probe every few).
     naps: u64,
+    /// How far the walreceiver has flushed WAL to disk, as it last reported.
+    flushed: Lsn,
+    /// Whether this session asked for the server's promotion.
+    promoted: bool,
 }
 
 /// A replication command.
@@ -496,6 +506,9 @@ impl<'a> Session<'a> {
                                 self.context.fetch_state.record_not_found(&segment);
                                 tracing::debug!("waiting for {segment} in the archive");
                             }
+                            if extent.end.is_none() && self.flushed >= position {
+                                self.promote_at_end(extent.timeline, position).await;
+                            }
                             if !self.wait(position, &mut extent).await? {
                                 return Ok(None);
                             }
@@ -595,6 +608,33 @@ impl<'a> Session<'a> {
         Ok(true)
     }
 
+    /// For a recovery to the end of the archive: once the walreceiver has flushed
+    /// everything up to `end` (where the archive's WAL on `timeline` ends) and the
+    /// archive has no newer timeline, asks for the promotion. PostgreSQL looks for it only
+    /// when it has replayed all it has, that is the archive's end.
+    async fn promote_at_end(&mut self, timeline: u32, end: Lsn) {
+        if !self.context.promote_at_end || self.promoted {
+            return;
+        }
+        match self.context.archive.newest_timeline(timeline).await {
+            Ok(newest) if newest == timeline => {}
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!("cannot look for a newer timeline before promoting: {err}");
+                return;
+            }
+        }
+        match super::request_promotion(&self.context.pgdata) {
+            Ok(()) => {
+                self.promoted = true;
+                tracing::info!(
+                    "the archive ends at {end} on timeline {timeline}, all of it flushed by the standby: promotion requested"
+                );
+            }
+            Err(err) => tracing::warn!("cannot request the promotion: {err}"),
+        }
+    }
+
     /// One probe for a newer timeline per [`TIMELINE_POLL`], counted in [`POLL`] naps.
     fn timeline_due(&mut self) -> bool {
         self.naps += 1;
@@ -614,12 +654,16 @@ impl<'a> Session<'a> {
             }
             Some(Frontend::CopyData(data)) => {
                 if let StandbyMessage::Status {
-                    reply_requested: true,
+                    flush,
+                    reply_requested,
                     ..
                 } = StandbyMessage::parse(&data.data)
                 {
-                    self.writer.push_keepalive(position, false)?;
-                    self.writer.flush().await?;
+                    self.flushed = self.flushed.max(flush);
+                    if reply_requested {
+                        self.writer.push_keepalive(position, false)?;
+                        self.writer.flush().await?;
+                    }
                 }
                 Ok(true)
             }

@@ -67,21 +67,25 @@ pub(super) fn configure(
     let restore_command = restore_command(envdir, options)?;
     let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
     let mut recovery = recovery_settings(plan, major, &restore_command);
-    if let Some(conninfo) = enable_wal_stream(plan)? {
+    let streamed = enable_wal_stream(plan)?;
+    // A recovery to the end of the archive through the stream runs as a standby, which
+    // the stream (or `wal-fetch`, when the stream is down) promotes at the archive's end.
+    let as_standby = plan.recovery.is_standby() || streamed.is_some();
+    if let Some(conninfo) = streamed {
         recovery.push(("primary_conninfo", conninfo));
     }
-    let mut text = postgresql_conf(plan, checked, control, major);
+    let mut text = postgresql_conf(plan, checked, control, major, as_standby);
     match major.recovery_config() {
         RecoveryConfig::SignalFiles => {
             append_settings(&mut text, &recovery);
-            let signal = if plan.recovery.is_standby() {
+            let signal = if as_standby {
                 "standby.signal"
             } else {
                 "recovery.signal"
             };
             write_file(&pgdata.join(signal), "", 0o600)?;
         }
-        RecoveryConfig::RecoveryConf => write_recovery_conf(plan, major, &recovery)?,
+        RecoveryConfig::RecoveryConf => write_recovery_conf(plan, major, &recovery, as_standby)?,
     }
     if !plan.settings.is_empty() {
         text.push_str("\n# --set\n");
@@ -150,12 +154,13 @@ fn write_recovery_conf(
     plan: &RestorePlan,
     major: Major,
     recovery: &[(&str, String)],
+    as_standby: bool,
 ) -> Result<(), Error> {
     let mut text = format!(
         "# Written by wale restore: PostgreSQL {major} reads its recovery settings here and\n\
          # renames this file to recovery.done when recovery ends.\n"
     );
-    if plan.recovery.is_standby() {
+    if as_standby {
         append_settings(&mut text, &[("standby_mode", "on".to_string())]);
     }
     append_settings(&mut text, recovery);
@@ -203,8 +208,9 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
     Ok(words.join(" "))
 }
 
-/// For a standby with wale's WAL stream ([`crate::stream`]): its directory, and the
-/// `primary_conninfo` that points the walreceiver at it. None without it, or when the
+/// For a standby, or a recovery to the end of the archive, with wale's WAL stream
+/// ([`crate::stream`]): its directory (for the latter marked to promote at the archive's
+/// end), and the `primary_conninfo` that points the walreceiver at it. None without it, or when the
 /// socket's path would be too long for the kernel (the standby then takes WAL through
 /// `restore_command` alone).
 fn enable_wal_stream(plan: &RestorePlan) -> Result<Option<String>, Error> {
@@ -220,7 +226,7 @@ fn enable_wal_stream(plan: &RestorePlan) -> Result<Option<String>, Error> {
         return Ok(None);
     }
     stream
-        .enable()
+        .enable(!plan.recovery.is_standby())
         .map_err(|e| Error::local(stream.root(), "cannot create", e))?;
     Ok(Some(stream.conninfo()))
 }
@@ -263,6 +269,7 @@ fn postgresql_conf(
     checked: &Checked,
     control: &ControlData,
     major: Major,
+    as_standby: bool,
 ) -> String {
     let mut text = String::new();
     let now = crate::time::civil_utc(
@@ -289,7 +296,7 @@ fn postgresql_conf(
     line("listen_addresses", conf::quote("localhost"), "");
     line("port", plan.port.to_string(), "");
     line("hot_standby", "on".into(), "");
-    if plan.recovery.is_standby() {
+    if as_standby {
         line(
             "wal_retrieve_retry_interval",
             conf::quote(STANDBY_RETRY_INTERVAL),

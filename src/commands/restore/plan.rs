@@ -26,7 +26,8 @@ pub struct RestorePlan {
     pub(crate) recovery: Recovery,
     /// `--target-timeline`.
     pub(crate) timeline: TimelineTarget,
-    /// A standby that takes WAL through wale's WAL stream too (not `--no-wal-stream`).
+    /// Whether WAL also comes through wale's WAL stream (a standby, or a recovery to the
+    /// end of the archive; not `--no-wal-stream`).
     pub(crate) wal_stream: bool,
     /// `--set NAME=VALUE`, names checked and lower-cased, values trimmed, in order.
     pub(crate) settings: Vec<(String, String)>,
@@ -181,6 +182,8 @@ impl RestorePlan {
         let settings = parse_settings(&args.settings)?;
         let timeline = parse_timeline(&args.target_timeline)?;
         let recovery = recovery_of(args)?;
+        let wal_stream =
+            !args.no_wal_stream && matches!(recovery, Recovery::Standby | Recovery::ToEnd);
         let backup = match (&args.backup_name, &recovery) {
             (
                 None,
@@ -209,7 +212,7 @@ impl RestorePlan {
             backup,
             recovery,
             timeline,
-            wal_stream: args.standby && !args.no_wal_stream,
+            wal_stream,
             settings,
             tablespaces,
             envdir,
