@@ -32,7 +32,7 @@ const WALE: &str = "wale wal-fetch (prefetch 8)";
 const WALE_NO_PREFETCH: &str = "wale wal-fetch --prefetch 0";
 const WAL_E: &str = "WAL-E 1.1.1 wal-fetch (prefetch 8)";
 const REPLAY: &str = "replay alone, segments in pg_wal (the limit)";
-const STREAM: &str = "wale WAL stream (standby streaming the archive, restore_command fallback), promoted at the archive's end";
+const STREAM: &str = "wale WAL stream (recovery to the end streamed, restore_command fallback)";
 const PROTOCOL: &str =
     "archive recovery, segments in pg_wal, restore_command false (the per-file protocol's limit)";
 /// Stands for the data directory in a mode's command, which differs from run to run.
@@ -120,10 +120,6 @@ fn main() {
         ));
     }
     let segments = support::wal_segments(&source).len();
-    let last_segment = support::wal_segments(&source)
-        .into_iter()
-        .max()
-        .expect("the archive has WAL");
     let case = format!("{segments} archived segments, PostgreSQL start to promotion");
     let mut outcomes: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
     let rounds = modes.iter().map(|m| m.runs).max().unwrap_or(0);
@@ -135,7 +131,7 @@ fn main() {
                 continue;
             }
             let how = match &modes[i].command {
-                Some(command) if modes[i].tool == STREAM => Wal::Stream(command, &last_segment),
+                Some(command) if modes[i].tool == STREAM => Wal::Stream(command),
                 Some(command) => Wal::Command(command),
                 None if modes[i].tool == PROTOCOL => Wal::PreplacedBehindFalse(&plain),
                 None => Wal::Preplaced(&plain),
@@ -177,7 +173,7 @@ fn main() {
         };
         let note = if mode.tool == STREAM {
             format!(
-                "a standby streaming from wale's WAL stream, promoted once its startup process waits for WAL the stream has not got; {}",
+                "recovery to the end as wale restore writes it: a standby of wale's WAL stream, which promotes it once the archive's WAL is all flushed; {}",
                 samples.spread()
             )
         } else if mode.tool == PROTOCOL {
@@ -291,9 +287,9 @@ enum Wal<'a> {
     Command(&'a str),
     /// Already in pg_wal, copied from this directory of decompressed segments (untimed).
     Preplaced(&'a Path),
-    /// A standby streaming from wale's WAL stream, with this restore_command as its
-    /// fallback, promoted when it has replayed to the end of this last segment.
-    Stream(&'a str, &'a str),
+    /// A recovery to the end of the archive through wale's WAL stream, with this
+    /// restore_command as its fallback.
+    Stream(&'a str),
     /// The same, read by archive recovery after `restore_command = false` fails for each:
     /// the cost of the per-file protocol alone (a fork per segment, segment-by-segment
     /// reading), with nothing fetched.
@@ -329,7 +325,7 @@ fn recover(
             calls.display(),
             command.replace(PGDATA, &pgdata.display().to_string())
         ),
-        Wal::Stream(command, _) => command.replace(PGDATA, &pgdata.display().to_string()),
+        Wal::Stream(command) => command.replace(PGDATA, &pgdata.display().to_string()),
         Wal::Preplaced(_) => String::new(),
         Wal::PreplacedBehindFalse(_) => "false".to_string(),
     };
@@ -362,9 +358,6 @@ fn recover(
     assert!(Command::new("sync").status().unwrap().success());
     let start = Instant::now();
     let recovery = Recovery::start(&pgdata, &socket, 25432 + slot, dir.join("postgres.log"));
-    if let Wal::Stream(_, last) = wal {
-        promote_at_the_end(&recovery, &pgdata, last);
-    }
     recovery.wait_until_promoted(Duration::from_secs(1800));
     let elapsed = start.elapsed();
     // Restored (PostgreSQL's line), or handed over through pg_wal (wale's line).
@@ -401,9 +394,11 @@ fn recover(
     }
 }
 
-/// Turns the archive recovery [`write_recovery_conf`] set up into a standby of wale's
-/// WAL stream, as `wale restore --standby` does: `standby.signal`, `primary_conninfo` to
-/// the socket directory (mode 0700) in `pg_wal/.wal-e/stream`, the latest timeline.
+/// Turns the archive recovery [`write_recovery_conf`] set up into a recovery to the end
+/// of the archive through wale's WAL stream, as `wale restore` writes it: `standby.signal`,
+/// `primary_conninfo` to the socket directory (mode 0700) in `pg_wal/.wal-e/stream`,
+/// marked `promote-at-end` (the stream promotes the server once the archive's WAL is all
+/// flushed), the latest timeline.
 fn make_standby_of_stream(pgdata: &Path) {
     let stream = pgdata.join("pg_wal/.wal-e/stream");
     std::fs::create_dir_all(&stream).unwrap();
@@ -417,31 +412,6 @@ fn make_standby_of_stream(pgdata: &Path) {
         stream.display()
     ));
     std::fs::write(&conf, text).unwrap();
-}
-
-/// Promotes a standby of the stream once it has replayed the archive: the stream has
-/// asked for the segment after `last` (its "not found" record for `wale status`) and the
-/// startup process waits for streamed WAL. Polled every 50 ms.
-fn promote_at_the_end(recovery: &Recovery, pgdata: &Path, last: &str) {
-    let after_last = {
-        let (tli, number) = (&last[..8], u64::from_str_radix(&last[8..], 16).unwrap());
-        let next = number + 1;
-        // 16 MiB segments: 256 per log file.
-        format!("{tli}{:08X}{:08X}", next >> 8, next & 0xFF)
-    };
-    let record = pgdata.join("pg_wal/.wale-status/last-not-found");
-    let waits = "select count(*) from pg_stat_activity where backend_type = 'startup' and wait_event = 'RecoveryWalStream'";
-    loop {
-        let asked = std::fs::read_to_string(&record)
-            .is_ok_and(|text| text.trim_end().ends_with(&after_last));
-        if asked && recovery.psql(&["-A", "-t", "-c", waits]).trim() == "1" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut promote = as_postgres(&recovery.bin.join("pg_ctl"));
-    promote.arg("-D").arg(pgdata).args(["-w", "promote"]);
-    assert!(promote.status().unwrap().success(), "pg_ctl promote");
 }
 
 /// The segments, decompressed by the real lzop, for the `cp` baseline.
