@@ -403,6 +403,7 @@ fn make_standby_of_stream(pgdata: &Path) {
     let stream = pgdata.join("pg_wal/.wal-e/stream");
     std::fs::create_dir_all(&stream).unwrap();
     std::fs::set_permissions(&stream, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(stream.join("promote-at-end"), "").unwrap();
     std::fs::remove_file(pgdata.join("recovery.signal")).unwrap();
     std::fs::write(pgdata.join("standby.signal"), "").unwrap();
     let conf = pgdata.join("postgresql.conf");

@@ -3,8 +3,10 @@
 //! backup and all but the last few segments; once the standby has caught up, the others
 //! are added one at a time, each at a different moment of the standby's retry cycle, and
 //! the time until PostgreSQL's replay position enters the new segment is taken (what is
-//! left, replaying it, is PostgreSQL's own work). The same standby with PostgreSQL's
-//! default `wal_retrieve_retry_interval` (5 s) is the baseline, measured in the same run.
+//! left, replaying it, is PostgreSQL's own work). Three standbys: wale's WAL stream (the
+//! default), `restore_command` alone (`--no-wal-stream`, asked every 500 ms), and
+//! `restore_command` alone with PostgreSQL's default `wal_retrieve_retry_interval` (5 s),
+//! the baseline, measured in the same run.
 //!
 //! Run by `scripts/bench.sh`, or `cargo bench --bench standby_lag` (see `support`). Needs
 //! root: PostgreSQL runs as `postgres`.
@@ -21,7 +23,8 @@ use support::common::{Archive, Run, S3Server, wale};
 use support::{Comparison, Samples, Suite};
 
 const SECTION: &str = "Hot standby following the archive, S3 loopback";
-const WALE: &str = "wale restore --standby (retry every 500 ms)";
+const WALE: &str = "wale restore --standby (WAL stream, archive asked every 500 ms)";
+const RESTORE_COMMAND: &str = "wale restore --standby --no-wal-stream (retry every 500 ms)";
 const DEFAULT: &str = "PostgreSQL's default retry (wal_retrieve_retry_interval 5 s)";
 
 fn main() {
@@ -32,8 +35,12 @@ fn main() {
     let (first, added) = segments.split_at(segments.len() - later);
     let case = format!("{later} segments added to the archive one at a time, until replay");
     for (tool, extra) in [
-        (WALE, None),
-        (DEFAULT, Some("wal_retrieve_retry_interval=5s")),
+        (WALE, &[][..]),
+        (RESTORE_COMMAND, &["--no-wal-stream"][..]),
+        (
+            DEFAULT,
+            &["--no-wal-stream", "--set", "wal_retrieve_retry_interval=5s"][..],
+        ),
     ] {
         let lags = follow(&source, first, added, extra);
         let mut samples = Samples::default();
@@ -66,7 +73,7 @@ fn main() {
 
 /// Restores a standby from an archive holding `first`, waits until it has replayed them,
 /// then adds each of `added` and times how long the standby takes to enter it.
-fn follow(source: &Path, first: &[String], added: &[String], extra: Option<&str>) -> Vec<Duration> {
+fn follow(source: &Path, first: &[String], added: &[String], extra: &[&str]) -> Vec<Duration> {
     let archive = Archive::empty();
     copy_objects(source, &archive.root(), "basebackups_005", None);
     copy_objects(source, &archive.root(), "wal_005", Some(first));
@@ -91,9 +98,7 @@ fn follow(source: &Path, first: &[String], added: &[String], extra: Option<&str>
         ])
         .arg("--set")
         .arg(format!("unix_socket_directories={}", socket.display()));
-    if let Some(setting) = extra {
-        restore.args(["--set", setting]);
-    }
+    restore.args(extra);
     Run::of(restore).expect_code(0);
     let replay = || {
         let mut psql = as_postgres(&pg_bin().join("psql"));
