@@ -12,8 +12,9 @@
 //! are interleaved, one of each mode per round, so that the machine's drift spreads over
 //! all of them; the spread (min–max) is in each row's note.
 //!
-//! Run by `scripts/bench.sh`, or `cargo bench --bench recovery` (see `support`). Needs
-//! root: PostgreSQL runs as `postgres`.
+//! Run by `scripts/bench.sh`, or `cargo bench --bench recovery` (see `support`);
+//! `WALE_BENCH_ONLY` (comma-separated words) keeps only the modes whose names contain
+//! one. Needs root: PostgreSQL runs as `postgres`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -118,6 +119,11 @@ fn main() {
             Some(format!("envdir {env} {} wal-fetch %f %p", bin.display())),
             few,
         ));
+    }
+    // `WALE_BENCH_ONLY=replay,pg_wal,stream`: only the modes whose names contain one of
+    // these words (a focused A/B; the full table needs every mode).
+    if let Ok(only) = std::env::var("WALE_BENCH_ONLY") {
+        modes.retain(|m| only.split(',').any(|word| m.tool.contains(word.trim())));
     }
     let segments = support::wal_segments(&source).len();
     let case = format!("{segments} archived segments, PostgreSQL start to promotion");
