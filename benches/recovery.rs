@@ -404,7 +404,8 @@ fn recover(
 /// of the archive through wale's WAL stream, as `wale restore` writes it: `standby.signal`,
 /// `primary_conninfo` to the socket directory (mode 0700) in `pg_wal/.wal-e/stream`,
 /// marked `promote-at-end` (the stream promotes the server once the archive's WAL is all
-/// flushed), the latest timeline.
+/// flushed), the latest timeline, `hot_standby = off` (nobody queries a recovery to the
+/// end before it is promoted).
 fn make_standby_of_stream(pgdata: &Path) {
     let stream = pgdata.join("pg_wal/.wal-e/stream");
     std::fs::create_dir_all(&stream).unwrap();
@@ -415,7 +416,7 @@ fn make_standby_of_stream(pgdata: &Path) {
     let conf = pgdata.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
-        "primary_conninfo = 'host={} port=5432'\nwal_retrieve_retry_interval = '500ms'\nrecovery_target_timeline = 'latest'\n",
+        "primary_conninfo = 'host={} port=5432'\nwal_retrieve_retry_interval = '500ms'\nrecovery_target_timeline = 'latest'\nhot_standby = off\n",
         stream.display()
     ));
     std::fs::write(&conf, text).unwrap();

@@ -187,9 +187,14 @@ impl Report {
     /// A running server that did not answer: still starting up (it accepts no
     /// connections until consistent), or failing for `detail`.
     fn record_unanswered(&mut self, detail: &str) {
-        if detail.contains("starting up") {
+        if detail.contains("Hot standby mode is disabled") {
+            // A recovery to the end (`hot_standby = off`), or PostgreSQL 13 and older,
+            // which say "starting up" for it too.
             self.in_recovery = Some(true);
-            self.reason = "the server is starting up: it accepts no connections until it is consistent (last_error says why it may be stuck)".into();
+            self.reason = "recovering with hot_standby off (a recovery to the end): the server accepts no connections until it is promoted (last_error says why it may be stuck)".into();
+        } else if detail.contains("starting up") {
+            self.in_recovery = Some(true);
+            self.reason = "the server is starting up: it accepts no connections until it is consistent, or with hot_standby off until it is promoted (last_error says why it may be stuck)".into();
         } else {
             self.reason = format!("the server does not answer: {detail}");
         }

@@ -295,7 +295,15 @@ fn postgresql_conf(
     };
     line("listen_addresses", conf::quote("localhost"), "");
     line("port", plan.port.to_string(), "");
-    line("hot_standby", "on".into(), "");
+    if matches!(plan.recovery, Recovery::ToEnd) {
+        line(
+            "hot_standby",
+            "off".into(),
+            "a recovery to the end answers queries once promoted; replay is ~10% faster without hot standby's bookkeeping",
+        );
+    } else {
+        line("hot_standby", "on".into(), "");
+    }
     if as_standby {
         line(
             "wal_retrieve_retry_interval",

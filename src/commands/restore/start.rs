@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::chown_tree;
-use super::plan::RestorePlan;
+use super::plan::{Recovery, RestorePlan};
 use crate::error::Error;
 use crate::pg::conf;
 use crate::pg::server::Binaries;
@@ -142,7 +142,10 @@ pub(super) async fn settle(
     stale: Option<i32>,
     cancellation: &Cancellation,
 ) -> Result<(), Error> {
-    let pid = wait_until_accepting(server, log, since, stale, cancellation).await?;
+    // A recovery to the end runs without hot standby: it accepts connections only once
+    // promoted, however long the recovery takes.
+    let limit = (!matches!(plan.recovery, Recovery::ToEnd)).then_some(START_TIMEOUT);
+    let pid = wait_until_accepting(server, log, since, stale, limit, cancellation).await?;
     if plan.recovery.is_standby() {
         tracing::info!(
             "{} is running on port {} as a hot standby following the archive; `wale status {}` shows how far behind it is",
@@ -229,10 +232,13 @@ async fn wait_until_accepting(
     log: &Path,
     since: u64,
     stale: Option<i32>,
+    limit: Option<Duration>,
     cancellation: &Cancellation,
 ) -> Result<PidFile, Error> {
-    let state = crate::pg::datadir::DataDir::new(&server.pgdata).fetch_state();
+    let data_dir = crate::pg::datadir::DataDir::new(&server.pgdata);
+    let state = data_dir.fetch_state();
     let started = Instant::now();
+    let mut last_report = Instant::now();
     let mut seen = false;
     loop {
         match PidFile::read(&server.pgdata) {
@@ -257,7 +263,13 @@ async fn wait_until_accepting(
                 log: log.to_path_buf(),
             });
         }
-        if started.elapsed() > START_TIMEOUT {
+        if limit.is_none() && seen && last_report.elapsed() > PROGRESS_EVERY {
+            if let Some(segment) = newest_segment_in(&data_dir.wal_dir()) {
+                tracing::info!("recovering: WAL in pg_wal up to {segment}");
+            }
+            last_report = Instant::now();
+        }
+        if limit.is_some_and(|limit| started.elapsed() > limit) {
             return Err(Error::Server {
                 detail: format!(
                     "the server does not accept connections after {} s; it is still recovering (stop it with pg_ctl stop, or let it go on)",
@@ -272,6 +284,19 @@ async fn wait_until_accepting(
 
 /// Waits for the end of a recovery that is not a standby: promoted, paused at its target,
 /// or shut down at it; a server that dies instead is explained.
+/// The newest segment in the WAL directory: how far the WAL that recovery reads has
+/// come, while the server answers no query.
+fn newest_segment_in(wal_dir: &Path) -> Option<String> {
+    std::fs::read_dir(wal_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            crate::wal::SegmentName::parse(&name).map(|_| name)
+        })
+        .max()
+}
+
 async fn wait_for_recovery_end(
     server: &Server,
     pid: &PidFile,
