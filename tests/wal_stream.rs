@@ -37,6 +37,21 @@ fn stream_pids(pgdata: &Path) -> Vec<u32> {
     wale_processes("wal-stream", &pgdata.display().to_string())
 }
 
+/// A standby restored from the archive as it stood at the restore point (without the
+/// `later` segments), started and caught up; its caught-up status.
+fn standby_at_the_restore_point<'a>(
+    version: &'a Version,
+    later: &[String],
+) -> (Site<'a>, serde_json::Value) {
+    let standby = Site::new(version, |name| !later.iter().any(|l| l == name));
+    standby
+        .restore(&["LATEST", "--standby", "--start"])
+        .expect_code(0);
+    let caught =
+        standby.wait_for_status("caught up with the first part", |s| s["caught_up"] == true);
+    (standby, caught)
+}
+
 fn stream_dir(pgdata: &Path) -> PathBuf {
     pgdata.join("pg_wal/.wal-e/stream")
 }
@@ -45,7 +60,7 @@ fn stream_dir(pgdata: &Path) -> PathBuf {
 /// end, promoted to timeline 2, rows written and archived with lzop as WAL-E lays them
 /// out. Meanwhile the standby streams timeline 1; it must end that stream at the switch
 /// point, fetch timeline 2's history and stream timeline 2, with the exact rows.
-fn standby_streams_across_a_timeline_switch(major: u32) {
+fn a_standby_streams_across_a_timeline_switch(major: u32) {
     let version = Version::of(major);
     let standby = Site::new(&version, |_| true);
     standby
@@ -119,11 +134,7 @@ fn standby_streams_across_a_timeline_switch(major: u32) {
 fn a_stream_killed_mid_stream_is_replaced(major: u32) {
     let version = Version::of(major);
     let later = version.words("SEGMENTS_AFTER_RESTORE_POINT");
-    let standby = Site::new(&version, |name| !later.iter().any(|l| l == name));
-    standby
-        .restore(&["LATEST", "--standby", "--start"])
-        .expect_code(0);
-    standby.wait_for_status("caught up with the first part", |s| s["caught_up"] == true);
+    let (standby, _) = standby_at_the_restore_point(&version, &later);
     let pgdata = standby.pgdata();
     assert!(!stream_pids(&pgdata).is_empty(), "no stream runs");
 
@@ -210,12 +221,7 @@ fn only_the_owner_may_connect(major: u32) {
 fn a_corrupt_segment_is_refused_and_reported(major: u32) {
     let version = Version::of(major);
     let later = version.words("SEGMENTS_AFTER_RESTORE_POINT");
-    let standby = Site::new(&version, |name| !later.iter().any(|l| l == name));
-    standby
-        .restore(&["LATEST", "--standby", "--start"])
-        .expect_code(0);
-    let caught =
-        standby.wait_for_status("caught up with the first part", |s| s["caught_up"] == true);
+    let (standby, caught) = standby_at_the_restore_point(&version, &later);
     let wal = standby.archive().join("wal_005");
     let first_later = format!("{}.lzo", later[0]);
     let wrong = format!("{}.lzo", caught["replay_segment"].as_str().unwrap());
@@ -288,39 +294,31 @@ fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch(major: u32)
     assert!(log.contains("received promote request"), "{log}");
 }
 
+/// One `#[test]` per function named, each run on PostgreSQL `$major`.
+macro_rules! on_major {
+    ($major:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test($major);
+            }
+        )*
+    };
+}
+
 macro_rules! stream_tests {
     ($($name:ident: $major:expr,)*) => {
         $(
             mod $name {
-                #[test]
-                fn a_standby_streams_across_a_timeline_switch() {
-                    super::standby_streams_across_a_timeline_switch($major);
-                }
-
-                #[test]
-                fn a_stream_killed_mid_stream_is_replaced() {
-                    super::a_stream_killed_mid_stream_is_replaced($major);
-                }
-
-                #[test]
-                fn a_corrupt_segment_is_refused_and_reported() {
-                    super::a_corrupt_segment_is_refused_and_reported($major);
-                }
-
-                #[test]
-                fn a_recovery_to_the_end_streams_and_is_promoted_there() {
-                    super::a_recovery_to_the_end_streams_and_is_promoted_there($major);
-                }
-
-                #[test]
-                fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch() {
-                    super::a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch($major);
-                }
-
-                #[test]
-                fn only_the_owner_may_connect() {
-                    super::only_the_owner_may_connect($major);
-                }
+                on_major!(
+                    $major;
+                    a_standby_streams_across_a_timeline_switch,
+                    a_stream_killed_mid_stream_is_replaced,
+                    a_corrupt_segment_is_refused_and_reported,
+                    a_recovery_to_the_end_streams_and_is_promoted_there,
+                    a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch,
+                    only_the_owner_may_connect,
+                );
             }
         )*
     };
