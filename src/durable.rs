@@ -323,6 +323,23 @@ pub fn read_small_file(path: &Path) -> std::io::Result<Option<String>> {
     Ok(Some(text))
 }
 
+/// Takes an exclusive `flock` on `path` (created 0600 if missing) unless another
+/// process holds it: the one-process-per-directory rule of the prefetcher and the WAL
+/// stream. The lock lasts as long as the file returned.
+pub fn try_lock(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

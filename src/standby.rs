@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::fetch_state::FetchState;
 use crate::layout::Layout;
-use crate::pg::control::ControlData;
 use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::pg::server::{self, Binaries, Connection, PidFile};
 use crate::pg::version::Major;
@@ -82,7 +81,7 @@ pub async fn gather(
     pgdata: &Path,
     pg_bin: Option<&Path>,
 ) -> Result<Report, Error> {
-    let control = read_control(pgdata).await?;
+    let control = crate::pg::control::read(pgdata).await?;
     let data_dir = DataDir::new(pgdata);
     let state = data_dir.fetch_state();
     let request = data_dir.recovery_request();
@@ -347,24 +346,6 @@ fn stopped_at_target(pgdata: &Path) -> bool {
         Ok(log) => log.contains("recovery stopping"),
         Err(_) => true,
     }
-}
-
-/// `pg_control` of the data directory (read twice if a restartpoint was writing it).
-async fn read_control(pgdata: &Path) -> Result<ControlData, Error> {
-    let path = pgdata.join("global/pg_control");
-    let mut last = None;
-    for _ in 0..2 {
-        let bytes = std::fs::read(&path).map_err(|e| Error::local(&path, "cannot read", e))?;
-        match ControlData::parse(&bytes) {
-            Ok(control) => return Ok(control),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    Err(Error::Corrupt {
-        url: path.display().to_string(),
-        reason: last.map(|e| e.to_string()).unwrap_or_default(),
-    })
 }
 
 /// The server's replay, in one query: whether it recovers, its position, whether it is

@@ -253,7 +253,7 @@ fn promote_at_the_end_of_the_archive(args: &WalFetchArgs) {
     if !stream.promotes_at_end() {
         return;
     }
-    match crate::stream::request_promotion(&pgdata) {
+    match crate::pg::server::request_promotion(&pgdata) {
         Ok(()) => tracing::info!(
             "the archive ends before {}: promotion requested (this recovery ends at the archive's end)",
             args.wal_segment

@@ -281,6 +281,25 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     })
 }
 
+/// `pg_control` of the data directory (read twice if a restartpoint was writing it).
+pub async fn read(pgdata: &std::path::Path) -> Result<ControlData, crate::error::Error> {
+    let path = pgdata.join("global/pg_control");
+    let mut last = None;
+    for _ in 0..2 {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| crate::error::Error::local(&path, "cannot read", e))?;
+        match ControlData::parse(&bytes) {
+            Ok(control) => return Ok(control),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(crate::error::Error::Corrupt {
+        url: path.display().to_string(),
+        reason: last.map(|e| e.to_string()).unwrap_or_default(),
+    })
+}
+
 /// A synthetic PostgreSQL 15 `pg_control` with the given `max_connections` and a valid
 /// CRC, for tests.
 #[cfg(test)]

@@ -298,6 +298,18 @@ impl PidFile {
     }
 }
 
+/// Ends the recovery of the server on `pgdata` as `pg_ctl promote` does: the `promote`
+/// signal file, then SIGUSR1 to the postmaster. PostgreSQL looks for it only when it has
+/// no more WAL to replay, so the caller makes sure everything there is has reached it.
+pub fn request_promotion(pgdata: &Path) -> std::io::Result<()> {
+    let pid = PidFile::read(pgdata)?
+        .and_then(|p| rustix::process::Pid::from_raw(p.pid))
+        .ok_or_else(|| std::io::Error::other(format!("{}: no postmaster.pid", pgdata.display())))?;
+    crate::durable::replace_file(&pgdata.join("promote"), b"")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
+    Ok(())
+}
+
 /// What the kernel says of a process id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProcessState {

@@ -149,17 +149,7 @@ impl PrefetchDir {
 
     /// Takes the prefetcher lock if nobody holds it; the lock lasts as long as the file.
     pub fn try_lock(&self) -> io::Result<Option<File>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.root.join(".lock"))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(err)) => Err(err),
-        }
+        crate::durable::try_lock(&self.root.join(".lock"))
     }
 
     /// Size of the in-progress download of `segment`, if one is under way.

@@ -24,9 +24,8 @@ pub mod session;
 pub mod source;
 pub mod wire;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,7 +36,6 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::decode::Decoding;
 use crate::error::Error;
-use crate::fetch_state::FetchState;
 use crate::pg::datadir::DataDir;
 use source::ArchiveWal;
 
@@ -64,23 +62,6 @@ const LOCK_FILE: &str = ".lock";
 const STATE_FILE: &str = "clients";
 const FAILURE_FILE: &str = "failure";
 const PROMOTE_AT_END_FILE: &str = "promote-at-end";
-
-/// Ends the recovery of the server on `pgdata` as `pg_ctl promote` does: the `promote`
-/// signal file, then SIGUSR1 to the postmaster. PostgreSQL looks for it only when it has
-/// no more WAL to replay, so the caller makes sure everything there is has reached it.
-pub fn request_promotion(pgdata: &Path) -> io::Result<()> {
-    let pid_file = pgdata.join("postmaster.pid");
-    let text = fs::read_to_string(&pid_file)?;
-    let pid = text
-        .lines()
-        .next()
-        .and_then(|line| line.trim().parse::<i32>().ok())
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| io::Error::other(format!("{}: no process id", pid_file.display())))?;
-    crate::durable::replace_file(&pgdata.join("promote"), b"")?;
-    rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
-    Ok(())
-}
 
 /// The stream's directory of one data directory: the socket, the lock of the one
 /// process serving it, its client count and its last failure.
@@ -125,7 +106,8 @@ impl StreamDir {
 
     /// Creates the directory (mode 0700): the server is to use the stream. With
     /// `promote_at_end`, a recovery to the end of the archive run as a standby: it is
-    /// promoted once it has everything the archive holds ([`request_promotion`]).
+    /// promoted once it has everything the archive holds
+    /// ([`crate::pg::server::request_promotion`]).
     pub fn enable(&self, promote_at_end: bool) -> io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         fs::DirBuilder::new()
@@ -151,17 +133,7 @@ impl StreamDir {
 
     /// Takes the lock of the serving process if nobody holds it.
     fn try_lock(&self) -> io::Result<Option<File>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.root.join(LOCK_FILE))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(err)) => Err(err),
-        }
+        crate::durable::try_lock(&self.root.join(LOCK_FILE))
     }
 
     /// Whether a process serves the stream.
@@ -280,13 +252,7 @@ async fn listen_and_serve(
     pgdata: &Path,
     dir: &StreamDir,
 ) -> Result<(), Error> {
-    let control_path = pgdata.join("global").join("pg_control");
-    let control = fs::read(&control_path)
-        .map_err(|e| Error::local(&control_path, "cannot read", e))
-        .and_then(|bytes| {
-            crate::pg::control::ControlData::parse(&bytes)
-                .map_err(|e| Error::Usage(format!("{}: {e}", control_path.display())))
-        })?;
+    let control = crate::pg::control::read(pgdata).await?;
     let archive = ArchiveWal::open(
         config,
         decoding,
@@ -303,7 +269,7 @@ async fn listen_and_serve(
         promote_at_end: dir.promotes_at_end(),
         archive,
         major_version: control.major_version,
-        fetch_state: FetchState::for_wal_dir(&DataDir::new(pgdata).wal_dir()),
+        fetch_state: DataDir::new(pgdata).fetch_state(),
         prefetch_bytes: config.prefetch.max_bytes,
     });
     dir.write_clients(0);

@@ -624,7 +624,7 @@ impl<'a> Session<'a> {
                 return;
             }
         }
-        match super::request_promotion(&self.context.pgdata) {
+        match crate::pg::server::request_promotion(&self.context.pgdata) {
             Ok(()) => {
                 self.promoted = true;
                 tracing::info!(
