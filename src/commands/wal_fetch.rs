@@ -77,15 +77,15 @@ pub async fn run(
     let kind = WalFileKind::of(name);
     let started = Instant::now();
     check_destination_directory(&args.wal_destination)?;
-    if let Some((stream, pgdata)) = stream_of_standby(&args.wal_destination, name, kind) {
-        stream.ensure_served(&pgdata, &options.relaunch);
-        if stream.takes_segments() {
-            tracing::info!(
-                "left {name} to wale's WAL stream ({}): the standby reads it from there",
-                stream.root().display()
-            );
-            return Ok(Fetched::Streamed);
-        }
+    let caller = Caller::here();
+    if let Some((stream, pgdata)) = caller.stream(&args.wal_destination, kind)
+        && stream.takes_segments(&pgdata, &options.relaunch)
+    {
+        tracing::info!(
+            "left {name} to wale's WAL stream ({}): the standby reads it from there",
+            stream.root().display()
+        );
+        return Ok(Fetched::Streamed);
     }
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
@@ -93,7 +93,7 @@ pub async fn run(
         }
         _ => None,
     };
-    let handover = handover_path(&args.wal_destination, name, kind);
+    let handover = caller.handover_path(&args.wal_destination, name, kind);
     if let Some(prefetching) = &prefetching
         && let Some(size) = prefetching
             .take(
@@ -103,7 +103,7 @@ pub async fn run(
             )
             .await
     {
-        if let Some(state) = state_of(args) {
+        if let Some(state) = caller.state(args) {
             state.clear_error();
         }
         let Some(path) = handover else {
@@ -133,7 +133,7 @@ pub async fn run(
     // A standby asks again by itself every few seconds: past STANDBY_DEADLINE, waiting
     // inside one call only holds its startup process (and `status`) in the dark.
     let mut retry = config.retry;
-    if in_standby_mode() {
+    if caller.standby {
         retry.deadline = retry.deadline.min(STANDBY_DEADLINE);
     }
     let bytes = crate::retry::with_retries(&retry, &what, || {
@@ -143,7 +143,7 @@ pub async fn run(
     if let Some(prefetching) = &prefetching {
         prefetching.after_in_band(bytes, &options.relaunch, args.prefetch);
     }
-    if let Some(state) = state_of(args) {
+    if let Some(state) = caller.state(args) {
         state.clear_error();
     }
     tracing::info!(
@@ -154,32 +154,60 @@ pub async fn run(
     Ok(Fetched::Restored)
 }
 
-/// Where a prefetched segment goes when PostgreSQL itself asks for it: `pg_wal/<name>`
-/// beside its `RECOVERYXLOG`, so that it reads the segment from there (see the module's
-/// documentation). `None` for any other caller, which gets the file where it asked.
-fn handover_path(destination: &Path, name: &str, kind: WalFileKind) -> Option<PathBuf> {
-    let asked_by_postgres = destination
-        .file_name()
-        .is_some_and(|file| file == "RECOVERYXLOG")
-        && kind.is_full_segment()
-        && Path::new("PG_VERSION").is_file();
-    asked_by_postgres.then(|| destination.with_file_name(name))
+/// Who runs this `wal-fetch`, found out once per call: PostgreSQL's recovery runs it in
+/// its data directory (`PG_VERSION` there), a standby's with `standby.signal` (or, up to
+/// PostgreSQL 11, a `recovery.conf` in standby mode) beside it.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    /// Run by PostgreSQL, in its data directory.
+    postgres: bool,
+    /// Run by a standby's PostgreSQL.
+    standby: bool,
 }
 
-/// The WAL stream of the standby that asks for a segment, when `restore --standby` set
-/// one up ([`crate::stream`]), and the standby's data directory (resolved).
-fn stream_of_standby(
-    destination: &Path,
-    name: &str,
-    kind: WalFileKind,
-) -> Option<(StreamDir, PathBuf)> {
-    handover_path(destination, name, kind)?;
-    if !in_standby_mode() {
-        return None;
+impl Caller {
+    fn here() -> Caller {
+        let postgres = Path::new("PG_VERSION").is_file();
+        let standby =
+            postgres && DataDir::new(Path::new(".")).recovery_request() == RecoveryRequest::Standby;
+        Caller { postgres, standby }
     }
-    let pgdata = std::fs::canonicalize(".").ok()?;
-    let stream = StreamDir::of_data_dir(&pgdata);
-    stream.is_enabled().then_some((stream, pgdata))
+
+    /// Where a prefetched segment goes when PostgreSQL itself asks for it: `pg_wal/<name>`
+    /// beside its `RECOVERYXLOG`, so that it reads the segment from there (see the
+    /// module's documentation). `None` for any other caller, which gets the file where it
+    /// asked.
+    fn handover_path(self, destination: &Path, name: &str, kind: WalFileKind) -> Option<PathBuf> {
+        self.asks_for_a_segment(destination, kind)
+            .then(|| destination.with_file_name(name))
+    }
+
+    /// Whether PostgreSQL asks for a whole segment into its `RECOVERYXLOG`.
+    fn asks_for_a_segment(self, destination: &Path, kind: WalFileKind) -> bool {
+        self.postgres
+            && kind.is_full_segment()
+            && destination
+                .file_name()
+                .is_some_and(|file| file == "RECOVERYXLOG")
+    }
+
+    /// The WAL stream of the standby that asks for a segment, when `restore` set one up
+    /// ([`crate::stream`]), and the standby's data directory (the working directory,
+    /// which the kernel gives resolved).
+    fn stream(self, destination: &Path, kind: WalFileKind) -> Option<(StreamDir, PathBuf)> {
+        if !self.standby || !self.asks_for_a_segment(destination, kind) {
+            return None;
+        }
+        let pgdata = std::env::current_dir().ok()?;
+        let stream = StreamDir::of_data_dir(&pgdata);
+        stream.is_enabled().then_some((stream, pgdata))
+    }
+
+    /// The records for `wale status`, kept only when PostgreSQL runs us.
+    fn state(self, args: &WalFetchArgs) -> Option<FetchState> {
+        self.postgres
+            .then(|| FetchState::for_wal_dir(&wal_directory_of(&args.wal_destination)))
+    }
 }
 
 /// Logs a failed `wal-fetch`, records it for `wale status`, and gives its exit status
@@ -190,11 +218,12 @@ fn stream_of_standby(
 /// the working directory, which PostgreSQL makes the data directory) the line says that
 /// PostgreSQL will ask again.
 pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
-    let state = state_of(args);
+    let caller = Caller::here();
+    let state = caller.state(args);
     let line = err.to_string().replace('\n', " ");
     if err.is_not_found() {
         // A standby at the end of the archive asks every few seconds: say it once.
-        let repeated = in_standby_mode()
+        let repeated = caller.standby
             && state
                 .as_ref()
                 .is_some_and(|s| s.answered_not_found_before(&args.wal_segment));
@@ -208,7 +237,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         {
             state.record_not_found(&segment);
         }
-        promote_at_the_end_of_the_archive(args);
+        promote_at_the_end_of_the_archive(args, caller);
         remove_stale(&args.wal_destination);
         return err.exit_status(exit::Caller::WalFetch);
     }
@@ -225,7 +254,7 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
         }
         _ => line,
     };
-    let code = if in_standby_mode() {
+    let code = if caller.standby {
         let code = err.exit_status(exit::Caller::StandbyWalFetch);
         tracing::error!("{line} (standby mode: exiting {code} so that PostgreSQL asks again)");
         code
@@ -244,10 +273,9 @@ pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
 /// promotes it there; when the stream is down and the archive has no next segment, this
 /// `wal-fetch` asks for the promotion instead (what "not found" means to a recovery that
 /// is not a standby).
-fn promote_at_the_end_of_the_archive(args: &WalFetchArgs) {
+fn promote_at_the_end_of_the_archive(args: &WalFetchArgs, caller: Caller) {
     let kind = WalFileKind::of(&args.wal_segment);
-    let Some((stream, pgdata)) = stream_of_standby(&args.wal_destination, &args.wal_segment, kind)
-    else {
+    let Some((stream, pgdata)) = caller.stream(&args.wal_destination, kind) else {
         return;
     };
     if !stream.promotes_at_end() {
@@ -270,22 +298,6 @@ fn segment_size_here() -> u64 {
         .map_or(crate::wal::DEFAULT_SEGMENT_SIZE, |c| {
             u64::from(c.segment_size)
         })
-}
-
-/// Whether PostgreSQL runs this `restore_command` for a standby: it runs it in the data
-/// directory, which then holds `standby.signal` (or, up to PostgreSQL 11, a
-/// `recovery.conf` in standby mode).
-fn in_standby_mode() -> bool {
-    Path::new("PG_VERSION").is_file()
-        && DataDir::new(Path::new(".")).recovery_request() == RecoveryRequest::Standby
-}
-
-/// The records for `wale status`, kept only when PostgreSQL runs us (in its data
-/// directory).
-fn state_of(args: &WalFetchArgs) -> Option<FetchState> {
-    Path::new("PG_VERSION")
-        .is_file()
-        .then(|| FetchState::for_wal_dir(&wal_directory_of(&args.wal_destination)))
 }
 
 /// The destination's directory must exist: PostgreSQL's `pg_wal` always does, and neither

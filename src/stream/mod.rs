@@ -74,10 +74,11 @@ impl StreamDir {
     /// The stream directory of the data directory `pgdata`: in its WAL directory,
     /// resolved (beside the prefetch area).
     pub fn of_data_dir(pgdata: &Path) -> StreamDir {
-        let wal_dir = DataDir::new(pgdata).wal_dir();
-        let wal_dir = fs::canonicalize(&wal_dir).unwrap_or(wal_dir);
         StreamDir {
-            root: wal_dir.join(".wal-e").join(SOCKET_DIR),
+            root: DataDir::new(pgdata)
+                .wal_dir()
+                .join(".wal-e")
+                .join(SOCKET_DIR),
         }
     }
 
@@ -141,17 +142,18 @@ impl StreamDir {
         matches!(self.try_lock(), Ok(None))
     }
 
-    /// Whether a standby's `wal-fetch` should leave segments to the stream: it is
-    /// served, did not fail lately, and has a walreceiver (or had one, or started, less
-    /// than [`UNUSED_AFTER`] ago).
-    pub fn takes_segments(&self) -> bool {
-        if !self.is_served() || self.failed_within(FAILURE_HOLD).is_some() {
+    /// Whether a standby's `wal-fetch` should leave its segment to the stream: it did not
+    /// fail lately, is served (started now if it was not, see [`StreamDir::start`]), and
+    /// has a walreceiver (or had one, or started, less than [`UNUSED_AFTER`] ago).
+    pub fn takes_segments(&self, pgdata: &Path, relaunch: &[std::ffi::OsString]) -> bool {
+        if self.failed_within(FAILURE_HOLD).is_some() {
             return false;
         }
-        match self.read_clients() {
-            Some((clients, changed)) => clients > 0 || age(changed) < UNUSED_AFTER,
-            None => false,
+        if !self.is_served() && !self.start(pgdata, relaunch) {
+            return false;
         }
+        self.read_clients()
+            .is_some_and(|(clients, changed)| clients > 0 || age(changed) < UNUSED_AFTER)
     }
 
     /// The last failure, when it is younger than `within`.
@@ -177,14 +179,10 @@ impl StreamDir {
         Some((clients.parse().ok()?, changed.parse().ok()?))
     }
 
-    /// Starts the stream's process for `pgdata` unless one serves it (see
-    /// [`crate::detached::spawn`]) or it failed lately, and waits up to [`START_WAIT`]
-    /// for it to listen, so that the call that started it can already leave its segment
-    /// to it.
-    pub fn ensure_served(&self, pgdata: &Path, relaunch: &[std::ffi::OsString]) {
-        if self.is_served() || self.failed_within(FAILURE_HOLD).is_some() {
-            return;
-        }
+    /// Starts the stream's process for `pgdata` ([`crate::detached::spawn`]) and waits up
+    /// to [`START_WAIT`] for it to listen, so that the call that started it can already
+    /// leave its segment to it. True once it listens.
+    fn start(&self, pgdata: &Path, relaunch: &[std::ffi::OsString]) -> bool {
         let args = [
             std::ffi::OsString::from("wal-stream"),
             pgdata.as_os_str().to_owned(),
@@ -192,11 +190,15 @@ impl StreamDir {
         crate::detached::spawn(relaunch, &args, "the WAL stream");
         let started = std::time::Instant::now();
         while started.elapsed() < START_WAIT {
-            if self.is_listening() || self.failed_within(FAILURE_HOLD).is_some() {
-                return;
+            if self.is_listening() {
+                return true;
+            }
+            if self.failed_within(FAILURE_HOLD).is_some() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        false
     }
 
     /// Whether a process serves the stream and listens on its socket (it writes its
