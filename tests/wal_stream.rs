@@ -172,7 +172,9 @@ fn a_stream_killed_mid_stream_is_replaced(major: u32) {
 
 /// The socket's directory is the server owner's alone (0700), and the stream refuses
 /// any other user (root here, who can pass any directory): a replication client as the
-/// owner is answered with this cluster's identity, one as root is refused.
+/// owner is answered with this cluster's identity, one as root is refused. The owner
+/// gets nothing but WAL: a plain session, a slot, any other command are refused with
+/// one line each.
 fn only_the_owner_may_connect(major: u32) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let version = Version::of(major);
@@ -210,6 +212,28 @@ fn only_the_owner_may_connect(major: u32) {
         String::from_utf8_lossy(&root.stderr).contains("serves only the data directory's owner"),
         "{}",
         String::from_utf8_lossy(&root.stderr)
+    );
+    // The owner gets WAL and nothing else: no plain sessions, no slots, no other command.
+    let refused = |conninfo: &str, command: &str, why: &str| {
+        let mut cmd = as_postgres(psql);
+        cmd.args(["-X", "-A", "-t", "-d", conninfo, "-c", command]);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(stderr.contains(why), "{command}: {stderr}");
+    };
+    let plain = format!("host={} port=5432 dbname=postgres", dir.display());
+    refused(&plain, "select 1", "physical replication connections only");
+    refused(
+        &conninfo,
+        "START_REPLICATION SLOT s PHYSICAL 0/0",
+        "has no replication slots",
+    );
+    refused(&conninfo, "SHOW wal_segment_size", "does not take");
+    refused(
+        &conninfo,
+        "TIMELINE_HISTORY 9",
+        "the archive has no 00000009.history",
     );
 }
 

@@ -137,6 +137,22 @@ impl StreamDir {
         crate::durable::try_lock(&self.root.join(LOCK_FILE))
     }
 
+    /// The lock, unless another process holds it for good: a `wal-fetch` that checks
+    /// [`StreamDir::is_served`] holds it for a moment, which must not make the process it
+    /// just started give up.
+    async fn lock_unless_served(&self) -> Result<Option<File>, Error> {
+        for _ in 0..5 {
+            if let Some(lock) = self
+                .try_lock()
+                .map_err(|e| Error::local(&self.root, "cannot lock", e))?
+            {
+                return Ok(Some(lock));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(None)
+    }
+
     /// Whether a process serves the stream.
     pub fn is_served(&self) -> bool {
         matches!(self.try_lock(), Ok(None))
@@ -230,10 +246,7 @@ pub async fn serve(config: &Config, decoding: &Decoding, pgdata: &Path) -> Resul
             dir.root().display()
         )));
     }
-    let Some(_lock) = dir
-        .try_lock()
-        .map_err(|e| Error::local(dir.root(), "cannot lock", e))?
-    else {
+    let Some(_lock) = dir.lock_unless_served().await? else {
         tracing::debug!("the WAL stream of {} is served already", pgdata.display());
         return Ok(());
     };

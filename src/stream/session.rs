@@ -60,10 +60,10 @@ pub async fn run(connection: UnixStream, context: &Context) -> Result<(), Error>
     let (read, write) = connection.into_split();
     let mut reader = MessageReader::new(read);
     let mut writer = MessageWriter::new(write);
-    if !matches!(
-        handshake(&mut reader, &mut writer, context, owner_only).await,
-        Ok(Some(()))
-    ) {
+    if !handshake(&mut reader, &mut writer, context, owner_only)
+        .await
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let (messages, inbox) = mpsc::unbounded_channel();
@@ -103,13 +103,13 @@ impl From<std::io::Error> for Ended {
     }
 }
 
-/// The startup packet and its answer. `Some(())` when the session goes on.
+/// The startup packet and its answer. True when the session goes on.
 async fn handshake(
     reader: &mut MessageReader<OwnedReadHalf>,
     writer: &mut MessageWriter<OwnedWriteHalf>,
     context: &Context,
     owner_only: bool,
-) -> std::io::Result<Option<()>> {
+) -> std::io::Result<bool> {
     use pgwire::messages::PgWireBackendMessage as Backend;
     use pgwire::messages::startup::{
         Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
@@ -121,7 +121,7 @@ async fn handshake(
                 writer.flush().await?;
             }
             Some(Frontend::Startup(startup)) => break startup,
-            _ => return Ok(None),
+            _ => return Ok(false),
         }
     };
     if !owner_only {
@@ -132,7 +132,7 @@ async fn handshake(
                 false,
             )
             .await?;
-        return Ok(None);
+        return Ok(false);
     }
     let physical = startup
         .parameters
@@ -146,7 +146,7 @@ async fn handshake(
                 false,
             )
             .await?;
-        return Ok(None);
+        return Ok(false);
     }
     if startup.protocol_number_minor > 0 {
         let unknown = startup
@@ -182,7 +182,7 @@ async fn handshake(
     )))?;
     writer.push_ready()?;
     writer.flush().await?;
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// Reads the client's messages into the session's inbox until the connection ends.
@@ -439,14 +439,11 @@ impl<'a> Session<'a> {
             self.writer.flush().await?;
             match self.stream(start, extent).await? {
                 Some(extent) => extent,
-                // The client ended the COPY itself.
-                None => {
-                    self.writer.push_complete("START_STREAMING")?;
-                    self.writer.push_complete("START_REPLICATION")?;
-                    self.writer.push_ready()?;
-                    self.writer.flush().await?;
-                    return Ok(());
-                }
+                // The client ended the COPY itself: no next timeline to name.
+                None => Extent {
+                    end: None,
+                    ..extent
+                },
             }
         };
         if let Some((switch, next)) = extent.end {
@@ -514,7 +511,6 @@ impl<'a> Session<'a> {
                             }
                         }
                         Err(err) => {
-                            ahead.abort_all();
                             self.context.fetch_state.record_error(&err.to_string().replace('\n', " "));
                             return Err(self.fail(err, false).await);
                         }
@@ -522,7 +518,6 @@ impl<'a> Session<'a> {
                 }
                 message = self.inbox.recv() => {
                     if !self.answer(message, position).await? {
-                        ahead.abort_all();
                         return Ok(None);
                     }
                 }
@@ -741,15 +736,6 @@ impl ReadAhead {
                 break;
             }
             let segment = file_of(n, size, extent);
-            let archive = archive.clone();
-            self.queue.push_back((
-                segment,
-                tokio::spawn(async move { archive.segment(segment).await }),
-            ));
-        }
-        if self.queue.is_empty() {
-            // At a switch point at a segment boundary: nothing more on this timeline.
-            let segment = file_of(number, size, extent);
             let archive = archive.clone();
             self.queue.push_back((
                 segment,

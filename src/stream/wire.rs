@@ -24,13 +24,6 @@ use crate::wal::Lsn;
 /// most 128 KiB at a time too).
 pub const MAX_WAL_PAYLOAD: usize = 128 * 1024;
 
-/// `text`, as a column type in a row description.
-const TEXT_OID: u32 = 25;
-/// `int4`.
-const INT4_OID: u32 = 23;
-/// `int8`.
-const INT8_OID: u32 = 20;
-
 /// Frontend messages from one connection, decoded as they arrive.
 pub struct MessageReader<R> {
     io: R,
@@ -192,14 +185,14 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     }
 }
 
-/// Column types of the replication commands' answers.
+/// Column types (type OIDs) of the replication commands' answers.
 pub mod column {
     /// `text`.
-    pub const TEXT: u32 = super::TEXT_OID;
+    pub const TEXT: u32 = 25;
     /// `int4`.
-    pub const INT4: u32 = super::INT4_OID;
+    pub const INT4: u32 = 23;
     /// `int8`.
-    pub const INT8: u32 = super::INT8_OID;
+    pub const INT8: u32 = 20;
 }
 
 fn ready_for_query() -> Backend {
