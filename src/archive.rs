@@ -69,6 +69,22 @@ pub async fn segment_header(
     Ok(header)
 }
 
+/// Whether the archive holds the history file of `timeline` (one HEAD, with retries):
+/// how PostgreSQL, and wale after it, learn that a newer timeline exists.
+pub async fn has_history(
+    store: &Store,
+    layout: &Layout,
+    retry: &RetryPolicy,
+    timeline: u32,
+) -> Result<bool, Error> {
+    let key = layout.wal_key(&crate::wal::history_file_name(timeline));
+    match with_retries(retry, "look for a newer timeline", || store.head(&key)).await {
+        Ok(_) => Ok(true),
+        Err(storage::Error::NotFound { .. }) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The oldest WAL segment in the archive (lowest timeline, then position), if any.
 pub async fn oldest_segment(
     config: &Config,

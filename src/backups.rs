@@ -118,17 +118,8 @@ pub async fn stop_time(
         return Ok(fallback);
     };
     let object = store.get(&history.key).await?;
-    let url = object.url.clone();
-    let decoding = decoding.clone();
-    let text = tokio::task::spawn_blocking(move || {
-        let mut decoder =
-            decoding.decoder(std::io::BufReader::new(object.into_blocking_read()), &url)?;
-        let mut text = String::new();
-        (&mut decoder).take(64 * 1024).read_to_string(&mut text)?;
-        Ok::<_, std::io::Error>(text)
-    })
-    .await?
-    .map_err(|e| Error::from_read(&store.url(&history.key), e))?;
+    let bytes = decoding.read_whole(object, 4096, 64 * 1024).await?;
+    let text = String::from_utf8_lossy(&bytes);
     let stop = text
         .lines()
         .find_map(|line| line.strip_prefix("STOP TIME:"))

@@ -9,7 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
 use crate::decrypt::{self, Decryptor};
+use crate::error::Error;
 use crate::lzop;
+use crate::storage::ObjectReader;
+
+/// Buffer over an object's body read whole: the decoders' header reads are a few bytes.
+const BODY_BUFFER: usize = 256 * 1024;
 
 /// Buffer over decrypted plaintext: the lzop decoder's header reads are a few bytes each.
 const PLAINTEXT_BUFFER: usize = 256 * 1024;
@@ -43,6 +48,32 @@ impl Decoding {
                 .map(|d| Arc::new(Decryptor::new(d))),
             plain_warned: Arc::default(),
         }
+    }
+
+    /// An object decoded whole into memory (history files, backup labels, the segments
+    /// the WAL stream sends), on a blocking thread: at most `limit` bytes of it (the
+    /// caller judges an object that reaches the limit), `capacity` reserved up front.
+    pub async fn read_whole(
+        &self,
+        object: ObjectReader,
+        capacity: usize,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let decoding = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let url = object.url.clone();
+            let body = io::BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read());
+            let decoder = decoding
+                .decoder(body, &url)
+                .map_err(|e| Error::from_read(&url, e))?;
+            let mut bytes = Vec::with_capacity(capacity);
+            decoder
+                .take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::from_read(&url, e))?;
+            Ok(bytes)
+        })
+        .await?
     }
 
     /// The lzop decoder over an object's plaintext. `url` names the object in the one

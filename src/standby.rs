@@ -20,10 +20,9 @@ use crate::layout::Layout;
 use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::pg::server::{self, Binaries, Connection, PidFile};
 use crate::pg::version::Major;
-use crate::retry::with_retries;
-use crate::storage::{self, Storage, Store};
+use crate::storage::Store;
 use crate::text::counted;
-use crate::wal::{Lsn, SegmentName, WalFileKind, history_file_name};
+use crate::wal::{Lsn, SegmentName, WalFileKind};
 
 /// What `wale status` reports; also what `wale promote` decides on.
 #[derive(Debug, Clone, Serialize)]
@@ -332,7 +331,10 @@ async fn ask_archive(
     let store = Store::open(&config.store).await?;
     let layout = Layout::new(config.store.path_prefix());
     let last = newest_segment_from(config, &store, &layout, replay_segment).await?;
-    let newer_timeline = newer_timeline(config, &store, &layout, replay_segment.timeline).await?;
+    let next = replay_segment.timeline + 1;
+    let newer_timeline = crate::archive::has_history(&store, &layout, &config.retry, next)
+        .await?
+        .then_some(next);
     Ok(ArchiveAnswer {
         last,
         newer_timeline,
@@ -431,24 +433,4 @@ async fn newest_segment_from(
         }
     }
     Ok(newest)
-}
-
-/// The next timeline, when its history file is in the archive.
-async fn newer_timeline(
-    config: &Config,
-    store: &Store,
-    layout: &Layout,
-    timeline: u32,
-) -> Result<Option<u32>, Error> {
-    let next = timeline + 1;
-    let key = layout.wal_key(&history_file_name(next));
-    match with_retries(&config.retry, "look for a newer timeline", || {
-        store.head(&key)
-    })
-    .await
-    {
-        Ok(_) => Ok(Some(next)),
-        Err(storage::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -1049,17 +1049,8 @@ async fn read_small(wal: &WalContext<'_>, key: &str) -> Result<String, Error> {
         wal.store.get(key)
     })
     .await?;
-    let url = object.url.clone();
-    let (decoding, object_url) = (wal.decoding.clone(), url.clone());
-    let text = tokio::task::spawn_blocking(move || {
-        let mut decoder =
-            decoding.decoder(BufReader::new(object.into_blocking_read()), &object_url)?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut decoder, &mut text).map(|_| text)
-    })
-    .await?
-    .map_err(|e| Error::from_read(&url, e))?;
-    Ok(text)
+    let bytes = wal.decoding.read_whole(object, 4096, u64::MAX).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn print(report: &Report, json: bool) {

@@ -2,16 +2,14 @@
 //! fetched and decoded whole into memory (every lzop checksum verified), each segment
 //! checked against the cluster it is streamed to before a byte of it is sent.
 
-use std::io::BufReader;
 use std::sync::Arc;
 
 use crate::config::{Config, RetryPolicy};
 use crate::decode::Decoding;
 use crate::error::Error;
 use crate::layout::Layout;
-use crate::lzop::DecodeToError;
 use crate::retry::with_retries;
-use crate::storage::{self, Storage, Store};
+use crate::storage::{Storage, Store};
 use crate::wal::{self, LongPageHeader, SegmentName, TimelineSwitch};
 
 /// The archive as the stream reads it.
@@ -87,35 +85,29 @@ impl ArchiveWal {
     /// file in the archive (PostgreSQL's own probe, `findNewestTimeLine`).
     pub async fn newest_timeline(&self, known: u32) -> Result<u32, Error> {
         let mut newest = known;
-        loop {
-            let key = self.layout.wal_key(&wal::history_file_name(newest + 1));
-            match with_retries(&self.retry, "look for a newer timeline", || {
-                self.store.head(&key)
-            })
-            .await
-            {
-                Ok(_) => newest += 1,
-                Err(storage::Error::NotFound { .. }) => return Ok(newest),
-                Err(err) => return Err(err.into()),
-            }
+        while crate::archive::has_history(&self.store, &self.layout, &self.retry, newest + 1)
+            .await?
+        {
+            newest += 1;
         }
+        Ok(newest)
     }
 
     /// Downloads and decodes one object of `wal_005/` whole, with retries of transient
-    /// failures. Returns its bytes and its URL.
+    /// failures (up to one byte more than a segment: a longer object is refused by the
+    /// size check). Returns its bytes and its URL.
     async fn fetch(&self, name: &str) -> Result<(Vec<u8>, String), Error> {
         let key = self.layout.wal_key(name);
         let what = format!("stream {name}");
+        let size = self.segment_size;
         with_retries(&self.retry, &what, || async {
             let object = self.store.get(&key).await?;
-            let decoding = self.decoding.clone();
             let url = object.url.clone();
-            let capacity = self.segment_size as usize;
-            tokio::task::spawn_blocking(move || {
-                let body = BufReader::with_capacity(256 * 1024, object.into_blocking_read());
-                decode_whole(body, &url, &decoding, capacity).map(|bytes| (bytes, url))
-            })
-            .await?
+            let bytes = self
+                .decoding
+                .read_whole(object, size as usize, size + 1)
+                .await?;
+            Ok((bytes, url))
         })
         .await
     }
@@ -138,21 +130,4 @@ impl ArchiveWal {
         }
         Ok(())
     }
-}
-
-fn decode_whole(
-    body: impl std::io::BufRead + Send + 'static,
-    url: &str,
-    decoding: &Decoding,
-    capacity: usize,
-) -> Result<Vec<u8>, Error> {
-    let mut decoder = decoding
-        .decoder(body, url)
-        .map_err(|e| Error::from_read(url, e))?;
-    let mut bytes = Vec::with_capacity(capacity);
-    decoder.decode_to(&mut bytes).map_err(|err| match err {
-        DecodeToError::Decode(bad) => Error::from_decode(url, bad),
-        DecodeToError::Write(io) => Error::from_read(url, io),
-    })?;
-    Ok(bytes)
 }
