@@ -136,11 +136,31 @@ where
         error,
         wal_fetch: names_wal_fetch(&args),
     };
+    if let Some(parsed) = parse_wal_fetch(&args) {
+        return Ok(parsed);
+    }
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(&args).map_err(refused)?;
     let cli = Cli::from_arg_matches(&matches).map_err(refused)?;
     let relaunch = relaunch_args(&command, &matches);
     Ok(Parsed { cli, relaunch })
+}
+
+/// A `wal-fetch` command line parsed against the global options and `wal-fetch` alone:
+/// PostgreSQL starts it once per segment, and building the whole command tree (every
+/// subcommand's options) is most of the parsing's cost. Same declarations, so the same
+/// result; `None` (the whole tree decides, with its messages) for anything else or any
+/// error.
+fn parse_wal_fetch(args: &[std::ffi::OsString]) -> Option<Parsed> {
+    if !args.iter().skip(1).any(|a| a == "wal-fetch") {
+        return None;
+    }
+    let wal_fetch = WalFetchArgs::augment_args(clap::Command::new("wal-fetch"));
+    let mut command = GlobalFlags::augment_args(clap::Command::new("wale")).subcommand(wal_fetch);
+    let matches = command.try_get_matches_from_mut(args).ok()?;
+    let cli = Cli::from_arg_matches(&matches).ok()?;
+    let relaunch = relaunch_args(&command, &matches);
+    Some(Parsed { cli, relaunch })
 }
 
 /// Whether `args` name `wal-fetch` as their subcommand, asked of clap with its errors
@@ -560,6 +580,73 @@ mod tests {
         let (kind, restore) = help(&["wale", "help", "restore", "-h"]);
         assert_eq!(kind, clap::error::ErrorKind::DisplayHelp);
         assert!(restore.contains("--standby"), "{restore}");
+    }
+
+    /// The short path for `wal-fetch` parses exactly as the whole tree does (the same
+    /// command, options and relaunch arguments), and leaves to the whole tree every line
+    /// that is not a valid `wal-fetch`.
+    #[test]
+    fn wal_fetch_parses_as_the_whole_tree_does() {
+        let lines: [&[&str]; 4] = [
+            &[
+                "wale",
+                "wal-fetch",
+                "000000010000000000000003",
+                "pg_wal/RECOVERYXLOG",
+            ],
+            &[
+                "wale",
+                "--terse",
+                "--envdir=/e",
+                "wal-fetch",
+                "--prefetch",
+                "0",
+                "a",
+                "b",
+            ],
+            &[
+                "wale",
+                "wal-fetch",
+                "a",
+                "b",
+                "--s3-prefix",
+                "s3://x/y",
+                "--verbose",
+            ],
+            &[
+                "wale",
+                "--gpg-key-id",
+                "k",
+                "wal-fetch",
+                "a",
+                "b",
+                "--envdir",
+                "/e",
+            ],
+        ];
+        for line in lines {
+            let args: Vec<std::ffi::OsString> = line.iter().map(Into::into).collect();
+            let short = parse_wal_fetch(&args).unwrap_or_else(|| panic!("{line:?}"));
+            let mut command = Cli::command();
+            let matches = command.try_get_matches_from_mut(&args).unwrap();
+            let whole = Cli::from_arg_matches(&matches).unwrap();
+            assert_eq!(format!("{:?}", short.cli), format!("{whole:?}"), "{line:?}");
+            assert_eq!(
+                short.relaunch,
+                relaunch_args(&command, &matches),
+                "{line:?}"
+            );
+        }
+        let refused: [&[&str]; 4] = [
+            &["wale", "wal-fetch", "a"],
+            &["wale", "wal-fetch", "--help"],
+            &["wale", "backup-fetch", "wal-fetch", "LATEST"],
+            &["wale", "wal-fetch", "a", "b", "--no-such-flag"],
+        ];
+        for line in refused {
+            let args: Vec<std::ffi::OsString> = line.iter().map(Into::into).collect();
+            assert!(parse_wal_fetch(&args).is_none(), "{line:?}");
+        }
     }
 
     #[test]
