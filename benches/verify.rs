@@ -1,8 +1,8 @@
 //! `wale verify` against what it stands in for, in the same run:
 //! * `verify --backup-only` of the benchmark archive's latest backup (every partition
 //!   read through, nothing written) against `backup-fetch` of the same backup;
-//! * `verify --wal-only` of an archive holding 10⁴ and 10⁵ WAL objects (empty objects:
-//!   only the listing is measured), for its time and peak RSS as the archive grows.
+//! * `verify --wal-only` of an archive holding 10⁴ and 10⁵ WAL objects (empty objects but
+//!   the first: only the listing is measured), for its time and peak RSS as the archive grows.
 //!
 //! Run by `scripts/bench.sh`, or `cargo bench --bench verify` (see `support`).
 
@@ -91,8 +91,9 @@ fn main() {
     suite.save();
 }
 
-/// An archive with `backup`'s sentinel and `count` empty segment objects from its start
-/// segment on, contiguous: what `--wal-only` lists.
+/// An archive with `backup`'s sentinel and `count` segment objects from its start segment
+/// on, contiguous: what `--wal-only` lists. All but the start segment (whose first page
+/// verify reads) are empty.
 fn many_segments(archive: &Path, backup: &str, into: &Path, count: u64) {
     let sentinel = format!("basebackups_005/{backup}_backup_stop_sentinel.json");
     std::fs::create_dir_all(into.join("basebackups_005")).unwrap();
@@ -105,7 +106,12 @@ fn many_segments(archive: &Path, backup: &str, into: &Path, count: u64) {
         + u64::from_str_radix(&start[16..24], 16).unwrap();
     for number in first..first + count {
         let name = format!("{timeline}{:08X}{:08X}.lzo", number / 256, number % 256);
-        std::fs::File::create(wal.join(name)).unwrap();
+        if number == first {
+            // verify reads the segment size from the start segment's first page.
+            std::fs::copy(archive.join("wal_005").join(&name), wal.join(name)).unwrap();
+        } else {
+            std::fs::File::create(wal.join(name)).unwrap();
+        }
     }
     assert!(Command::new("sync").status().unwrap().success());
 }

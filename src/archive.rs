@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::layout::{BackupName, Layout, partition_number};
 use crate::pool::{CancellableRead, Cancellation};
 use crate::retry::with_retries;
-use crate::storage::{self, ResumingReader, Storage, Store};
+use crate::storage::{self, PageWalk, ResumingReader, Storage, Store};
 use crate::wal::{LONG_PAGE_HEADER_SIZE, LongPageHeader, SegmentName, WalFileKind};
 
 /// The long page header at the start of `segment`, checked to belong to that segment
@@ -118,9 +118,7 @@ pub struct WalObject {
 pub struct WalPages<'a> {
     retry: &'a RetryPolicy,
     store: &'a Store,
-    prefix: String,
-    after: String,
-    page_size: usize,
+    walk: PageWalk,
     ended: bool,
 }
 
@@ -141,9 +139,7 @@ impl<'a> WalPages<'a> {
         WalPages {
             retry: &config.retry,
             store,
-            prefix,
-            after,
-            page_size: store.listing_page(),
+            walk: store.walk(&prefix, &after, store.listing_page()),
             ended: false,
         }
     }
@@ -153,18 +149,15 @@ impl<'a> WalPages<'a> {
         if self.ended {
             return Ok(None);
         }
-        let (store, prefix, after) = (self.store, &self.prefix, &self.after);
-        let page = with_retries(self.retry, "list WAL", || {
-            store.list_after(prefix, after, self.page_size)
-        })
-        .await?;
+        let (store, walk) = (self.store, &self.walk);
+        let page = with_retries(self.retry, "list WAL", || store.page(walk)).await?;
         // Stores fill every page but the last.
-        self.ended = page.len() < self.page_size;
+        self.ended = page.len() < self.walk.page_size();
         let Some(last) = page.last() else {
             self.ended = true;
             return Ok(None);
         };
-        self.after = last.key.clone();
+        self.walk.advance_past(&last.key);
         Ok(Some(
             page.into_iter()
                 .map(|object| {

@@ -162,6 +162,20 @@ pub(crate) async fn check_paging(store: &Store, prefix: &str, expected: &[String
             walked.extend(page.iter().map(|o| o.key[dir.len()..].to_string()));
         }
         assert_eq!(walked, expected, "{backend}, pages of {limit}");
+        let mut walk = store.walk(&dir, "", limit);
+        let mut walked = Vec::new();
+        loop {
+            let page = store.page(&walk).await.unwrap();
+            assert!(
+                page.len() <= limit,
+                "{backend}: walk's page of {}",
+                page.len()
+            );
+            let Some(last) = page.last() else { break };
+            walk.advance_past(&last.key);
+            walked.extend(page.iter().map(|o| o.key[dir.len()..].to_string()));
+        }
+        assert_eq!(walked, expected, "{backend}, a walk in pages of {limit}");
     }
     let middle = format!("{dir}{}", expected[2]);
     let page = store.list_after(&dir, &middle, 2).await.unwrap();

@@ -6,10 +6,14 @@
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use super::{Error, Listing, ObjectMeta, ObjectReader, Storage, unix_parts};
 use crate::time::civil_utc;
+
+/// One directory level's names, sorted: read once per walk.
+pub type Names = Vec<String>;
 
 /// Reads a WAL-E archive from the local file system.
 pub struct FileStore;
@@ -98,10 +102,11 @@ impl FileStore {
         Ok(listing.sorted())
     }
 
-    /// Files of one directory level after `start_after`, in key order; only names past
-    /// it are looked at closely.
-    fn list_after_blocking(
+    /// Files of one directory level after `start_after`, at most `limit`, in key order;
+    /// the level's names come from `names`, read and sorted on the walk's first page.
+    fn page_blocking(
         &self,
+        names: &OnceLock<Names>,
         prefix: &str,
         start_after: &str,
         limit: usize,
@@ -110,78 +115,76 @@ impl FileStore {
             Some(i) => (&prefix[..=i], &prefix[i + 1..]),
             None => ("", prefix),
         };
-        let dir = self.path_of(dir_key)?;
+        let names = match names.get() {
+            Some(names) => names,
+            None => {
+                let read = self.sorted_names(&self.path_of(dir_key)?, dir_key, name_start)?;
+                names.get_or_init(|| read)
+            }
+        };
+        // Keys of one directory compare as their names do after the common `dir_key`; a
+        // `start_after` outside the directory is before all of its keys or after all of them.
+        let first = match start_after.strip_prefix(dir_key) {
+            Some(name_after) => names.partition_point(|name| name.as_str() <= name_after),
+            None if start_after < dir_key => 0,
+            None => names.len(),
+        };
         let mut objects = Vec::new();
-        if limit == 0 {
-            return Ok(objects);
-        }
-        let mut after = start_after.to_string();
-        loop {
-            // Only the `limit` smallest names after `after` are kept while the directory is
-            // read: memory stays one page, however many objects the directory holds.
-            let Some(names) =
-                self.smallest_names_after(&dir, dir_key, name_start, &after, limit)?
-            else {
-                return Ok(objects);
-            };
-            let full_page = names.len() == limit;
-            for name in names {
-                let key = format!("{dir_key}{name}");
-                match std::fs::metadata(Path::new("/").join(&key)) {
-                    Ok(meta) if meta.is_file() => objects.push(Self::meta_of(key.clone(), &meta)),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.io_error(&key, e)),
-                }
-                after = key;
-                if objects.len() == limit {
-                    return Ok(objects);
-                }
+        for name in &names[first..] {
+            if objects.len() == limit {
+                break;
             }
-            if !full_page {
-                return Ok(objects);
+            let key = format!("{dir_key}{name}");
+            match std::fs::metadata(Path::new("/").join(&key)) {
+                Ok(meta) if meta.is_file() => objects.push(Self::meta_of(key, &meta)),
+                Ok(_) => {}
+                // Gone since the directory was read: not an object any more.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_error(&key, e)),
             }
         }
+        Ok(objects)
     }
 
-    /// The `limit` smallest entry names of `dir` starting with `name_start` whose key sorts
-    /// after `after`, sorted; `None` when the directory does not exist.
-    fn smallest_names_after(
-        &self,
-        dir: &Path,
-        dir_key: &str,
-        name_start: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Option<Vec<String>>, Error> {
+    /// The entry names of `dir` that start with `name_start`, sorted; none when the
+    /// directory does not exist (an S3 prefix with no keys).
+    fn sorted_names(&self, dir: &Path, dir_key: &str, name_start: &str) -> Result<Names, Error> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.io_error(dir_key, e)),
         };
-        // Keys of one directory compare as their names do after the common `dir_key`; an
-        // `after` outside the directory is before all of its keys or after all of them.
-        let is_later = |name: &str| match after.strip_prefix(dir_key) {
-            Some(name_after) => name > name_after,
-            None => after < dir_key,
-        };
-        let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+        let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.io_error(dir_key, e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !name.starts_with(name_start) || !is_later(&name) {
-                continue;
-            }
-            if heap.len() < limit {
-                heap.push(name);
-            } else if heap.peek().is_some_and(|largest| &name < largest) {
-                heap.pop();
-                heap.push(name);
+            if let Ok(name) = entry.file_name().into_string()
+                && name.starts_with(name_start)
+            {
+                names.push(name);
             }
         }
-        Ok(Some(heap.into_sorted_vec()))
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// One page of a walk (see [`super::PageWalk`]), read on a blocking thread.
+    pub(super) async fn page(
+        &self,
+        names: &Arc<OnceLock<Names>>,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, Error> {
+        let names = names.clone();
+        let (prefix, start_after) = (prefix.to_string(), start_after.to_string());
+        tokio::task::spawn_blocking(move || {
+            FileStore.page_blocking(&names, &prefix, &start_after, limit)
+        })
+        .await
+        .map_err(|e| Error::Permanent {
+            url: "file:///".into(),
+            detail: format!("listing task failed: {e}"),
+        })?
     }
 
     /// One directory level: files become objects, subdirectories common prefixes.
@@ -290,15 +293,7 @@ impl Storage for FileStore {
         start_after: &str,
         limit: usize,
     ) -> Result<Vec<ObjectMeta>, Error> {
-        let (prefix, start_after) = (prefix.to_string(), start_after.to_string());
-        tokio::task::spawn_blocking(move || {
-            FileStore.list_after_blocking(&prefix, &start_after, limit)
-        })
-        .await
-        .map_err(|e| Error::Permanent {
-            url: "file:///".into(),
-            detail: format!("listing task failed: {e}"),
-        })?
+        self.page(&Arc::default(), prefix, start_after, limit).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, Error> {

@@ -329,6 +329,30 @@ pub trait Storage {
     fn url(&self, key: &str) -> String;
 }
 
+/// A walk through the objects directly under a prefix, in key order, a page at a time:
+/// what [`Store::page`] reads next. A remote store is asked for each page from the last key
+/// seen; a local directory is read and sorted once for the whole walk (reading it again
+/// for every page made a walk's cost grow with the square of the directory's length), so
+/// objects that appear during the walk may be missed, as in a listing taken at its start.
+pub struct PageWalk {
+    prefix: String,
+    after: String,
+    page_size: usize,
+    local_names: Arc<std::sync::OnceLock<fs::Names>>,
+}
+
+impl PageWalk {
+    /// The largest page this walk asks for; a shorter page is the last.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Moves the walk past `key`, the last object of the page just read.
+    pub fn advance_past(&mut self, key: &str) {
+        key.clone_into(&mut self.after);
+    }
+}
+
 /// The configured store.
 pub enum Store {
     /// Amazon S3 or a compatible server.
@@ -346,8 +370,8 @@ pub enum Store {
 impl Store {
     /// The page size that walks a long listing cheapest: S3 answers at most 1000 keys a
     /// request, Azure 5000, Swift 10 000; GCS 1000 too, but its pages start at the last key
-    /// seen, so 999 new ones fit in one request; a local directory is read whole for every page, so
-    /// fewer, larger pages (ten thousand names, about a megabyte) cost less.
+    /// seen, so 999 new ones fit in one request; a local directory is read once per walk, and
+    /// its pages of ten thousand names are only what is stat'ed at a time.
     pub fn listing_page(&self) -> usize {
         match self {
             Store::S3(_) => 1000,
@@ -355,6 +379,31 @@ impl Store {
             Store::Azure(_) => 5000,
             Store::Swift(_) => swift::PAGE_LIMIT,
             Store::File(_) => 10_000,
+        }
+    }
+
+    /// A walk through the objects directly under `prefix` whose keys sort after
+    /// `start_after`, `page_size` at a time (see [`Store::listing_page`]).
+    pub fn walk(&self, prefix: &str, start_after: &str, page_size: usize) -> PageWalk {
+        PageWalk {
+            prefix: prefix.to_string(),
+            after: start_after.to_string(),
+            page_size,
+            local_names: Arc::default(),
+        }
+    }
+
+    /// The walk's next page (empty at its end); [`PageWalk::advance_past`] moves it on.
+    pub async fn page(&self, walk: &PageWalk) -> Result<Vec<ObjectMeta>, Error> {
+        match self {
+            Store::File(s) => {
+                s.page(&walk.local_names, &walk.prefix, &walk.after, walk.page_size)
+                    .await
+            }
+            _ => {
+                self.list_after(&walk.prefix, &walk.after, walk.page_size)
+                    .await
+            }
         }
     }
 
