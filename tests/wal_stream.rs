@@ -59,7 +59,8 @@ fn stream_dir(pgdata: &Path) -> PathBuf {
 /// The primary promoted a second time, elsewhere: restored from the same archive to its
 /// end, promoted to timeline 2, rows written and archived with lzop as WAL-E lays them
 /// out. Meanwhile the standby streams timeline 1; it must end that stream at the switch
-/// point, fetch timeline 2's history and stream timeline 2, with the exact rows.
+/// point, fetch timeline 2's history and stream timeline 2, with the exact rows. A
+/// recovery that stays on timeline 1 (`--target-timeline current`) is promoted at its end.
 fn a_standby_streams_across_a_timeline_switch(major: u32) {
     let version = Version::of(major);
     let standby = Site::new(&version, |_| true);
@@ -126,6 +127,30 @@ fn a_standby_streams_across_a_timeline_switch(major: u32) {
     assert_eq!(standby.counted(), version.meta("EXPECTED_AT_END"));
     let run = standby.promote().expect_code(0);
     assert!(run.stderr.contains("accepts writes"), "{}", run.stderr);
+
+    // A recovery to the end on the backup's timeline (`current`) ends where timeline 1's
+    // WAL in the archive ends, and is promoted there: the stream does not wait at the
+    // switch point for a timeline 2 the server will not follow.
+    let current = Site::on(
+        &version,
+        |_| false,
+        standby.archive(),
+        standby.archive_env.clone(),
+    );
+    current
+        .restore(&["LATEST", "--start", "--target-timeline", "current"])
+        .expect_code(0);
+    wait_for_answer(&current, "select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(current.counted(), version.meta("EXPECTED_AT_END"));
+    wait_for_answer(
+        &current,
+        "select to_regclass('after_switch') is null",
+        "t",
+        "timeline 1's data only",
+    );
+    let log = current.log();
+    assert!(log.contains("started streaming WAL from primary"), "{log}");
+    assert!(log.contains("received promote request"), "{log}");
 }
 
 /// The stream's process killed with SIGKILL every 150 ms while the archive grows: the

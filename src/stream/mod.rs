@@ -62,6 +62,7 @@ const LOCK_FILE: &str = ".lock";
 const STATE_FILE: &str = "clients";
 const FAILURE_FILE: &str = "failure";
 const PROMOTE_AT_END_FILE: &str = "promote-at-end";
+const TIMELINE_GOAL_FILE: &str = "timeline";
 
 /// The stream's directory of one data directory: the socket, the lock of the one
 /// process serving it, its client count and its last failure.
@@ -108,8 +109,10 @@ impl StreamDir {
     /// Creates the directory (mode 0700): the server is to use the stream. With
     /// `promote_at_end`, a recovery to the end of the archive run as a standby: it is
     /// promoted once it has everything the archive holds
-    /// ([`crate::pg::server::request_promotion`]).
-    pub fn enable(&self, promote_at_end: bool) -> io::Result<()> {
+    /// ([`crate::pg::server::request_promotion`]). `timeline_goal` is the newest timeline
+    /// the server follows (its `recovery_target_timeline`, `None` for `latest`): the
+    /// stream looks for none past it, as PostgreSQL does not.
+    pub fn enable(&self, promote_at_end: bool, timeline_goal: Option<u32>) -> io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         fs::DirBuilder::new()
             .recursive(true)
@@ -119,7 +122,18 @@ impl StreamDir {
         if promote_at_end {
             crate::durable::replace_file(&self.root.join(PROMOTE_AT_END_FILE), b"")?;
         }
+        if let Some(timeline) = timeline_goal {
+            let goal = self.root.join(TIMELINE_GOAL_FILE);
+            crate::durable::replace_file(&goal, timeline.to_string().as_bytes())?;
+        }
         Ok(())
+    }
+
+    /// The newest timeline the server follows, as [`StreamDir::enable`] recorded it; `None`
+    /// for the newest in the archive.
+    pub fn timeline_goal(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.root.join(TIMELINE_GOAL_FILE)).ok()?;
+        text.trim().parse().ok()
     }
 
     /// Whether the server recovers to the end of the archive (not a standby for good).
@@ -273,6 +287,7 @@ async fn listen_and_serve(
         decoding,
         control.system_identifier,
         u64::from(control.segment_size),
+        dir.timeline_goal(),
     )
     .await?;
     let socket = dir.socket();

@@ -23,15 +23,20 @@ pub struct ArchiveWal {
     pub system_identifier: u64,
     /// The cluster's WAL segment size.
     pub segment_size: u64,
+    /// The newest timeline the server follows (`recovery_target_timeline`); no probe
+    /// goes past it.
+    timeline_goal: u32,
 }
 
 impl ArchiveWal {
-    /// Opens the store for the cluster whose identity and segment size are given.
+    /// Opens the store for the cluster whose identity and segment size are given, for a
+    /// server that follows timelines up to `timeline_goal` (`None`: the newest).
     pub async fn open(
         config: &Config,
         decoding: &Decoding,
         system_identifier: u64,
         segment_size: u64,
+        timeline_goal: Option<u32>,
     ) -> Result<ArchiveWal, Error> {
         let mut retry = config.retry;
         // A stream keeps asking by itself; one attempt must not hold it for long.
@@ -43,6 +48,7 @@ impl ArchiveWal {
             retry,
             system_identifier,
             segment_size,
+            timeline_goal: timeline_goal.unwrap_or(u32::MAX),
         })
     }
 
@@ -82,11 +88,13 @@ impl ArchiveWal {
     }
 
     /// The newest timeline from `known` on: the last one whose successor has no history
-    /// file in the archive (PostgreSQL's own probe, `findNewestTimeLine`).
+    /// file in the archive (PostgreSQL's own probe, `findNewestTimeLine`), or the server's
+    /// goal if that comes first (`recovery_target_timeline` `current` or a number).
     pub async fn newest_timeline(&self, known: u32) -> Result<u32, Error> {
         let mut newest = known;
-        while crate::archive::has_history(&self.store, &self.layout, &self.retry, newest + 1)
-            .await?
+        while newest < self.timeline_goal
+            && crate::archive::has_history(&self.store, &self.layout, &self.retry, newest + 1)
+                .await?
         {
             newest += 1;
         }

@@ -11,10 +11,12 @@ use super::plan::{Envdir, Recovery, RestorePlan, TimelineTarget};
 use super::{Checked, chown_tree};
 use crate::commands::Options;
 use crate::error::Error;
+use crate::layout::BackupName;
 use crate::pg::conf::{self, Finding};
 use crate::pg::control::ControlData;
 use crate::pg::version::{self, Major, RecoveryConfig};
 use crate::stream::StreamDir;
+use crate::wal::SegmentName;
 
 /// The five settings, and every other name wale writes in `postgresql.conf`: a line for
 /// any of them in `postgresql.auto.conf` would override wale's, so it is commented out.
@@ -67,7 +69,7 @@ pub(super) fn configure(
     let restore_command = restore_command(envdir, options)?;
     let major = Major::new(control.major_version).map_err(|e| Error::Usage(e.to_string()))?;
     let mut recovery = recovery_settings(plan, major, &restore_command);
-    let streamed = enable_wal_stream(plan)?;
+    let streamed = enable_wal_stream(plan, &checked.backup)?;
     // A recovery to the end of the archive through the stream runs as a standby, which
     // the stream (or `wal-fetch`, when the stream is down) promotes at the archive's end.
     let as_standby = plan.recovery.is_standby() || streamed.is_some();
@@ -213,7 +215,7 @@ fn restore_command(envdir: &Path, options: &Options) -> Result<String, Error> {
 /// end), and the `primary_conninfo` that points the walreceiver at it. None without it, or when the
 /// socket's path would be too long for the kernel (the standby then takes WAL through
 /// `restore_command` alone).
-fn enable_wal_stream(plan: &RestorePlan) -> Result<Option<String>, Error> {
+fn enable_wal_stream(plan: &RestorePlan, backup: &BackupName) -> Result<Option<String>, Error> {
     if !plan.wal_stream {
         return Ok(None);
     }
@@ -226,9 +228,19 @@ fn enable_wal_stream(plan: &RestorePlan) -> Result<Option<String>, Error> {
         return Ok(None);
     }
     stream
-        .enable(!plan.recovery.is_standby())
+        .enable(!plan.recovery.is_standby(), timeline_goal(plan, backup))
         .map_err(|e| Error::local(stream.root(), "cannot create", e))?;
     Ok(Some(stream.conninfo()))
+}
+
+/// The newest timeline the restored server follows: none for `latest`; for `current`,
+/// the backup's.
+fn timeline_goal(plan: &RestorePlan, backup: &BackupName) -> Option<u32> {
+    match plan.timeline {
+        TimelineTarget::Latest => None,
+        TimelineTarget::Current => SegmentName::parse(backup.start_segment()).map(|s| s.timeline),
+        TimelineTarget::Number(timeline) => Some(timeline),
+    }
 }
 
 /// How often a standby at the end of the archive runs `restore_command` for the next
