@@ -87,19 +87,14 @@ fn run(cli: &Cli, relaunch: Vec<std::ffi::OsString>) -> Result<u8, Error> {
             },
         ),
     };
-    // wal-fetch is one request on PostgreSQL's critical path: a single-threaded runtime
-    // starts faster (decoding still runs on a blocking thread). The others work in
-    // parallel.
-    let runtime = match cli.command {
-        Command::WalFetch(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
+    if let Command::WalFetch(args) = &cli.command {
+        return commands::wal_fetch(&config, &options, args);
     }
-    .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
     match restore {
         Some(plan) => runtime
             .block_on(commands::restore(&config, &options, &plan))

@@ -67,11 +67,28 @@ impl Fetched {
     }
 }
 
-pub async fn run(
-    config: &Config,
-    options: &Options,
-    args: &WalFetchArgs,
-) -> Result<Fetched, Error> {
+/// What `wal-fetch` settled from the local disk alone, before any request to the store.
+pub enum Local {
+    /// Delivered (a prefetch hit, or left to the WAL stream): nothing else to do.
+    Done(Fetched),
+    /// Still to fetch: waiting for the prefetcher's download, else from the store.
+    Pending(Pending),
+}
+
+/// A `wal-fetch` that the local disk did not settle, for [`finish`].
+pub struct Pending {
+    started: Instant,
+    kind: WalFileKind,
+    caller: Caller,
+    prefetching: Option<Prefetching>,
+    handover: Option<PathBuf>,
+}
+
+/// The part of `wal-fetch` that needs no runtime and no store: the checks of its
+/// arguments, a standby's hand-over to the WAL stream, and a segment the prefetcher has
+/// ready. It is most calls during a recovery, so the binary runs it before it builds its
+/// async runtime.
+pub fn start(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<Local, Error> {
     let name = &args.wal_segment;
     wal::check_archive_name(name).map_err(|why| Error::Usage(format!("{name:?}: {why}")))?;
     let kind = WalFileKind::of(name);
@@ -85,7 +102,7 @@ pub async fn run(
             "left {name} to wale's WAL stream ({}): the standby reads it from there",
             stream.root().display()
         );
-        return Ok(Fetched::Streamed);
+        return Ok(Local::Done(Fetched::Streamed));
     }
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
@@ -93,27 +110,40 @@ pub async fn run(
         }
         _ => None,
     };
-    let handover = caller.handover_path(&args.wal_destination, name, kind);
-    if let Some(prefetching) = &prefetching
-        && let Some(size) = prefetching
-            .take(
-                handover.as_deref().unwrap_or(&args.wal_destination),
-                &options.relaunch,
-                args.prefetch,
-            )
-            .await
-    {
-        if let Some(state) = caller.state(args) {
+    let pending = Pending {
+        started,
+        kind,
+        caller,
+        handover: caller.handover_path(&args.wal_destination, name, kind),
+        prefetching,
+    };
+    let ready = pending.prefetching.as_ref().and_then(|prefetching| {
+        prefetching.take_ready(pending.destination(args), &options.relaunch, args.prefetch)
+    });
+    Ok(match ready {
+        Some(size) => Local::Done(pending.delivered(args, size)),
+        None => Local::Pending(pending),
+    })
+}
+
+impl Pending {
+    /// Where a segment from the prefetch area goes: handed over, or where asked.
+    fn destination<'a>(&'a self, args: &'a WalFetchArgs) -> &'a Path {
+        self.handover.as_deref().unwrap_or(&args.wal_destination)
+    }
+
+    /// A segment of `size` bytes delivered from the prefetch area: recorded and logged.
+    fn delivered(&self, args: &WalFetchArgs, size: u64) -> Fetched {
+        let name = &args.wal_segment;
+        if let Some(state) = self.caller.state(args) {
             state.clear_error();
         }
-        let Some(path) = handover else {
-            tracing::info!(
-                "restored {name} from the prefetch area ({size} bytes in {} ms)",
-                started.elapsed().as_millis()
-            );
-            return Ok(Fetched::Restored);
+        let elapsed = self.started.elapsed().as_millis();
+        let Some(path) = &self.handover else {
+            tracing::info!("restored {name} from the prefetch area ({size} bytes in {elapsed} ms)");
+            return Fetched::Restored;
         };
-        let wal_dir = wal_directory_of(&path);
+        let wal_dir = wal_directory_of(path);
         if let Err(err) = crate::pg::datadir::mark_archived(&wal_dir, name) {
             tracing::warn!(
                 "cannot mark {name} as archived in {}: {err}",
@@ -121,11 +151,35 @@ pub async fn run(
             );
         }
         tracing::info!(
-            "handed {name} over through {} from the prefetch area ({size} bytes in {} ms)",
-            path.display(),
-            started.elapsed().as_millis()
+            "handed {name} over through {} from the prefetch area ({size} bytes in {elapsed} ms)",
+            path.display()
         );
-        return Ok(Fetched::HandedOver);
+        Fetched::HandedOver
+    }
+}
+
+/// The rest of a `wal-fetch` that [`start`] left pending: the prefetcher's download
+/// under way, else the object from the store.
+pub async fn finish(
+    pending: Pending,
+    config: &Config,
+    options: &Options,
+    args: &WalFetchArgs,
+) -> Result<Fetched, Error> {
+    let name = &args.wal_segment;
+    let Pending {
+        started,
+        kind,
+        caller,
+        ref prefetching,
+        ..
+    } = pending;
+    if let Some(prefetching) = prefetching
+        && let Some(size) = prefetching
+            .take_after_miss(pending.destination(args), &options.relaunch, args.prefetch)
+            .await
+    {
+        return Ok(pending.delivered(args, size));
     }
     let store = Store::open(&config.store).await?;
     let key = Layout::new(config.store.path_prefix()).wal_key(name);

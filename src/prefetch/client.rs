@@ -29,36 +29,37 @@ impl Prefetching {
         }
     }
 
-    /// Hands over the prefetched segment (waiting for its download if a live prefetcher
-    /// has one under way, rather than starting a second) and, when it was there, tells the
-    /// prefetcher what comes next. Returns the size when the segment came from the area;
-    /// on a miss the caller fetches in-band and then calls [`Prefetching::after_in_band`],
-    /// so that a prefetcher started now does not compete with that fetch for the CPU.
-    pub async fn take(
+    /// Hands over the prefetched segment if it is ready, and then tells the prefetcher
+    /// what comes next. Returns its size when it came from the area. Synchronous: the hit
+    /// path of a `wal-fetch` runs before its async runtime exists.
+    pub fn take_ready(
         &self,
         destination: &Path,
         relaunch: &[std::ffi::OsString],
         window: u32,
     ) -> Option<u64> {
-        let take = || match self.area.take(&self.segment, destination) {
-            Ok(taken) => taken,
-            Err(err) => {
-                // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
-                tracing::warn!(
-                    "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",
-                    self.area.root().display(),
-                    destination.display()
-                );
-                None
-            }
-        };
-        let mut taken = take();
+        let taken = self.take_now(destination);
+        if let Some(size) = taken {
+            self.announce(self.segment.next(size), size, relaunch, window);
+        }
+        taken
+    }
+
+    /// After [`Prefetching::take_ready`] found nothing: waits for the download a live
+    /// prefetcher has under way, rather than starting a second, and hands the segment over
+    /// as `take_ready` does. On `None` the caller fetches in-band and then calls
+    /// [`Prefetching::after_in_band`], so that a prefetcher started now does not compete
+    /// with that fetch for the CPU.
+    pub async fn take_after_miss(
+        &self,
+        destination: &Path,
+        relaunch: &[std::ffi::OsString],
+        window: u32,
+    ) -> Option<u64> {
+        let mut taken = None;
         // Wait only for a download a live prefetcher has under way (one killed mid-way
         // leaves a partial file that will never grow).
-        if taken.is_none()
-            && self.area.partial_size(&self.segment).is_some()
-            && self.area.prefetcher_running()
-        {
+        if self.area.partial_size(&self.segment).is_some() && self.area.prefetcher_running() {
             let size = self
                 .area
                 .next()
@@ -66,7 +67,7 @@ impl Prefetching {
             self.announce(self.segment, size, relaunch, window);
             tracing::debug!("waiting for the prefetcher's download of {}", self.segment);
             if worker::wait_for(&self.area, &self.segment).await {
-                taken = take();
+                taken = self.take_now(destination);
             }
         }
         if taken.is_none()
@@ -81,6 +82,23 @@ impl Prefetching {
             self.announce(self.segment.next(size), size, relaunch, window);
         }
         taken
+    }
+
+    /// Moves the segment from the area to `destination` if it is there; a failure only
+    /// turns prefetching off for this call.
+    fn take_now(&self, destination: &Path) -> Option<u64> {
+        match self.area.take(&self.segment, destination) {
+            Ok(taken) => taken,
+            Err(err) => {
+                // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
+                tracing::warn!(
+                    "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",
+                    self.area.root().display(),
+                    destination.display()
+                );
+                None
+            }
+        }
     }
 
     fn announce(&self, next: SegmentName, size: u64, relaunch: &[std::ffi::OsString], window: u32) {
