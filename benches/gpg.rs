@@ -6,7 +6,8 @@
 //!   through `gpg`, wale on the plain object, `gpg -d | lzop -d > file; sync`, and real
 //!   WAL-E 1.1.1 on the encrypted object;
 //! * `backup-fetch` of the backup: wale in process against wale on the plain backup and
-//!   against `gpg -d | lzop -d | tar -x` of each partition in turn.
+//!   against `gpg -d | lzop -d | tar -x` of each partition in turn; the three interleaved,
+//!   run after run.
 //!
 //! Run by `scripts/bench.sh`, or `cargo bench --bench gpg` (see `support`).
 
@@ -276,29 +277,16 @@ fn backup_fetch(suite: &mut Suite, env: &Env<'_>, partitions: &[PathBuf], scratc
         partitions.len(),
         bytes as f64 / 1e9
     );
-    let runs = suite.runs(3, 2);
-    let measure = |command: &dyn Fn(&Path) -> Command| {
-        sync_all();
-        Samples::collect(runs, 0, || {
-            let dir = tempfile::tempdir_in(scratch).unwrap();
-            let target = dir.path().join("pgdata");
-            let sample = run(command(&target));
-            drop(dir);
-            sync_all();
-            sample
-        })
-    };
-    for tool in [PLAIN, IN_PROCESS] {
-        let samples = measure(&|target| {
+    let wale = |tool: &'static str| {
+        move |target: &Path| {
             let mut cmd = env.wale(tool);
             cmd.arg("backup-fetch")
                 .arg(target)
                 .args(["LATEST", "--blind-restore"]);
             cmd
-        });
-        suite.record((BACKUP_SECTION, &case, tool), &samples, Some(bytes), "");
-    }
-    let samples = measure(&|target| {
+        }
+    };
+    let pipeline = |target: &Path| {
         let mut script = format!("set -e; mkdir -p '{}'", target.display());
         for partition in partitions {
             script.push_str(&format!(
@@ -313,13 +301,28 @@ fn backup_fetch(suite: &mut Suite, env: &Env<'_>, partitions: &[PathBuf], scratc
             .arg("-c")
             .arg(script);
         cmd
-    });
-    suite.record(
-        (BACKUP_SECTION, &case, GPG_LZOP_TAR),
-        &samples,
-        Some(bytes),
-        "",
-    );
+    };
+    let (plain, in_process) = (wale(PLAIN), wale(IN_PROCESS));
+    let tools: [(&str, &dyn Fn(&Path) -> Command); 3] = [
+        (PLAIN, &plain),
+        (IN_PROCESS, &in_process),
+        (GPG_LZOP_TAR, &pipeline),
+    ];
+    // The three in turn, run after run, so that a slow stretch of the disk falls on all
+    // of them alike; each restore removed and flushed before the next.
+    let mut samples: Vec<Samples> = tools.iter().map(|_| Samples::default()).collect();
+    sync_all();
+    for _ in 0..suite.runs(3, 2) {
+        for ((_, command), samples) in tools.iter().zip(&mut samples) {
+            let dir = tempfile::tempdir_in(scratch).unwrap();
+            samples.push(run(command(&dir.path().join("pgdata"))));
+            drop(dir);
+            sync_all();
+        }
+    }
+    for ((tool, _), samples) in tools.iter().zip(&samples) {
+        suite.record((BACKUP_SECTION, &case, tool), samples, Some(bytes), "");
+    }
     for (baseline, label, max_ratio, target) in [
         (
             PLAIN,
