@@ -270,6 +270,9 @@ fn wal_fetch(suite: &mut Suite, env: &Env<'_>, segment: &str, object_bytes: u64,
     });
 }
 
+/// A command that restores into the directory it is given.
+type CommandFor<'a> = dyn Fn(&Path) -> Command + 'a;
+
 fn backup_fetch(suite: &mut Suite, env: &Env<'_>, partitions: &[PathBuf], scratch: &Path) {
     let bytes = restored_bytes(&suite.archive, &latest_backup(&suite.archive));
     let case = format!(
@@ -303,7 +306,7 @@ fn backup_fetch(suite: &mut Suite, env: &Env<'_>, partitions: &[PathBuf], scratc
         cmd
     };
     let (plain, in_process) = (wale(PLAIN), wale(IN_PROCESS));
-    let tools: [(&str, &dyn Fn(&Path) -> Command); 3] = [
+    let tools: [(&str, &CommandFor); 3] = [
         (PLAIN, &plain),
         (IN_PROCESS, &in_process),
         (GPG_LZOP_TAR, &pipeline),
