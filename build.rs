@@ -15,9 +15,14 @@ fn main() {
     if built_by_root() {
         println!("cargo:rustc-cfg=wale_tests_as_root");
     }
-    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    let cfg = |name: &str| std::env::var(name).unwrap_or_default();
+    let glibc = cfg("CARGO_CFG_TARGET_OS") == "linux" && cfg("CARGO_CFG_TARGET_ENV") == "gnu";
+    // A static build (`crt-static`) is linked `-static-pie`: left as it is.
+    let dynamic = !cfg("CARGO_CFG_TARGET_FEATURE")
+        .split(',')
+        .any(|f| f == "crt-static");
     let pie_wanted = std::env::var("WALE_PIE").is_ok_and(|v| v == "1");
-    if linux && !pie_wanted {
+    if glibc && dynamic && !pie_wanted {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
 }

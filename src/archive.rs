@@ -113,8 +113,9 @@ pub struct WalObject {
     pub kind: WalFileKind,
 }
 
-/// `wal_005/` read a page at a time in key order, as the store pages (never the whole
-/// directory in memory): the one way commands walk the WAL listing.
+/// `wal_005/` read a page at a time in key order, as the store pages (a remote store's
+/// listing never whole in memory; a local directory's names, about 60 bytes each, held for
+/// the walk: [`storage::PageWalk`]): the one way commands walk the WAL listing.
 pub struct WalPages<'a> {
     retry: &'a RetryPolicy,
     store: &'a Store,

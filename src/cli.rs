@@ -155,12 +155,17 @@ fn parse_wal_fetch(args: &[std::ffi::OsString]) -> Option<Parsed> {
     if !args.iter().skip(1).any(|a| a == "wal-fetch") {
         return None;
     }
-    let wal_fetch = WalFetchArgs::augment_args(clap::Command::new("wal-fetch"));
-    let mut command = GlobalFlags::augment_args(clap::Command::new("wale")).subcommand(wal_fetch);
+    let mut command = wal_fetch_command();
     let matches = command.try_get_matches_from_mut(args).ok()?;
     let cli = Cli::from_arg_matches(&matches).ok()?;
     let relaunch = relaunch_args(&command, &matches);
     Some(Parsed { cli, relaunch })
+}
+
+/// The global options and `wal-fetch` alone, as [`Cli`] declares them.
+fn wal_fetch_command() -> clap::Command {
+    let wal_fetch = WalFetchArgs::augment_args(clap::Command::new("wal-fetch"));
+    GlobalFlags::augment_args(clap::Command::new("wale")).subcommand(wal_fetch)
 }
 
 /// Whether `args` name `wal-fetch` as their subcommand, asked of clap with its errors
@@ -561,6 +566,7 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+        wal_fetch_command().debug_assert();
     }
 
     /// Every global option, given alone before or after the subcommand, reaches the

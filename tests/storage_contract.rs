@@ -178,6 +178,30 @@ pub(crate) async fn check_paging(store: &Store, prefix: &str, expected: &[String
         assert_eq!(walked, expected, "{backend}, a walk in pages of {limit}");
     }
     let middle = format!("{dir}{}", expected[2]);
+    let mut walk = store.walk(&dir, &middle, 2);
+    let first = store.page(&walk).await.unwrap();
+    let names: Vec<&str> = first.iter().map(|o| &o.key[dir.len()..]).collect();
+    assert_eq!(names, &expected[3..5], "{backend}: a walk from the middle");
+    walk.advance_past(&first[1].key);
+    let second = store.page(&walk).await.unwrap();
+    assert_eq!(
+        second[0].key[dir.len()..],
+        expected[5],
+        "{backend}: its second page"
+    );
+    let partial = format!("{dir}{}", &expected[0][..20]);
+    let walked = store.page(&store.walk(&partial, "", 1000)).await.unwrap();
+    assert!(
+        !walked.is_empty() && walked.iter().all(|o| o.key.starts_with(&partial)),
+        "{backend}: a walk of a partial name"
+    );
+    let nowhere = format!("{prefix}no_such_directory/");
+    let walked = store.page(&store.walk(&nowhere, "", 10)).await.unwrap();
+    assert!(
+        walked.is_empty(),
+        "{backend}: a walk of a missing directory"
+    );
+    let middle = format!("{dir}{}", expected[2]);
     let page = store.list_after(&dir, &middle, 2).await.unwrap();
     let names: Vec<&str> = page.iter().map(|o| &o.key[dir.len()..]).collect();
     assert_eq!(names, &expected[3..5], "{backend}: from the middle");

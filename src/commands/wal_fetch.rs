@@ -84,6 +84,20 @@ pub struct Pending {
     handover: Option<PathBuf>,
 }
 
+/// The whole `wal-fetch` inside a runtime: [`start`], then [`finish`] when the local disk
+/// did not settle it. (The binary runs `start` before it builds a runtime:
+/// [`crate::commands::wal_fetch`].)
+pub async fn run(
+    config: &Config,
+    options: &Options,
+    args: &WalFetchArgs,
+) -> Result<Fetched, Error> {
+    match start(config, options, args)? {
+        Local::Done(fetched) => Ok(fetched),
+        Local::Pending(pending) => finish(pending, config, options, args).await,
+    }
+}
+
 /// The part of `wal-fetch` that needs no runtime and no store: the checks of its
 /// arguments, a standby's hand-over to the WAL stream, and a segment the prefetcher has
 /// ready. It is most calls during a recovery, so the binary runs it before it builds its

@@ -14,6 +14,8 @@ pub struct Prefetching {
     /// The resolved directory of the destination (what `wal-prefetch` is given).
     base: PathBuf,
     segment: SegmentName,
+    /// A move out of the area failed (said once): no second attempt in this call.
+    move_failed: std::cell::Cell<bool>,
 }
 
 impl Prefetching {
@@ -26,6 +28,7 @@ impl Prefetching {
             area,
             base,
             segment,
+            move_failed: std::cell::Cell::new(false),
         }
     }
 
@@ -56,10 +59,15 @@ impl Prefetching {
         relaunch: &[std::ffi::OsString],
         window: u32,
     ) -> Option<u64> {
-        let mut taken = None;
+        // The download may have ended since `take_ready` looked (the runtime was built
+        // in between): take it rather than download it again.
+        let mut taken = self.take_now(destination);
         // Wait only for a download a live prefetcher has under way (one killed mid-way
         // leaves a partial file that will never grow).
-        if self.area.partial_size(&self.segment).is_some() && self.area.prefetcher_running() {
+        if taken.is_none()
+            && self.area.partial_size(&self.segment).is_some()
+            && self.area.prefetcher_running()
+        {
             let size = self
                 .area
                 .next()
@@ -87,9 +95,13 @@ impl Prefetching {
     /// Moves the segment from the area to `destination` if it is there; a failure only
     /// turns prefetching off for this call.
     fn take_now(&self, destination: &Path) -> Option<u64> {
+        if self.move_failed.get() {
+            return None;
+        }
         match self.area.take(&self.segment, destination) {
             Ok(taken) => taken,
             Err(err) => {
+                self.move_failed.set(true);
                 // E.g. WALE_PREFETCH_DIR on another file system: the rename cannot work.
                 tracing::warn!(
                     "cannot move the prefetched segment from {} to {}: {err} (the prefetch directory must be on the file system of the WAL directory); fetching directly",

@@ -13,7 +13,7 @@ use super::{Error, Listing, ObjectMeta, ObjectReader, Storage, unix_parts};
 use crate::time::civil_utc;
 
 /// One directory level's names, sorted: read once per walk.
-pub type Names = Vec<String>;
+pub(crate) type Names = Vec<String>;
 
 /// Reads a WAL-E archive from the local file system.
 pub struct FileStore;
