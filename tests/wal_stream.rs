@@ -343,6 +343,30 @@ fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch(major: u32)
     assert!(log.contains("received promote request"), "{log}");
 }
 
+/// A stream that really cannot start (its socket's path taken by a directory, so binding
+/// fails): the failure is recorded with its reason, `restore_command` fetches every
+/// segment, and at the archive's end `wal-fetch` asks for the promotion.
+fn a_stream_that_cannot_start_leaves_recovery_to_wal_fetch(major: u32) {
+    let version = Version::of(major);
+    let site = Site::new(&version, |_| true);
+    site.restore(&["LATEST"]).expect_code(0);
+    let blocker = stream_dir(&site.pgdata()).join(".s.PGSQL.5432");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    give_to_postgres(&blocker);
+    site.restore(&["LATEST", "--start"]).expect_code(0);
+    wait_for_answer(&site, "select pg_is_in_recovery()", "f", "promotion");
+    assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
+    let log = site.log();
+    assert!(!log.contains("started streaming WAL"), "{log}");
+    assert!(log.contains("restored log file \"0"), "{log}");
+    assert!(log.contains("received promote request"), "{log}");
+    let failure = std::fs::read_to_string(stream_dir(&site.pgdata()).join("failure")).unwrap();
+    assert!(
+        failure.contains("cannot listen on") && failure.contains(".s.PGSQL.5432"),
+        "{failure}"
+    );
+}
+
 /// One `#[test]` per function named, each run on PostgreSQL `$major`.
 macro_rules! on_major {
     ($major:expr; $($test:ident),* $(,)?) => {
@@ -366,6 +390,7 @@ macro_rules! stream_tests {
                     a_corrupt_segment_is_refused_and_reported,
                     a_recovery_to_the_end_streams_and_is_promoted_there,
                     a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch,
+                    a_stream_that_cannot_start_leaves_recovery_to_wal_fetch,
                     only_the_owner_may_connect,
                 );
             }
