@@ -367,6 +367,28 @@ fn a_stream_that_cannot_start_leaves_recovery_to_wal_fetch(major: u32) {
     );
 }
 
+/// A standby idle at the end of the archive with `wal_receiver_timeout = 2s`: its
+/// walreceiver asks for a reply after a second of silence and ends the connection if none
+/// comes within two. The stream answers every ask (besides its own keepalives every
+/// 10 s), so the one connection outlives several timeouts.
+fn an_idle_standby_s_pings_are_answered(major: u32) {
+    let version = Version::of(major);
+    let (standby, _) = standby_at_the_restore_point(&version, &[]);
+    standby.query("alter system set wal_receiver_timeout = '2s'");
+    standby.query("select pg_reload_conf()");
+    wait_for_answer(&standby, "show wal_receiver_timeout", "2s", "the reload");
+    let receiver = "select pid from pg_stat_wal_receiver where status = 'streaming'";
+    let before = standby.query(receiver);
+    assert!(!before.is_empty(), "not streaming:\n{}", standby.log());
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(standby.query(receiver), before, "{}", standby.log());
+    let log = standby.log();
+    assert!(
+        !log.contains("terminating walreceiver due to timeout"),
+        "{log}"
+    );
+}
+
 /// One `#[test]` per function named, each run on PostgreSQL `$major`.
 macro_rules! on_major {
     ($major:expr; $($test:ident),* $(,)?) => {
@@ -391,6 +413,7 @@ macro_rules! stream_tests {
                     a_recovery_to_the_end_streams_and_is_promoted_there,
                     a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch,
                     a_stream_that_cannot_start_leaves_recovery_to_wal_fetch,
+                    an_idle_standby_s_pings_are_answered,
                     only_the_owner_may_connect,
                 );
             }
