@@ -562,9 +562,11 @@ impl<'a> Session<'a> {
         Ok(true)
     }
 
-    /// At the end of the archive: waits [`POLL`] (answering the client), and every
-    /// [`TIMELINE_POLL`] looks for a newer timeline branching off this one, which ends
-    /// this stream at its switch point. False when the client ended the COPY.
+    /// At the end of the archive (the segment at `position` just found missing): waits
+    /// [`POLL`] (answering the client), and every [`TIMELINE_POLL`] looks for a newer
+    /// timeline branching off this one, which ends this stream at its switch point. A
+    /// recovery to the end is promoted as soon as the walreceiver reports everything up to
+    /// `position` flushed, not at the next poll. False when the client ended the COPY.
     async fn wait(&mut self, position: Lsn, extent: &mut Extent) -> Result<bool, Ended> {
         let nap = tokio::time::sleep(POLL);
         tokio::pin!(nap);
@@ -574,6 +576,9 @@ impl<'a> Session<'a> {
                 message = self.inbox.recv() => {
                     if !self.answer(message, position).await? {
                         return Ok(false);
+                    }
+                    if extent.end.is_none() && self.flushed >= position {
+                        self.promote_at_end(extent.timeline, position).await;
                     }
                 }
             }
