@@ -80,6 +80,8 @@ pub struct Pending {
     started: Instant,
     kind: WalFileKind,
     caller: Caller,
+    /// The destination's directory, resolved once per call.
+    wal_dir: PathBuf,
     prefetching: Option<Prefetching>,
     handover: Option<PathBuf>,
 }
@@ -118,9 +120,10 @@ pub fn start(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<
         );
         return Ok(Local::Done(Fetched::Streamed));
     }
+    let wal_dir = wal_directory_of(&args.wal_destination);
     let prefetching = match kind {
         WalFileKind::Segment(segment) if args.prefetch > 0 => {
-            Some(Prefetching::new(config, &args.wal_destination, segment))
+            Some(Prefetching::new(config, wal_dir.clone(), segment))
         }
         _ => None,
     };
@@ -128,6 +131,7 @@ pub fn start(config: &Config, options: &Options, args: &WalFetchArgs) -> Result<
         started,
         kind,
         caller,
+        wal_dir,
         handover: caller.handover_path(&args.wal_destination, name, kind),
         prefetching,
     };
@@ -149,7 +153,7 @@ impl Pending {
     /// A segment of `size` bytes delivered from the prefetch area: recorded and logged.
     fn delivered(&self, args: &WalFetchArgs, size: u64) -> Fetched {
         let name = &args.wal_segment;
-        if let Some(state) = self.caller.state(args) {
+        if let Some(state) = self.caller.state(&self.wal_dir) {
             state.clear_error();
         }
         let elapsed = self.started.elapsed().as_millis();
@@ -157,11 +161,11 @@ impl Pending {
             tracing::info!("restored {name} from the prefetch area ({size} bytes in {elapsed} ms)");
             return Fetched::Restored;
         };
-        let wal_dir = wal_directory_of(path);
-        if let Err(err) = crate::pg::datadir::mark_archived(&wal_dir, name) {
+        // The hand-over goes beside the destination: into the same directory.
+        if let Err(err) = crate::pg::datadir::mark_archived(&self.wal_dir, name) {
             tracing::warn!(
                 "cannot mark {name} as archived in {}: {err}",
-                wal_dir.display()
+                self.wal_dir.display()
             );
         }
         tracing::info!(
@@ -181,20 +185,21 @@ pub async fn finish(
     args: &WalFetchArgs,
 ) -> Result<Fetched, Error> {
     let name = &args.wal_segment;
-    let Pending {
-        started,
-        kind,
-        caller,
-        ref prefetching,
-        ..
-    } = pending;
-    if let Some(prefetching) = prefetching
+    if let Some(prefetching) = &pending.prefetching
         && let Some(size) = prefetching
             .take_after_miss(pending.destination(args), &options.relaunch, args.prefetch)
             .await
     {
         return Ok(pending.delivered(args, size));
     }
+    let Pending {
+        started,
+        kind,
+        caller,
+        wal_dir,
+        prefetching,
+        ..
+    } = pending;
     let store = Store::open(&config.store).await?;
     let key = Layout::new(config.store.path_prefix()).wal_key(name);
     let what = format!("wal-fetch {name}");
@@ -211,7 +216,7 @@ pub async fn finish(
     if let Some(prefetching) = &prefetching {
         prefetching.after_in_band(bytes, &options.relaunch, args.prefetch);
     }
-    if let Some(state) = caller.state(args) {
+    if let Some(state) = caller.state(&wal_dir) {
         state.clear_error();
     }
     tracing::info!(
@@ -271,10 +276,10 @@ impl Caller {
         stream.is_enabled().then_some((stream, pgdata))
     }
 
-    /// The records for `wale status`, kept only when PostgreSQL runs us.
-    fn state(self, args: &WalFetchArgs) -> Option<FetchState> {
-        self.postgres
-            .then(|| FetchState::for_wal_dir(&wal_directory_of(&args.wal_destination)))
+    /// The records for `wale status` in `wal_dir` (resolved), kept only when PostgreSQL
+    /// runs us.
+    fn state(self, wal_dir: &Path) -> Option<FetchState> {
+        self.postgres.then(|| FetchState::for_wal_dir(wal_dir))
     }
 }
 
@@ -287,7 +292,7 @@ impl Caller {
 /// PostgreSQL will ask again.
 pub fn settle(args: &WalFetchArgs, err: &Error) -> u8 {
     let caller = Caller::here();
-    let state = caller.state(args);
+    let state = caller.state(&wal_directory_of(&args.wal_destination));
     let line = err.to_string().replace('\n', " ");
     if err.is_not_found() {
         // A standby at the end of the archive asks every few seconds: say it once.

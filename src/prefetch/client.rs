@@ -19,10 +19,10 @@ pub struct Prefetching {
 }
 
 impl Prefetching {
-    /// The prefetch area for this destination (nothing is touched yet; any problem with
-    /// it later only disables prefetching for this call).
-    pub fn new(config: &Config, destination: &Path, segment: SegmentName) -> Prefetching {
-        let base = wal_directory_of(destination);
+    /// The prefetch area of the WAL directory `base` (resolved, [`wal_directory_of`]);
+    /// nothing is touched yet, and any problem with it later only disables prefetching for
+    /// this call.
+    pub fn new(config: &Config, base: PathBuf, segment: SegmentName) -> Prefetching {
         let area = PrefetchDir::for_base(&base, config.prefetch.dir.as_deref());
         Prefetching {
             area,
