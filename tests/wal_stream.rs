@@ -319,40 +319,16 @@ fn a_recovery_to_the_end_streams_and_is_promoted_there(major: u32) {
     site.query("insert into matrix_check values (100000, 99, 'after the end')");
 }
 
-/// The same with the stream held off (a failure recorded a moment ago, as a stream that
-/// cannot start leaves): `restore_command` fetches every segment and, at the archive's
-/// end, `wal-fetch` asks for the promotion itself.
-fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch(major: u32) {
-    let version = Version::of(major);
-    let site = Site::new(&version, |_| true);
+/// A recovery to the end of the archive whose stream `hold_off` keeps from serving (done
+/// to the stream's directory between the restore and the start): every segment comes
+/// through `restore_command`, and at the archive's end `wal-fetch` asks for the promotion.
+fn recovered_without_the_stream<'a>(
+    version: &'a Version,
+    hold_off: impl FnOnce(&Path),
+) -> Site<'a> {
+    let site = Site::new(version, |_| true);
     site.restore(&["LATEST"]).expect_code(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    std::fs::write(
-        stream_dir(&site.pgdata()).join("failure"),
-        format!("{now} the test holds the stream off\n"),
-    )
-    .unwrap();
-    site.restore(&["LATEST", "--start"]).expect_code(0);
-    wait_for_answer(&site, "select pg_is_in_recovery()", "f", "promotion");
-    assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
-    let log = site.log();
-    assert!(!log.contains("started streaming WAL"), "{log}");
-    assert!(log.contains("received promote request"), "{log}");
-}
-
-/// A stream that really cannot start (its socket's path taken by a directory, so binding
-/// fails): the failure is recorded with its reason, `restore_command` fetches every
-/// segment, and at the archive's end `wal-fetch` asks for the promotion.
-fn a_stream_that_cannot_start_leaves_recovery_to_wal_fetch(major: u32) {
-    let version = Version::of(major);
-    let site = Site::new(&version, |_| true);
-    site.restore(&["LATEST"]).expect_code(0);
-    let blocker = stream_dir(&site.pgdata()).join(".s.PGSQL.5432");
-    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
-    give_to_postgres(&blocker);
+    hold_off(&stream_dir(&site.pgdata()));
     site.restore(&["LATEST", "--start"]).expect_code(0);
     wait_for_answer(&site, "select pg_is_in_recovery()", "f", "promotion");
     assert_eq!(site.counted(), version.meta("EXPECTED_AT_END"));
@@ -360,6 +336,32 @@ fn a_stream_that_cannot_start_leaves_recovery_to_wal_fetch(major: u32) {
     assert!(!log.contains("started streaming WAL"), "{log}");
     assert!(log.contains("restored log file \"0"), "{log}");
     assert!(log.contains("received promote request"), "{log}");
+    site
+}
+
+/// The stream held off by a failure recorded a moment ago (as a stream that cannot start
+/// leaves): `wal-fetch` does not even try it.
+fn a_recovery_to_the_end_without_the_stream_is_promoted_by_wal_fetch(major: u32) {
+    let version = Version::of(major);
+    recovered_without_the_stream(&version, |stream| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let failure = format!("{now} the test holds the stream off\n");
+        std::fs::write(stream.join("failure"), failure).unwrap();
+    });
+}
+
+/// A stream that really cannot start (its socket's path taken by a directory, so binding
+/// fails): the failure is recorded with its reason.
+fn a_stream_that_cannot_start_leaves_recovery_to_wal_fetch(major: u32) {
+    let version = Version::of(major);
+    let site = recovered_without_the_stream(&version, |stream| {
+        let blocker = stream.join(".s.PGSQL.5432");
+        std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+        give_to_postgres(&blocker);
+    });
     let failure = std::fs::read_to_string(stream_dir(&site.pgdata()).join("failure")).unwrap();
     assert!(
         failure.contains("cannot listen on") && failure.contains(".s.PGSQL.5432"),
