@@ -347,3 +347,32 @@ async fn accept_until_unused(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `restore` records for the stream is what the stream reads back: the marker of
+    /// a recovery to the end and the timeline goal, absent when not given.
+    #[test]
+    fn enable_records_the_promotion_and_the_timeline_goal() {
+        let dir = tempfile::tempdir().unwrap();
+        let goal = StreamDir {
+            root: dir.path().join("goal"),
+        };
+        goal.enable(true, Some(3)).unwrap();
+        assert!(goal.is_enabled() && goal.promotes_at_end());
+        assert_eq!(goal.timeline_goal(), Some(3));
+        let mode = fs::metadata(goal.root()).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+        let latest = StreamDir {
+            root: dir.path().join("latest"),
+        };
+        latest.enable(false, None).unwrap();
+        assert!(latest.is_enabled() && !latest.promotes_at_end());
+        assert_eq!(latest.timeline_goal(), None);
+    }
+}
