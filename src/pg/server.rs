@@ -564,6 +564,16 @@ pub fn explain_startup_failure(log: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// No server, no promotion request: the error names the missing pid file, and no
+    /// `promote` file is left for a server started later to act on.
+    #[test]
+    fn a_promotion_without_a_server_is_refused_and_leaves_no_signal() {
+        let pgdata = tempfile::tempdir().unwrap();
+        let err = request_promotion(pgdata.path()).unwrap_err();
+        assert!(err.to_string().contains("no postmaster.pid"), "{err}");
+        assert!(!pgdata.path().join("promote").exists());
+    }
+
     #[test]
     fn versions_read_from_files_and_banners() {
         assert_eq!(major_of_version_text("15\n"), Some(15));

@@ -375,4 +375,23 @@ mod tests {
         assert!(latest.is_enabled() && !latest.promotes_at_end());
         assert_eq!(latest.timeline_goal(), None);
     }
+
+    /// A lock held for a moment (a `wal-fetch` probing whether the stream is served) is
+    /// waited for; a lock held for good means the stream is served already.
+    #[tokio::test]
+    async fn a_lock_held_for_a_moment_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = StreamDir {
+            root: dir.path().to_path_buf(),
+        };
+        let held = stream.try_lock().unwrap().expect("free at first");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(15));
+            drop(held);
+        });
+        assert!(stream.lock_unless_served().await.unwrap().is_some());
+        release.join().unwrap();
+        let _for_good = stream.try_lock().unwrap().expect("free again");
+        assert!(stream.lock_unless_served().await.unwrap().is_none());
+    }
 }
