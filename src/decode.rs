@@ -50,28 +50,46 @@ impl Decoding {
         }
     }
 
-    /// An object decoded whole into memory (history files, backup labels, the segments
-    /// the WAL stream sends), on a blocking thread: at most `limit` bytes of it (the
-    /// caller judges an object that reaches the limit), `capacity` reserved up front.
+    /// An object decoded whole into memory (history files, backup labels), on a
+    /// blocking thread: at most `limit` bytes of it (the caller judges an object that
+    /// reaches the limit), `capacity` reserved up front.
     pub async fn read_whole(
         &self,
         object: ObjectReader,
         capacity: usize,
         limit: u64,
     ) -> Result<Vec<u8>, Error> {
+        let url = object.url.clone();
+        self.decode_whole(url, object.into_blocking_read(), capacity, limit)
+            .await
+    }
+
+    /// [`Decoding::read_whole`] of a body already coming in (from
+    /// [`ObjectReader::into_blocking_read_ahead`]), so that a caller can let downloads
+    /// run while it waits for its turn to decode. Blocks are decoded and appended whole:
+    /// no byte of the buffer is zeroed first nor copied twice.
+    pub async fn decode_whole(
+        &self,
+        url: String,
+        body: Box<dyn Read + Send>,
+        capacity: usize,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
         let decoding = self.clone();
         tokio::task::spawn_blocking(move || {
-            let url = object.url.clone();
-            let body = io::BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read());
-            let decoder = decoding
+            let body = io::BufReader::with_capacity(BODY_BUFFER, body);
+            let mut decoder = decoding
                 .decoder(body, &url)
                 .map_err(|e| Error::from_read(&url, e))?;
-            let mut bytes = Vec::with_capacity(capacity);
-            decoder
-                .take(limit)
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::from_read(&url, e))?;
-            Ok(bytes)
+            let mut capped = Capped {
+                bytes: Vec::with_capacity(capacity),
+                limit,
+            };
+            match decoder.decode_to(&mut capped) {
+                // A write fails only at the limit: what reached it is the caller's to judge.
+                Ok(_) | Err(lzop::DecodeToError::Write(_)) => Ok(capped.bytes),
+                Err(lzop::DecodeToError::Decode(bad)) => Err(Error::from_decode(&url, bad)),
+            }
         })
         .await?
     }
@@ -106,5 +124,74 @@ impl Decoding {
             _ => Box::new(body),
         };
         Ok(lzop::Decoder::with_options(plaintext, self.lzop))
+    }
+}
+
+/// A buffer that takes at most `limit` bytes; a write past it fails.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.limit.saturating_sub(self.bytes.len() as u64);
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::other("the object reached its size limit"));
+        }
+        let taken = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.bytes.extend_from_slice(&buf[..taken]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lzop::tests::COMPRESSED_64_A;
+    use crate::storage::Storage;
+    use crate::storage::fs::FileStore;
+
+    async fn read_whole(bytes: &[u8], capacity: usize, limit: u64) -> Result<Vec<u8>, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object.lzo");
+        std::fs::write(&path, bytes).unwrap();
+        let key = path.to_str().unwrap().trim_start_matches('/');
+        let object = FileStore.get(key).await.unwrap();
+        Decoding::default()
+            .read_whole(object, capacity, limit)
+            .await
+    }
+
+    /// The whole object within the limit; exactly the limit's bytes of a longer one (the
+    /// caller refuses it), whatever was reserved.
+    #[tokio::test]
+    async fn an_object_is_read_whole_up_to_its_limit() {
+        assert_eq!(
+            read_whole(COMPRESSED_64_A, 4096, 65).await.unwrap(),
+            [b'a'; 64]
+        );
+        assert_eq!(
+            read_whole(COMPRESSED_64_A, 0, 64).await.unwrap(),
+            [b'a'; 64]
+        );
+        assert_eq!(
+            read_whole(COMPRESSED_64_A, 16, 10).await.unwrap(),
+            [b'a'; 10]
+        );
+    }
+
+    /// Damage is an error naming the object, never a short buffer.
+    #[tokio::test]
+    async fn a_damaged_object_is_an_error_naming_it() {
+        let err = read_whole(b"plain text", 64, 1024).await.unwrap_err();
+        assert!(err.to_string().contains("object.lzo"), "{err}");
+        let cut = &COMPRESSED_64_A[..COMPRESSED_64_A.len() - 10];
+        let err = read_whole(cut, 64, 1024).await.unwrap_err();
+        assert!(err.to_string().contains("object.lzo"), "{err}");
     }
 }

@@ -641,4 +641,4 @@ fn read_full<R: Read>(src: &mut R, out: &mut [u8]) -> Result<usize, Error> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

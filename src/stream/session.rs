@@ -490,7 +490,10 @@ impl<'a> Session<'a> {
                         Ok(bytes) => {
                             ahead.missing = false;
                             let end = segment_end(number, size, &extent);
-                            if !self.send_wal(&bytes, position, end, size).await? {
+                            let turn = self.context.archive.turn().await;
+                            let sent = self.send_wal(&bytes, position, end, size).await?;
+                            drop(turn);
+                            if !sent {
                                 return Ok(None);
                             }
                             position = end;
@@ -543,12 +546,13 @@ impl<'a> Session<'a> {
         let end = (to.0 - base) as usize;
         while offset < end {
             let chunk = (end - offset).min(wire::MAX_WAL_PAYLOAD);
-            self.writer.push_wal(
-                Lsn(base + offset as u64),
-                to,
-                &bytes[offset..offset + chunk],
-            )?;
-            self.writer.flush().await?;
+            self.writer
+                .send_wal(
+                    Lsn(base + offset as u64),
+                    to,
+                    &bytes[offset..offset + chunk],
+                )
+                .await?;
             offset += chunk;
             while let Ok(message) = self.inbox.try_recv() {
                 if !self

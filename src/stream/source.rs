@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::config::{Config, RetryPolicy};
 use crate::decode::Decoding;
 use crate::error::Error;
@@ -26,6 +28,12 @@ pub struct ArchiveWal {
     /// The newest timeline the server follows (`recovery_target_timeline`); no probe
     /// goes past it.
     timeline_goal: u32,
+    /// The stream's one turn on the CPU, process-wide: one segment decoded, or one sent
+    /// to the walreceiver (which writes it as it comes), at a time, while downloads run
+    /// ahead. The stream's work then wants one core at most and leaves the other to
+    /// replay: decoding several segments at once, or the next while the walreceiver
+    /// wrote the last, made replay wait for a core.
+    turn: Arc<Semaphore>,
 }
 
 impl ArchiveWal {
@@ -49,17 +57,42 @@ impl ArchiveWal {
             system_identifier,
             segment_size,
             timeline_goal: timeline_goal.unwrap_or(u32::MAX),
+            turn: Arc::new(Semaphore::new(1)),
         })
     }
 
     /// A segment, decoded and checked: its size, its first page's timeline and address,
-    /// and the system identifier. "Not found" is [`Error::is_not_found`].
+    /// and the system identifier. "Not found" is [`Error::is_not_found`]. The object
+    /// downloads at once; its decoding waits for the stream's turn.
     pub async fn segment(&self, segment: SegmentName) -> Result<Vec<u8>, Error> {
         let name = segment.to_string();
-        let (bytes, url) = self.fetch(&name).await?;
+        let key = self.layout.wal_key(&name);
+        let size = self.segment_size;
+        let (bytes, url) = with_retries(&self.retry, &format!("stream {name}"), || async {
+            let object = self.store.get(&key).await?;
+            let url = object.url.clone();
+            // The whole object may come in while earlier segments are decoded (lzop
+            // adds a few bytes per 256 KiB block to data that does not compress).
+            let body = object.into_blocking_read_ahead(segment_read_ahead(size));
+            let _turn = self.turn().await;
+            let bytes = self
+                .decoding
+                .decode_whole(url.clone(), body, size as usize, size + 1)
+                .await?;
+            Ok::<_, Error>((bytes, url))
+        })
+        .await?;
         self.check_segment(&segment, &bytes)
             .map_err(|why| Error::corrupt(url, why))?;
         Ok(bytes)
+    }
+
+    /// Waits for the stream's turn on the CPU (see the field); held until dropped.
+    pub async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.turn
+            .acquire()
+            .await
+            .expect("the turn's semaphore is never closed")
     }
 
     /// The history file of `timeline`, as archived; `None` when the archive has none.
@@ -101,9 +134,8 @@ impl ArchiveWal {
         Ok(newest)
     }
 
-    /// Downloads and decodes one object of `wal_005/` whole, with retries of transient
-    /// failures (up to one byte more than a segment: a longer object is refused by the
-    /// size check). Returns its bytes and its URL.
+    /// Downloads and decodes one small object of `wal_005/` (a history file) whole,
+    /// with retries of transient failures. Returns its bytes and its URL.
     async fn fetch(&self, name: &str) -> Result<(Vec<u8>, String), Error> {
         let key = self.layout.wal_key(name);
         let what = format!("stream {name}");
@@ -111,10 +143,7 @@ impl ArchiveWal {
         with_retries(&self.retry, &what, || async {
             let object = self.store.get(&key).await?;
             let url = object.url.clone();
-            let bytes = self
-                .decoding
-                .read_whole(object, size as usize, size + 1)
-                .await?;
+            let bytes = self.decoding.read_whole(object, 4096, size + 1).await?;
             Ok((bytes, url))
         })
         .await
@@ -138,4 +167,10 @@ impl ArchiveWal {
         }
         Ok(())
     }
+}
+
+/// How much of a segment's object is downloaded ahead of its decoding: all of it, even
+/// when nothing in it compresses.
+fn segment_read_ahead(segment_size: u64) -> usize {
+    (segment_size + segment_size / 16 + 64 * 1024) as usize
 }
