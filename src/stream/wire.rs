@@ -117,9 +117,8 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
 
     /// Sends XLogData, `wal` starting at `start` with the end of WAL known to the sender,
     /// after whatever is queued. The payload goes from `wal` to the socket as it is, in
-    /// one vectored write with the framing (a segment is 16 MiB or more: copying it into
-    /// the message, then into the buffer, cost more CPU than the decompression's
-    /// output, on the cores replay needs).
+    /// one vectored write with the framing: copying every segment twice more (into the
+    /// message, then into the buffer) took CPU from the cores replay needs.
     pub async fn send_wal(&mut self, start: Lsn, wal_end: Lsn, wal: &[u8]) -> io::Result<()> {
         const FRAMING: usize = 4 + 1 + 8 + 8 + 8;
         let length = i32::try_from(FRAMING + wal.len())
