@@ -30,7 +30,7 @@ use crate::layout::Layout;
 use crate::lzop::DecodeToError;
 use crate::pg::datadir::{DataDir, RecoveryRequest};
 use crate::prefetch::{Prefetching, wal_directory_of};
-use crate::storage::{ObjectReader, Storage, Store};
+use crate::storage::{ObjectReader, SEGMENT_READ_AHEAD, Storage, Store};
 use crate::stream::StreamDir;
 use crate::wal::{self, WalFileKind};
 
@@ -41,10 +41,6 @@ const BODY_BUFFER: usize = 256 * 1024;
 /// How long a standby's `wal-fetch` retries an unreachable or failing store before it
 /// exits and lets PostgreSQL ask again (archive recovery keeps the whole policy).
 const STANDBY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How much of the object may be downloaded ahead of decoding: all of a 16 MiB segment
-/// that did not compress at all.
-const WAL_READ_AHEAD: usize = 16 * 1024 * 1024;
 
 /// How a successful `wal-fetch` delivered the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,8 +420,10 @@ fn decode_into(
     let url = object.url.clone();
     let mut staged = StagedFile::create(&destination)
         .map_err(|e| Error::local(&destination, "cannot create a file in its directory", e))?;
-    let body =
-        BufReader::with_capacity(BODY_BUFFER, object.into_blocking_read_ahead(WAL_READ_AHEAD));
+    let body = BufReader::with_capacity(
+        BODY_BUFFER,
+        object.into_blocking_read_ahead(SEGMENT_READ_AHEAD),
+    );
     let mut decoder = decoding
         .decoder(body, &url)
         .map_err(|e| Error::from_read(&url, e))?;

@@ -195,6 +195,11 @@ impl ObjectReader {
 const HANDOFF_BYTES: usize = 256 * 1024;
 /// How far a body is read ahead of its reader by default: the memory bound per body.
 const DEFAULT_READ_AHEAD: usize = 1024 * 1024;
+/// How far a WAL segment's object may be read ahead of its decoding
+/// ([`ObjectReader::into_blocking_read_ahead`]): all of a 16 MiB segment that did not
+/// compress, so that its download ends at network speed (`wal-fetch`) or while earlier
+/// segments are decoded (the WAL stream).
+pub const SEGMENT_READ_AHEAD: usize = 16 * 1024 * 1024;
 
 /// A blocking reader fed by a task on the runtime that reads the network body ahead, so
 /// that downloading overlaps decoding and the blocking side is woken once per chunk.

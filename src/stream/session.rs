@@ -490,9 +490,10 @@ impl<'a> Session<'a> {
                         Ok(bytes) => {
                             ahead.missing = false;
                             let end = segment_end(number, size, &extent);
-                            let turn = self.context.archive.turn().await;
-                            let sent = self.send_wal(&bytes, position, end, size).await?;
-                            drop(turn);
+                            let sent = {
+                                let _turn = self.context.archive.turn().await;
+                                self.send_wal(&bytes, position, end, size).await?
+                            };
                             if !sent {
                                 return Ok(None);
                             }
@@ -506,9 +507,7 @@ impl<'a> Session<'a> {
                                 self.context.fetch_state.record_not_found(&segment);
                                 tracing::debug!("waiting for {segment} in the archive");
                             }
-                            if extent.end.is_none() && self.flushed >= position {
-                                self.promote_at_end(extent.timeline, position).await;
-                            }
+                            self.promote_at_end(&extent, position).await;
                             if !self.wait(position, &mut extent).await? {
                                 return Ok(None);
                             }
@@ -581,9 +580,7 @@ impl<'a> Session<'a> {
                     if !self.answer(message, position).await? {
                         return Ok(false);
                     }
-                    if extent.end.is_none() && self.flushed >= position {
-                        self.promote_at_end(extent.timeline, position).await;
-                    }
+                    self.promote_at_end(extent, position).await;
                 }
             }
         }
@@ -613,13 +610,19 @@ impl<'a> Session<'a> {
     }
 
     /// For a recovery to the end of the archive: once the walreceiver has flushed
-    /// everything up to `end` (where the archive's WAL on `timeline` ends) and the
-    /// archive has no newer timeline, asks for the promotion. PostgreSQL looks for it only
-    /// when it has replayed all it has, that is the archive's end.
-    async fn promote_at_end(&mut self, timeline: u32, end: Lsn) {
-        if !self.context.promote_at_end || self.promoted {
+    /// everything up to `end` (where the archive's WAL on the open-ended `extent`'s
+    /// timeline ends) and the archive has no newer timeline, asks for the promotion.
+    /// PostgreSQL looks for it only when it has replayed all it has, that is the
+    /// archive's end.
+    async fn promote_at_end(&mut self, extent: &Extent, end: Lsn) {
+        if !self.context.promote_at_end
+            || self.promoted
+            || extent.end.is_some()
+            || self.flushed < end
+        {
             return;
         }
+        let timeline = extent.timeline;
         match self.context.archive.newest_timeline(timeline).await {
             Ok(newest) if newest == timeline => {}
             Ok(_) => return,

@@ -11,7 +11,7 @@ use crate::decode::Decoding;
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::retry::with_retries;
-use crate::storage::{Storage, Store};
+use crate::storage::{SEGMENT_READ_AHEAD, Storage, Store};
 use crate::wal::{self, LongPageHeader, SegmentName, TimelineSwitch};
 
 /// The archive as the stream reads it.
@@ -71,9 +71,7 @@ impl ArchiveWal {
         let (bytes, url) = with_retries(&self.retry, &format!("stream {name}"), || async {
             let object = self.store.get(&key).await?;
             let url = object.url.clone();
-            // The whole object may come in while earlier segments are decoded (lzop
-            // adds a few bytes per 256 KiB block to data that does not compress).
-            let body = object.into_blocking_read_ahead(segment_read_ahead(size));
+            let body = object.into_blocking_read_ahead(SEGMENT_READ_AHEAD);
             let _turn = self.turn().await;
             let bytes = self
                 .decoding
@@ -167,10 +165,4 @@ impl ArchiveWal {
         }
         Ok(())
     }
-}
-
-/// How much of a segment's object is downloaded ahead of its decoding: all of it, even
-/// when nothing in it compresses.
-fn segment_read_ahead(segment_size: u64) -> usize {
-    (segment_size + segment_size / 16 + 64 * 1024) as usize
 }

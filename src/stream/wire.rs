@@ -115,16 +115,20 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         self.flush().await
     }
 
-    /// Sends XLogData, `wal` starting at `start` with the end of WAL known to the sender,
-    /// after whatever is queued. The payload goes from `wal` to the socket as it is, in
-    /// one vectored write with the framing: copying every segment twice more (into the
-    /// message, then into the buffer) took CPU from the cores replay needs.
+    /// Sends XLogData, `wal` (at most [`MAX_WAL_PAYLOAD`]) starting at `start` with the
+    /// end of WAL known to the sender, after whatever is queued. The payload goes from
+    /// `wal` to the socket as it is, in one vectored write with the framing: copying every
+    /// segment twice more (into the message, then into the buffer) took CPU from the
+    /// cores replay needs.
     pub async fn send_wal(&mut self, start: Lsn, wal_end: Lsn, wal: &[u8]) -> io::Result<()> {
         const FRAMING: usize = 4 + 1 + 8 + 8 + 8;
-        let length = i32::try_from(FRAMING + wal.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "XLogData too long"))?;
+        debug_assert!(
+            wal.len() <= MAX_WAL_PAYLOAD,
+            "XLogData of {} bytes",
+            wal.len()
+        );
         self.buffer.put_u8(b'd');
-        self.buffer.put_i32(length);
+        self.buffer.put_i32((FRAMING + wal.len()) as i32);
         self.buffer.put_u8(b'w');
         self.buffer.put_u64(start.0);
         self.buffer.put_u64(wal_end.0);
